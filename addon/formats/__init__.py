@@ -1,0 +1,34 @@
+"""The registry of wire formats: a new API is a new module plus one line in `FORMATS`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ResponseFacts, WireFormat
+from .openai_chat import OpenAIChat, OpenAICompletions
+
+# Order matters only where two formats share a path suffix: most specific first.
+FORMATS: tuple[WireFormat, ...] = (OpenAIChat(), OpenAICompletions())
+
+# Requests whose path ends with one of these are parsed to see whether they are LLM calls;
+# every other request passes through without its body being looked at.
+CANDIDATE_SUFFIXES: tuple[str, ...] = ("/completions",)
+
+
+def recognise(path: str, body: dict[str, Any]) -> WireFormat | None:
+    """The format of a request to `path` (query stripped) with JSON `body`, if any."""
+    for fmt in FORMATS:
+        if fmt.matches(path, body):
+            return fmt
+    return None
+
+
+def recognise_by_shape(body: dict[str, Any]) -> WireFormat | None:
+    """For hosts the user named as LLM APIs: match on body shape alone, whatever the path."""
+    for fmt in FORMATS:
+        if fmt.shape_key in body:
+            return fmt
+    return None
+
+
+__all__ = ["FORMATS", "CANDIDATE_SUFFIXES", "ResponseFacts", "WireFormat", "recognise", "recognise_by_shape"]

@@ -1,0 +1,88 @@
+"""What a response tells about a call, and the shape every wire format module fills in.
+
+A format module is pure: it gets parsed JSON objects (one per stream event, or the whole body)
+and writes what it finds into a `ResponseFacts`. Framing, decompression and timing live
+elsewhere, so adding a provider means adding one module and registering it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+ERROR_MESSAGE_MAX_CHARS = 500
+
+
+@dataclass(slots=True)
+class ResponseFacts:
+    """Values read from a response; None means the response did not say (never 0 by default)."""
+
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    finish_reason: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    events: int = 0  # data-bearing stream events (the SSE `[DONE]` sentinel excluded)
+    content_events: int = 0  # events carrying generated content: text, reasoning or tool calls
+    text_events: int = 0  # events carrying visible assistant text only
+    malformed_events: int = 0  # events whose data was not valid JSON
+    terminated: bool = False  # the format's own end-of-stream marker was seen
+
+    def set_error(self, error_type: str | None, message: str | None) -> None:
+        """Keeps the first error: later ones are usually consequences of it."""
+        if self.error_type is None:
+            self.error_type = error_type or "error"
+            self.error_message = truncate(message)
+
+
+class WireFormat(Protocol):
+    """One API's request and response shape (e.g. OpenAI Chat Completions)."""
+
+    operation: str  # chat, text_completion, embeddings, ...
+    path_suffix: str  # the request path ends with this
+    shape_key: str  # a request body of this API has this top-level key
+
+    def matches(self, path: str, body: dict[str, Any]) -> bool:
+        """Whether a request to `path` (query stripped) with this JSON body is this API."""
+
+    def request_fields(self, body: dict[str, Any]) -> dict[str, Any]:
+        """request_model, is_streaming, max_tokens, temperature, top_p, message_count."""
+
+    def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
+        """Reads one stream event; True when it carried generated content."""
+
+    def on_body(self, facts: ResponseFacts, obj: Any) -> None:
+        """Reads a whole non-streamed response body."""
+
+
+def truncate(message: Any, limit: int = ERROR_MESSAGE_MAX_CHARS) -> str | None:
+    if message is None:
+        return None
+    text = message if isinstance(message, str) else str(message)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def as_int(value: Any) -> int | None:
+    """A token count from JSON: ints (and integral floats) only; bools and junk are unknown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def non_empty_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

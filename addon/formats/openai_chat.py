@@ -1,0 +1,138 @@
+"""OpenAI Chat Completions and legacy Completions, and every server that speaks them.
+
+Covers api.openai.com, Azure OpenAI deployment paths, vLLM, llama.cpp, Ollama's /v1, OpenRouter,
+Groq, Mistral, DeepSeek, Together. Their deviations all fit one rule set: scan every chunk for
+`usage` (or Groq's `x_groq.usage`, llama.cpp's `timings`) and keep the last non-null one; take the
+last non-null `finish_reason`; take the first non-empty `model`; any chunk with a top-level
+`error` is a failure even on HTTP 200.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ResponseFacts, as_float, as_int, non_empty_str
+from .errors import error_from_object
+
+# Delta keys that carry generated output. Reasoning and tool-call deltas count for time to
+# first token: the model is producing tokens, the user is just not shown them as text.
+_GENERATED_KEYS = ("content", "reasoning_content", "reasoning", "tool_calls", "function_call", "refusal")
+
+
+class OpenAIChat:
+    operation = "chat"
+    path_suffix = "/chat/completions"
+    shape_key = "messages"
+
+    def matches(self, path: str, body: dict[str, Any]) -> bool:
+        return path.endswith(self.path_suffix) and self.shape_key in body
+
+    def request_fields(self, body: dict[str, Any]) -> dict[str, Any]:
+        messages = body.get(self.shape_key)
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_completion_tokens")
+        return {
+            "request_model": non_empty_str(body.get("model")),
+            "is_streaming": body.get("stream") is True,
+            "max_tokens": as_int(max_tokens),
+            "temperature": as_float(body.get("temperature")),
+            "top_p": as_float(body.get("top_p")),
+            "message_count": len(messages) if isinstance(messages, list) else None,
+        }
+
+    def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
+        if not isinstance(obj, dict):
+            return False
+        if event == "error" or obj.get("error"):
+            found = error_from_object(obj) or (None, None)
+            facts.set_error(found[0] or "stream_error", found[1])
+        self._read_common(facts, obj)
+        generated = False
+        for choice in _choices(obj):
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                if any(delta.get(key) for key in _GENERATED_KEYS):
+                    generated = True
+                    if delta.get("content"):
+                        facts.text_events += 1
+            elif choice.get("text"):  # legacy completions
+                generated = True
+                facts.text_events += 1
+        if generated:
+            facts.content_events += 1
+        return generated
+
+    def on_body(self, facts: ResponseFacts, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            return
+        found = error_from_object(obj)
+        if found is not None:
+            facts.set_error(found[0] or "error", found[1])
+        self._read_common(facts, obj)
+
+    def _read_common(self, facts: ResponseFacts, obj: dict[str, Any]) -> None:
+        if facts.model is None:
+            facts.model = non_empty_str(obj.get("model"))
+        for choice in _choices(obj):
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str) and reason:
+                facts.finish_reason = reason
+        usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            groq = obj.get("x_groq")
+            usage = groq.get("usage") if isinstance(groq, dict) else None
+        if isinstance(usage, dict):
+            _apply_usage(facts, usage)
+        elif isinstance(obj.get("timings"), dict) and facts.prompt_tokens is None:
+            _apply_llama_cpp_timings(facts, obj["timings"])
+
+
+def _choices(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return []
+    return [c for c in choices if isinstance(c, dict)]
+
+
+def _apply_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
+    """Usage is cumulative wherever it repeats: the last block replaces, never adds."""
+    facts.prompt_tokens = as_int(usage.get("prompt_tokens"))
+    facts.completion_tokens = as_int(usage.get("completion_tokens"))
+    facts.total_tokens = as_int(usage.get("total_tokens"))
+    prompt_details = usage.get("prompt_tokens_details")
+    cached = prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
+    if cached is None:
+        cached = usage.get("prompt_cache_hit_tokens")  # DeepSeek's own name
+    facts.cached_tokens = as_int(cached)
+    completion_details = usage.get("completion_tokens_details")
+    if isinstance(completion_details, dict):
+        facts.reasoning_tokens = as_int(completion_details.get("reasoning_tokens"))
+    else:
+        facts.reasoning_tokens = None
+
+
+def _apply_llama_cpp_timings(facts: ResponseFacts, timings: dict[str, Any]) -> None:
+    """llama-server without include_usage reports counts only here: prompt_n is the newly
+    processed part of the prompt, cache_n the part reused from the KV cache."""
+    prompt_n, cache_n = as_int(timings.get("prompt_n")), as_int(timings.get("cache_n"))
+    predicted_n = as_int(timings.get("predicted_n"))
+    if prompt_n is not None:
+        facts.prompt_tokens = prompt_n + (cache_n or 0)
+        facts.cached_tokens = cache_n
+    facts.completion_tokens = predicted_n
+    if facts.prompt_tokens is not None and predicted_n is not None:
+        facts.total_tokens = facts.prompt_tokens + predicted_n
+
+
+class OpenAICompletions(OpenAIChat):
+    """Legacy /v1/completions: the same chunk shape, text in `choices[].text`."""
+
+    operation = "text_completion"
+    path_suffix = "/completions"
+    shape_key = "prompt"
+
+    def request_fields(self, body: dict[str, Any]) -> dict[str, Any]:
+        fields = super().request_fields(body)
+        fields["message_count"] = None  # a prompt is not a list of messages
+        return fields

@@ -1,0 +1,277 @@
+"""mitmproxy addon: one row per LLM API call (latency, time to first token, tokens, errors).
+
+    mitmdump -s addon/llm_metrics.py [--set llm_metrics_db=PATH_OR_URL]
+
+Hooks stay thin: they stamp times, hand bytes to the pure parsers in `addon.metering` and hand a
+finished row to the background writer in `storage`. A metering failure is logged once and
+counted; it never changes, stalls or breaks the user's traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+# `mitmdump -s addon/llm_metrics.py` loads this file as a script: make the project importable
+# when it was not pip-installed.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from mitmproxy import ctx, exceptions, http  # noqa: E402
+
+from addon.formats import CANDIDATE_SUFFIXES, ResponseFacts, recognise, recognise_by_shape  # noqa: E402
+from addon.metering import StreamMeter, is_stream_type, meter_body  # noqa: E402
+from addon.record import Call, build_row, origin_from_user_agent, provider_for  # noqa: E402
+from addon.summary import format_call_line  # noqa: E402
+from addon.transport import classify_flow_error  # noqa: E402
+from migrations import upgrade  # noqa: E402
+from storage import RowWriter, default_location, open_database  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ORIGIN_HEADER = "x-llm-metrics-origin"
+_T0 = "llm_metrics_t0"  # flow.metadata key: perf_counter when the request headers arrived
+
+
+class LLMMetrics:
+    def __init__(self) -> None:
+        self.writer: RowWriter | None = None
+        self.location: str | None = None
+        self.extra_hosts: dict[str, str] = {}
+        self.inflight: dict[str, Call] = {}
+        self.recorded = 0
+        self.metering_errors = 0
+        self._logged_errors: set[str] = set()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "llm_metrics_db", str, default_location(),
+            "Where rows are stored: a SQLite file path or a database URL "
+            "(default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db).",
+        )
+        loader.add_option(
+            "llm_metrics_hosts", Sequence[str], [],
+            "Extra hosts to treat as LLM APIs whatever the request path, as HOST or HOST=PROVIDER.",
+        )
+        loader.add_option(
+            "llm_metrics_origin_header", str, DEFAULT_ORIGIN_HEADER,
+            "Request header that tags a call's origin; it is removed before the request is forwarded.",
+        )
+        loader.add_option(
+            "llm_metrics_queue_size", int, 10_000,
+            "Rows that may wait for the database before new ones are dropped (and counted).",
+        )
+        loader.add_option(
+            "llm_metrics_log_calls", bool, True,
+            "Print a one-line summary of each captured call.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "llm_metrics_hosts" in updated:
+            self.extra_hosts = _parse_hosts(ctx.options.llm_metrics_hosts)
+        if "llm_metrics_queue_size" in updated and ctx.options.llm_metrics_queue_size < 1:
+            raise exceptions.OptionsError("llm_metrics_queue_size must be at least 1")
+        if "llm_metrics_db" in updated or "llm_metrics_queue_size" in updated:
+            self._open_store(ctx.options.llm_metrics_db or default_location())
+
+    def running(self) -> None:
+        _warn_unknown_options()
+
+    def done(self) -> None:
+        now = time.perf_counter()
+        for flow_id, call in list(self.inflight.items()):
+            self._finish(call, call.meter.facts if call.meter else None, None, now,
+                         error=("proxy_shutdown", "the proxy stopped before the call completed"))
+        self.inflight.clear()
+        if self.writer is not None:
+            self.writer.close()
+            log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped",
+                     self.writer.written, self.location, self.writer.dropped)
+            self.writer = None
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        flow.metadata[_T0] = time.perf_counter()
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        try:
+            call = self._recognise(flow)
+        except Exception as exc:  # never let metering touch the user's traffic
+            self._metering_error("request", exc)
+            return
+        if call is not None:
+            self.inflight[flow.id] = call
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = self.inflight.get(flow.id)
+        if call is None:
+            return
+        call.t_headers = time.perf_counter()
+        response = flow.response
+        if not is_stream_type(response.headers.get("content-type")):
+            return
+        call.streamed = True
+        try:
+            call.meter = StreamMeter(call.fmt, response.headers.get("content-type"),
+                                     response.headers.get("content-encoding"))
+            response.stream = self._stream_callable(call)
+        except Exception as exc:
+            # Still stream: buffering an event stream would be worse than not metering it.
+            self._metering_error("responseheaders", exc)
+            call.metering_failed = True
+            response.stream = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = self.inflight.pop(flow.id, None)
+        if call is None:
+            return
+        try:
+            now = time.perf_counter()
+            if call.meter is not None:
+                if call.meter.close():
+                    call.stamp_token(now)
+                facts = call.meter.facts
+            else:
+                response = flow.response
+                body = response.get_content(strict=False) or b""
+                facts = meter_body(call.fmt, response.status_code,
+                                   response.headers.get("content-type"), body)
+            error = _stream_incomplete(call) if call.meter is not None else None
+            self._finish(call, facts, flow.response.status_code, now, error=error)
+        except Exception as exc:
+            self._metering_error("response", exc)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = self.inflight.pop(flow.id, None)
+        if call is None:
+            return
+        try:
+            now = time.perf_counter()
+            if call.meter is not None and call.meter.close():
+                call.stamp_token(now)
+            status = flow.response.status_code if flow.response is not None else None
+            error = classify_flow_error(flow.error.msg if flow.error else "", flow.response is not None)
+            self._finish(call, call.meter.facts if call.meter else None, status, now, error=error)
+        except Exception as exc:
+            self._metering_error("error", exc)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _open_store(self, location: str) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        try:
+            db = open_database(location)
+            upgrade(db)
+        except Exception as exc:
+            # Logged, not raised: mitmdump then exits at start-up with this one line instead
+            # of the script loader's traceback.
+            log.error("llm-metrics: cannot use llm_metrics_db=%r: %s", location, exc)
+            return
+        self.location = location
+        self.writer = RowWriter(db, queue_size=ctx.options.llm_metrics_queue_size)
+        self.writer.start()
+        log.info("llm-metrics: recording LLM calls to %s", location)
+
+    def _recognise(self, flow: http.HTTPFlow) -> Call | None:
+        request = flow.request
+        host = request.host.lower()
+        path = request.path.split("?", 1)[0]
+        extra = host in self.extra_hosts
+        if request.method != "POST" or not (extra or path.endswith(CANDIDATE_SUFFIXES)):
+            return None
+        try:
+            body = json.loads(request.get_content(strict=False) or b"")
+        except ValueError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        fmt = recognise(path, body) or (recognise_by_shape(body) if extra else None)
+        if fmt is None:
+            return None
+        tag_header = ctx.options.llm_metrics_origin_header
+        origin = request.headers.get(tag_header) if tag_header else None
+        if origin is not None:
+            del request.headers[tag_header]  # ours, not the upstream's: never forwarded
+        return Call(
+            fmt=fmt,
+            started_at=request.timestamp_start or time.time(),
+            t_start=flow.metadata.get(_T0) or time.perf_counter(),
+            host=host,
+            port=request.port,
+            path=path,
+            provider=provider_for(host, request.port, self.extra_hosts),
+            origin=origin or origin_from_user_agent(request.headers.get("user-agent")),
+            request=fmt.request_fields(body),
+        )
+
+    def _stream_callable(self, call: Call):
+        meter = call.meter
+
+        def on_chunk(data: bytes) -> bytes:
+            # Runs for every network read of the response: must return `data` unchanged, always.
+            if call.metering_failed:
+                return data
+            try:
+                if meter.feed(data) if data else meter.close():
+                    call.stamp_token(time.perf_counter())
+            except Exception as exc:
+                call.metering_failed = True
+                self._metering_error("stream", exc)
+            return data
+
+        return on_chunk
+
+    def _finish(self, call: Call, facts, status: int | None, t_end: float, *, error=None) -> None:
+        error_type, error_message = error if error else (None, None)
+        row = build_row(call, facts or ResponseFacts(), status_code=status, t_end=t_end,
+                        error_type=error_type, error_message=error_message)
+        self.recorded += 1
+        if self.writer is not None:
+            self.writer.submit(row)
+        if ctx.options.llm_metrics_log_calls:
+            log.info(format_call_line(row))
+
+    def _metering_error(self, where: str, exc: Exception) -> None:
+        self.metering_errors += 1
+        key = f"{where}:{type(exc).__name__}"
+        if key not in self._logged_errors:
+            self._logged_errors.add(key)
+            log.warning("llm-metrics: metering failed in %s (traffic unaffected): %r", where, exc)
+
+
+def _stream_incomplete(call: Call) -> tuple[str, str] | None:
+    """A stream that ended with neither its end marker nor a finish reason was cut short."""
+    facts = call.meter.facts
+    if call.metering_failed or facts.error_type or facts.terminated or facts.finish_reason:
+        return None
+    if facts.malformed_events:
+        return ("malformed_stream", f"{facts.malformed_events} stream event(s) were not valid JSON")
+    return ("incomplete_stream", "the stream ended without a finish reason or end marker")
+
+
+def _parse_hosts(values: Sequence[str]) -> dict[str, str]:
+    hosts: dict[str, str] = {}
+    for value in values:
+        for item in value.split(","):
+            host, _, provider = item.strip().partition("=")
+            if host:
+                hosts[host.lower()] = provider.strip()
+    return hosts
+
+
+def _warn_unknown_options() -> None:
+    """mitmproxy keeps `--set` names no addon declared and says nothing: catch our typos."""
+    deferred = getattr(ctx.options, "deferred", None) or {}
+    for name in deferred:
+        if name.startswith("llm_metrics"):
+            log.error("llm-metrics: unknown option %r (ignored); see `mitmdump --options`", name)
+
+
+addons = [LLMMetrics()]

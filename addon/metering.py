@@ -1,0 +1,109 @@
+"""Turns response bytes into `ResponseFacts`: decompress, frame, parse JSON, hand to a format.
+
+Pure: no mitmproxy and no clock. `StreamMeter.feed` says whether a piece completed an event that
+carried generated content, so the caller (the addon) can stamp time to first and last token.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .formats import ResponseFacts, WireFormat
+from .formats.errors import error_from_body
+from .wire.encoding import incremental_decoder
+from .wire.ndjson import NDJSONDecoder
+from .wire.sse import SSEDecoder
+
+SSE_TYPES = ("text/event-stream",)
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_stream_type(content_type: str | None) -> bool:
+    mt = media_type(content_type)
+    return mt in SSE_TYPES or mt in NDJSON_TYPES
+
+
+class StreamMeter:
+    """Incremental parser for one streamed response body, fed raw (still encoded) bytes."""
+
+    def __init__(self, fmt: WireFormat, content_type: str | None, content_encoding: str | None) -> None:
+        self.facts = ResponseFacts()
+        self._fmt = fmt
+        self._decode = incremental_decoder(content_encoding)  # UnsupportedEncoding propagates
+        self._sse = media_type(content_type) in SSE_TYPES
+        self._framer: SSEDecoder | NDJSONDecoder = SSEDecoder() if self._sse else NDJSONDecoder()
+        self.closed = False
+
+    def feed(self, data: bytes) -> bool:
+        """Parses one piece; True when it completed an event with generated content."""
+        plain = self._decode(data)
+        if not plain:
+            return False
+        return self._handle(self._framer.feed(plain))
+
+    def close(self) -> bool:
+        """End of body: flushes a last event that had no terminating blank line."""
+        if self.closed:
+            return False
+        self.closed = True
+        generated = self._handle(self._framer.close())
+        if self._sse:
+            self._read_stray(self._framer.stray)
+        return generated
+
+    def _handle(self, events: list) -> bool:
+        generated = False
+        facts, fmt = self.facts, self._fmt
+        for item in events:
+            if self._sse:
+                name, data = item
+                if data[:6] == b"[DONE]":
+                    facts.terminated = True
+                    continue
+            else:
+                name, data = None, item
+            facts.events += 1
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                facts.malformed_events += 1
+                continue
+            if fmt.on_event(facts, name, obj):
+                generated = True
+        return generated
+
+    def _read_stray(self, lines: list[bytes]) -> None:
+        """A bare JSON error appended to an SSE body, outside any `data:` line."""
+        if not lines:
+            return
+        try:
+            obj = json.loads(b"\n".join(lines))
+        except ValueError:
+            return
+        self._fmt.on_body(self.facts, obj)
+
+
+def meter_body(fmt: WireFormat, status: int, content_type: str | None, body: bytes) -> ResponseFacts:
+    """Facts from a whole, already decoded body (the non-streamed path)."""
+    if status >= 400:
+        facts = ResponseFacts()
+        facts.set_error(*error_from_body(status, body))
+        return facts
+    if is_stream_type(content_type):
+        # Streaming was not switched on for this flow (it should have been): parse it whole.
+        meter = StreamMeter(fmt, content_type, None)
+        meter.feed(body)
+        meter.close()
+        return meter.facts
+    facts = ResponseFacts()
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        facts.set_error("malformed_response", body[:200].decode("utf-8", "replace"))
+        return facts
+    fmt.on_body(facts, obj)
+    return facts

@@ -1,0 +1,174 @@
+"""One call's timings and facts, turned into a `completion_requests` row. Pure: no mitmproxy.
+
+All durations come from one monotonic clock (`time.perf_counter`) and are clamped at >= 0; the
+wall clock is used only for the row's `timestamp`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .formats import ResponseFacts, WireFormat
+
+# Well-known API hosts name the provider; any other host is "openai-compatible" (vLLM,
+# llama.cpp, LM Studio, ...), except Ollama's default port.
+_PROVIDER_BY_HOST = {
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gemini",
+    "aiplatform.googleapis.com": "vertex-ai",
+    "openrouter.ai": "openrouter",
+    "api.groq.com": "groq",
+    "api.mistral.ai": "mistral",
+    "api.deepseek.com": "deepseek",
+    "api.together.xyz": "together",
+    "api.fireworks.ai": "fireworks",
+    "api.x.ai": "xai",
+    "api.perplexity.ai": "perplexity",
+    "api.cerebras.ai": "cerebras",
+}
+_PROVIDER_BY_HOST_SUFFIX = (
+    (".openai.azure.com", "azure-openai"),
+    (".cognitiveservices.azure.com", "azure-openai"),
+    (".services.ai.azure.com", "azure-openai"),
+    ("-aiplatform.googleapis.com", "vertex-ai"),
+)
+OLLAMA_PORT = 11434
+
+
+def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None) -> str:
+    host = host.lower()
+    if extra_hosts and extra_hosts.get(host):
+        return extra_hosts[host]
+    if host in _PROVIDER_BY_HOST:
+        return _PROVIDER_BY_HOST[host]
+    for suffix, name in _PROVIDER_BY_HOST_SUFFIX:
+        if host.endswith(suffix):
+            return name
+    if port == OLLAMA_PORT:
+        return "ollama"
+    return "openai-compatible"
+
+
+def origin_from_user_agent(user_agent: str | None) -> str | None:
+    """The client's product: `OpenAI/Python 1.54.0` -> `OpenAI/Python`, `curl/8.5.0` -> `curl`."""
+    if not user_agent:
+        return None
+    first = user_agent.split(None, 1)[0]
+    name, sep, version = first.partition("/")
+    if sep and version[:1].isdigit():
+        return name[:100]
+    return first[:100]
+
+
+def utc_timestamp(epoch_seconds: float) -> str:
+    """`2026-11-22T14:03:07.123456Z`: fixed width, so rows sort and compare as text."""
+    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ms(start: float, end: float | None) -> int | None:
+    if end is None:
+        return None
+    return max(0, round((end - start) * 1000))
+
+
+@dataclass(slots=True)
+class Call:
+    """A recognised LLM call in flight: what the request said, and when things happened."""
+
+    fmt: WireFormat
+    started_at: float  # wall clock, epoch seconds
+    t_start: float  # perf_counter at request start
+    host: str
+    port: int
+    path: str
+    provider: str
+    origin: str | None
+    request: dict[str, Any]
+    t_headers: float | None = None
+    t_first_token: float | None = None
+    t_last_token: float | None = None
+    streamed: bool = False
+    meter: Any = None  # a StreamMeter while streaming
+    metering_failed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def stamp_token(self, now: float) -> None:
+        if self.t_first_token is None:
+            self.t_first_token = now
+        self.t_last_token = now
+
+
+def build_row(
+    call: Call,
+    facts: ResponseFacts,
+    *,
+    status_code: int | None,
+    t_end: float,
+    error_type: str | None = None,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    """The row for `completion_requests`. Failure comes from the transport error if any, then
+    the HTTP status, then an error the body or stream carried."""
+    if error_type is None and facts.error_type is not None:
+        error_type, error_message = facts.error_type, facts.error_message
+    if error_type is None and status_code is not None and status_code >= 400:
+        error_type = f"http_{status_code}"
+    streamed_times = call.streamed
+    ttft = _ms(call.t_start, call.t_first_token) if streamed_times else None
+    ttlt = _ms(call.t_start, call.t_last_token) if streamed_times else None
+    return {
+        "timestamp": utc_timestamp(call.started_at),
+        "success": error_type is None,
+        "status_code": status_code,
+        "response_time_ms": _ms(call.t_start, t_end),
+        "model": facts.model or call.request.get("request_model"),
+        "request_model": call.request.get("request_model"),
+        "provider": call.provider,
+        "host": call.host,
+        "path": call.path,
+        "origin": call.origin,
+        "is_streaming": bool(call.request.get("is_streaming") or call.streamed),
+        "max_tokens": call.request.get("max_tokens"),
+        "temperature": call.request.get("temperature"),
+        "top_p": call.request.get("top_p"),
+        "message_count": call.request.get("message_count"),
+        "prompt_tokens": facts.prompt_tokens,
+        "completion_tokens": facts.completion_tokens,
+        "total_tokens": _total(facts),
+        "cached_tokens": facts.cached_tokens,
+        "reasoning_tokens": facts.reasoning_tokens,
+        "finish_reason": facts.finish_reason,
+        "time_to_first_byte_ms": _ms(call.t_start, call.t_headers),
+        "time_to_first_token_ms": ttft,
+        "time_to_last_token_ms": ttlt,
+        "tokens_per_second": _tokens_per_second(call, facts) if streamed_times else None,
+        "chunk_count": facts.events if call.streamed else None,
+        "error_type": error_type,
+        "error_message": error_message,
+    }
+
+
+def _total(facts: ResponseFacts) -> int | None:
+    if facts.total_tokens is not None:
+        return facts.total_tokens
+    if facts.prompt_tokens is not None and facts.completion_tokens is not None:
+        return facts.prompt_tokens + facts.completion_tokens
+    return None
+
+
+def _tokens_per_second(call: Call, facts: ResponseFacts) -> float | None:
+    """Output tokens over generation time (first to last token); prompt tokens never count."""
+    if facts.completion_tokens is None or call.t_first_token is None or call.t_last_token is None:
+        return None
+    seconds = call.t_last_token - call.t_first_token
+    if seconds <= 0:
+        return None
+    return round(facts.completion_tokens / seconds, 3)
+
+
+def now() -> float:
+    return time.perf_counter()

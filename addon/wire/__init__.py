@@ -1,0 +1,1 @@
+"""Framing and transfer decoding: bytes in, events out. No knowledge of any provider."""

@@ -1,0 +1,89 @@
+"""Incremental Server-Sent Events framing (WHATWG rules), fed bytes in pieces of any size.
+
+Works on bytes end to end: lines are split on the byte delimiters (which never occur inside a
+multi-byte UTF-8 sequence) and `data` stays bytes, because `json.loads` takes bytes and decoding
+each network read on its own would corrupt characters split across reads.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class Event(NamedTuple):
+    """One dispatched SSE event: `event` is None when the stream named no type."""
+
+    event: str | None
+    data: bytes
+
+
+class SSEDecoder:
+    """Turns a byte stream into `Event`s; `stray` collects lines that are not SSE fields."""
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []  # bytes of an unfinished line
+        self._data: list[bytes] = []
+        self._event: str | None = None
+        self.comments = 0
+        # Lines with no `field:` shape. Gemini appends a bare JSON error object this way;
+        # a format handler may look at them, an SSE parser proper would drop them.
+        self.stray: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        if not chunk:
+            return []
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._pending.append(chunk)  # mid-line: avoid re-joining a growing buffer
+            return []
+        buf = b"".join(self._pending) + chunk if self._pending else chunk
+        out: list[Event] = []
+        pos = 0
+        end = len(buf)
+        for m in _EOL.finditer(buf):
+            if m.end() == end and buf[m.start()] == 13 and m.end() - m.start() == 1:
+                break  # a trailing lone \r may be the first half of \r\n: wait for more
+            self._line(buf[pos : m.start()], out)
+            pos = m.end()
+        self._pending = [buf[pos:]] if pos < end else []
+        return out
+
+    def close(self) -> list[Event]:
+        """End of stream: an unterminated last line and event are processed, not dropped."""
+        out: list[Event] = []
+        if self._pending:
+            line = b"".join(self._pending)
+            self._pending = []
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._line(line, out)
+        self._dispatch(out)
+        return out
+
+    def _line(self, line: bytes, out: list[Event]) -> None:
+        if not line:
+            self._dispatch(out)
+            return
+        if line[0] == 58:  # ":" comment
+            self.comments += 1
+            return
+        name, sep, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name in (b"id", b"retry"):
+            pass
+        elif not sep or name.strip()[:1] in (b"{", b"}", b"[", b"]", b'"'):
+            self.stray.append(line)
+
+    def _dispatch(self, out: list[Event]) -> None:
+        if self._data:
+            data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+            out.append(Event(self._event, data))
+        self._data = []
+        self._event = None

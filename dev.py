@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Set-up and run commands that need nothing but Python itself.
+
+    python3 dev.py run  [mitmdump args...]   install into ./.venv, start the proxy on port 8080
+    python3 dev.py test [pytest args...]     install into ./.venv, run the whole test suite
+    python3 dev.py report [report args...]   install into ./.venv, print the report
+
+`--venv DIR` (before the command's own arguments) uses another virtual environment, e.g. one per
+Python version. Installation is skipped when pyproject.toml has not changed since the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def ensure_venv(venv_dir: Path, extras: str) -> Path:
+    python = venv_dir / "bin" / "python"
+    if not python.exists():
+        print(f"creating virtual environment {venv_dir} with {sys.executable}", flush=True)
+        try:
+            venv.EnvBuilder(with_pip=True).create(venv_dir)
+        except Exception as exc:  # e.g. Debian's python3 without python3-venv
+            sys.exit(f"error: cannot create a virtual environment ({exc}); install Python's venv module")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamps = {name: venv_dir / f".llm-metrics-installed-{name}" for name in ("base", "test")}
+    stamp = stamps[extras or "base"]
+    # An install with the test extras covers a plain one too.
+    done = [s for s in (stamp, stamps["test"]) if s.exists() and s.read_text() == digest]
+    if not done:
+        print(f"installing llm-metrics-proxy[{extras}] into {venv_dir}", flush=True)
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)
+        subprocess.run([*pip, "-e", f"{ROOT}[{extras}]" if extras else str(ROOT)], check=True)
+        stamp.write_text(digest)
+    return venv_dir / "bin"
+
+
+def main(argv: list[str]) -> int:
+    venv_dir = ROOT / ".venv"
+    if len(argv) >= 2 and argv[0] == "--venv":
+        venv_dir, argv = (ROOT / argv[1]).resolve(), argv[2:]
+    if not argv or argv[0] not in ("run", "test", "report"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    bin_dir = ensure_venv(venv_dir, "test" if command == "test" else "")
+    if command == "run":
+        args = [str(bin_dir / "mitmdump"), "-s", str(ROOT / "addon" / "llm_metrics.py"), *rest]
+    elif command == "report":
+        args = [str(bin_dir / "python"), "-m", "reports", *rest]
+    else:
+        args = [str(bin_dir / "python"), "-m", "pytest", *rest]
+    os.chdir(ROOT)
+    os.execv(args[0], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,68 @@
+"""Schema history, oldest first. A shipped step is never edited: change the schema with a new one.
+
+Steps use frozen SQL or `playhouse.migrate` operations with fields declared here, never the live
+models in `storage.models`, so each step keeps doing exactly what it did when it shipped.
+"""
+
+from __future__ import annotations
+
+import peewee
+from playhouse.migrate import SchemaMigrator
+
+from .registry import step
+
+TABLE = "completion_requests"
+
+# The original LLM Metrics Proxy's schema, verbatim, so its databases upgrade in place.
+_ORIGINAL_SQLITE = """
+CREATE TABLE IF NOT EXISTS completion_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    success BOOLEAN NOT NULL,
+    status_code INTEGER NOT NULL,
+    response_time_ms INTEGER NOT NULL,
+    model TEXT,
+    origin TEXT,
+    is_streaming BOOLEAN NOT NULL,
+    max_tokens INTEGER,
+    temperature REAL,
+    top_p REAL,
+    message_count INTEGER,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    total_tokens INTEGER,
+    finish_reason TEXT,
+    time_to_first_token_ms INTEGER,
+    time_to_last_token_ms INTEGER,
+    tokens_per_second REAL,
+    error_type TEXT,
+    error_message TEXT
+)
+"""
+_ORIGINAL_POSTGRES = (
+    _ORIGINAL_SQLITE.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "SERIAL PRIMARY KEY")
+    .replace("REAL", "DOUBLE PRECISION")
+)
+
+
+@step(1, "m001_original_schema", "completion_requests as the original LLM Metrics Proxy made it")
+def m001_original_schema(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    sql = _ORIGINAL_POSTGRES if isinstance(db, peewee.PostgresqlDatabase) else _ORIGINAL_SQLITE
+    db.execute_sql(sql)
+
+
+@step(2, "m002_capture_columns", "where a call went, cache/reasoning tokens, first byte, chunks")
+def m002_capture_columns(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Rows recorded before this step keep NULL here: the original never saw these values.
+    text = {name: peewee.TextField(null=True) for name in ("request_model", "provider", "host", "path")}
+    ints = {
+        name: peewee.IntegerField(null=True)
+        for name in ("cached_tokens", "reasoning_tokens", "time_to_first_byte_ms", "chunk_count")
+    }
+    for name, field in {**text, **ints}.items():
+        migrator.add_column(TABLE, name, field).run()
+    # A call that got no response (connection refused, reset) has no status code: NULL, not 0.
+    migrator.drop_not_null(TABLE, "status_code").run()
+    # Reports select by time range, overall and per model.
+    migrator.add_index(TABLE, ("timestamp",)).run()
+    migrator.add_index(TABLE, ("model", "timestamp")).run()

@@ -1,0 +1,60 @@
+"""Opening the metrics database from a path or URL, with the settings the proxy relies on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import peewee
+from playhouse.db_url import connect as connect_url
+
+ENV_VAR = "LLM_METRICS_DB"
+DEFAULT_DB_PATH = "~/.llm_metrics_proxy/metrics.db"
+
+# WAL lets reports read while the proxy writes; NORMAL sync is durable across process crashes
+# (only an OS crash can lose the last transactions); busy_timeout rides out short locks.
+SQLITE_PRAGMAS = (
+    ("journal_mode", "wal"),
+    ("synchronous", "normal"),
+    ("busy_timeout", 5000),
+    ("foreign_keys", 1),
+)
+
+
+def default_location() -> str:
+    """What every entry point uses when given nothing: $LLM_METRICS_DB, else the home default."""
+    return os.environ.get(ENV_VAR) or DEFAULT_DB_PATH
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def sqlite_path(location: str) -> Path | None:
+    """The file behind a SQLite location (plain path or sqlite:/// URL); None for other engines."""
+    if location.startswith("sqlite:///"):
+        return Path(location[len("sqlite:///") :]).expanduser()
+    if is_url(location):
+        return None
+    return Path(location).expanduser()
+
+
+def open_database(location: str, *, create: bool = True) -> peewee.Database:
+    """A connected peewee database. A new SQLite file is made readable by its owner only."""
+    path = sqlite_path(location)
+    if path is None:
+        return connect_url(location)
+    if path.exists() or not create:
+        if not path.exists():
+            raise FileNotFoundError(str(path))
+    else:
+        _create_private_file(path)
+    db = peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, timeout=5)
+    db.connect(reuse_if_open=True)
+    return db
+
+
+def _create_private_file(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)

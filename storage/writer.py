@@ -1,0 +1,129 @@
+"""A background thread that writes rows in batches, so no database call runs on mitmproxy's loop.
+
+`submit` never blocks: rows wait in a bounded queue. While the database cannot be written (locked,
+read-only, away) the current batch is retried with backoff and new rows keep queueing; when the
+queue is full a row is dropped and counted, never silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import peewee
+
+from .models import CompletionRequest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 10_000
+DEFAULT_BATCH_SIZE = 500
+_RETRY_MIN_S = 0.05
+_RETRY_MAX_S = 2.0
+
+
+class RowWriter:
+    def __init__(
+        self,
+        db: peewee.Database,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self._db = db
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._stop = threading.Event()
+        self._deadline: float | None = None
+        self._thread = threading.Thread(target=self._run, name="llm-metrics-writer", daemon=True)
+        self._lock = threading.Lock()
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, row: dict[str, Any]) -> bool:
+        """Queues a row; False (and counted) when the queue is full or the writer has stopped."""
+        if not self._stop.is_set():
+            try:
+                self._queue.put_nowait(row)
+                return True
+            except queue.Full:
+                pass
+        self._count_dropped(1)
+        return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Writes everything queued, waiting at most `timeout` seconds; the rest is counted."""
+        self._deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout + 1)
+        leftover = self._queue.qsize()
+        if leftover:
+            self._count_dropped(leftover)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _count_dropped(self, n: int) -> None:
+        with self._lock:
+            before = self.dropped
+            self.dropped += n
+        # Log the first drop and then each power of ten, so a long outage cannot flood the log.
+        if before == 0 or len(str(before)) != len(str(self.dropped)):
+            log.warning("llm-metrics: %d row(s) dropped so far: the database cannot keep up or is unavailable", self.dropped)
+
+    def _run(self) -> None:
+        with self._db.bind_ctx([CompletionRequest]):
+            while True:
+                batch = self._next_batch()
+                if batch:
+                    self._write_with_retry(batch)
+                elif self._stop.is_set():
+                    break
+        if not self._db.is_closed():
+            self._db.close()
+
+    def _next_batch(self) -> list[dict[str, Any]]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self._batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write_with_retry(self, batch: list[dict[str, Any]]) -> None:
+        delay = _RETRY_MIN_S
+        while True:
+            try:
+                with self._db.atomic():
+                    CompletionRequest.insert_many(batch).execute()
+                self.written += len(batch)
+                return
+            except peewee.PeeweeException as exc:  # includes sqlite3/psycopg errors, wrapped
+                self.write_errors += 1
+                if self.last_error != str(exc):
+                    log.warning("llm-metrics: writing %d row(s) failed, will retry: %s", len(batch), exc)
+                self.last_error = str(exc)
+            except Exception:  # a bug, not an outage: retrying would not help
+                log.exception("llm-metrics: %d row(s) could not be written", len(batch))
+                self._count_dropped(len(batch))
+                return
+            if self._deadline is not None and time.monotonic() + delay > self._deadline:
+                self._count_dropped(len(batch))
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)

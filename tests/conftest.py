@@ -1,0 +1,138 @@
+"""Shared fixtures: a fake upstream and real `mitmdump -s addon/llm_metrics.py` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parents[1]
+ADDON = ROOT / "addon" / "llm_metrics.py"
+SHARED = ROOT.parent / "shared"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proxy:
+    """One real mitmdump process with the addon, its own confdir and SQLite file."""
+
+    def __init__(self, workdir: Path, *extra_args: str) -> None:
+        self.port = free_port()
+        self.confdir = workdir / "confdir"
+        self.db_path = workdir / "metrics.db"
+        self.log_path = workdir / "mitmdump.log"
+        args = [
+            str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+            "-s", str(ADDON),
+            "--set", f"confdir={self.confdir}",
+            "--set", f"llm_metrics_db={self.db_path}",
+            "--set", "flow_detail=0",
+            *extra_args,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+        self._wait_listening()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def _wait_listening(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mitmdump did not listen within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rows(self, expected: int = 1, timeout: float = 10.0) -> list[dict]:
+        """Rows in insertion order, waiting until at least `expected` are there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = read_rows(self.db_path)
+            if len(found) >= expected or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def read_rows(db_path: Path) -> list[dict]:
+    if not db_path.exists():
+        return []
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM completion_requests ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def upstream():
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def tls_upstream(tmp_path):
+    with FakeUpstream(tls_dir=tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    started: list[Proxy] = []
+
+    def start(*extra_args: str, name: str = "proxy") -> Proxy:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        proxy = Proxy(workdir, *extra_args)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def proxy(start_proxy):
+    return start_proxy()

@@ -1,0 +1,208 @@
+"""A fake OpenAI-compatible upstream for end-to-end tests, on 127.0.0.1, plain HTTP or TLS.
+
+A test picks the behaviour of each request with the `x-scenario` header (the SDKs send it via
+`extra_headers`); a scenario is a plain object the test builds. The server records when it sent
+the first content chunk, so tests can compare recorded time to first token with the truth.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import ssl
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Scenario:
+    """What the upstream answers. Delays are seconds; `words` become one content chunk each."""
+
+    status: int = 200
+    model: str = "gpt-fake-2026-01-01"
+    words: tuple[str, ...] = ("Hello", " from", " the", " fake", " upstream", ".")
+    prompt_tokens: int = 11
+    completion_tokens: int = 6
+    cached_tokens: int = 3
+    reasoning_tokens: int = 0
+    finish_reason: str = "stop"
+    first_token_delay: float = 0.0  # after the role-only first chunk
+    chunk_delay: float = 0.0  # between later content chunks
+    error_body: bytes | None = None  # sent as-is with `status` when set
+    error_content_type: str = "application/json"
+    reset_after_chunks: int | None = None  # send a TCP RST after this many content chunks
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Served:
+    """What one request looked like from the upstream's side."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    received_at: float  # perf_counter
+    first_content_at: float | None = None
+
+
+class FakeUpstream:
+    def __init__(self, tls_dir: Path | None = None) -> None:
+        self.scenarios: dict[str, Scenario] = {"default": Scenario()}
+        self.served: list[Served] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls_dir is not None:
+            cert, key = _self_signed(tls_dir)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> FakeUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def last(self) -> Served:
+        return self.served[-1]
+
+
+def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def do_POST(self) -> None:
+            received = time.perf_counter()
+            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.loads(raw or b"{}")
+            served = Served(self.path, {k.lower(): v for k, v in self.headers.items()}, body, received)
+            upstream.served.append(served)
+            sc = upstream.scenarios[self.headers.get("x-scenario", "default")]
+            if not self.path.split("?")[0].endswith("/completions"):
+                self._send_whole(501, "text/plain", b"not an LLM endpoint", sc)
+            elif sc.error_body is not None:
+                self._send_whole(sc.status, sc.error_content_type, sc.error_body, sc)
+            elif body.get("stream"):
+                self._stream(sc, body, served)
+            else:
+                self._send_whole(sc.status, "application/json", json.dumps(_completion(sc, body)).encode(), sc)
+
+        def _send_whole(self, status: int, content_type: str, payload: bytes, sc: Scenario) -> None:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(payload)))
+            for name, value in sc.extra_headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def _stream(self, sc: Scenario, body: dict[str, Any], served: Served) -> None:
+            self.send_response(sc.status)
+            self.send_header("content-type", "text/event-stream; charset=utf-8")
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("cache-control", "no-cache")
+            self.end_headers()
+            base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": sc.model}
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            null_usage = {"usage": None} if include_usage else {}
+            self._event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], **null_usage})
+            time.sleep(sc.first_token_delay)
+            for i, word in enumerate(sc.words):
+                if i and sc.chunk_delay:
+                    time.sleep(sc.chunk_delay)
+                if sc.reset_after_chunks is not None and i == sc.reset_after_chunks:
+                    self._reset()
+                    return
+                self._event({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}], **null_usage})
+                if served.first_content_at is None:
+                    served.first_content_at = time.perf_counter()
+            self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": sc.finish_reason}], **null_usage})
+            if include_usage:
+                self._event({**base, "choices": [], "usage": _usage(sc)})
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
+
+        def _event(self, obj: dict[str, Any]) -> None:
+            self._chunk(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        def _reset(self) -> None:
+            # SO_LINGER 0 makes close() send RST instead of FIN: a hard mid-stream reset.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+
+    return Handler
+
+
+def _usage(sc: Scenario) -> dict[str, Any]:
+    return {
+        "prompt_tokens": sc.prompt_tokens,
+        "completion_tokens": sc.completion_tokens,
+        "total_tokens": sc.prompt_tokens + sc.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": sc.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": sc.reasoning_tokens},
+    }
+
+
+def _completion(sc: Scenario, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": sc.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(sc.words)}, "finish_reason": sc.finish_reason}],
+        "usage": _usage(sc),
+    }
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    """A throwaway certificate for 127.0.0.1 (the proxy runs with ssl_insecure for it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "upstream-cert.pem", directory / "upstream-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
