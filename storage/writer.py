@@ -23,6 +23,7 @@ DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_BATCH_SIZE = 500
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
+_ATTEMPT_MAX_S = 10.0  # longer than any driver's own lock wait (SQLite busy_timeout is 5 s)
 
 
 class RowWriter:
@@ -40,6 +41,7 @@ class RowWriter:
         self._deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="llm-metrics-writer", daemon=True)
         self._lock = threading.Lock()
+        self._in_flight = 0
         self.written = 0
         self.dropped = 0
         self.write_errors = 0
@@ -64,8 +66,10 @@ class RowWriter:
         self._deadline = time.monotonic() + timeout
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout + 1)
-        leftover = self._queue.qsize()
+            # A write attempt that started before the deadline may wait out SQLite's busy
+            # timeout; the loop then sees the deadline and counts the batch as dropped.
+            self._thread.join(timeout + _ATTEMPT_MAX_S)
+        leftover = self._queue.qsize() + (self._in_flight if self._thread.is_alive() else 0)
         if leftover:
             self._count_dropped(leftover)
 
@@ -107,6 +111,13 @@ class RowWriter:
 
     def _write_with_retry(self, batch: list[dict[str, Any]]) -> None:
         delay = _RETRY_MIN_S
+        self._in_flight = len(batch)
+        try:
+            self._retry_until_written(batch, delay)
+        finally:
+            self._in_flight = 0
+
+    def _retry_until_written(self, batch: list[dict[str, Any]], delay: float) -> None:
         while True:
             try:
                 with self._db.atomic():

@@ -61,11 +61,15 @@ class Proxy:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.log()}")
+            # mitmproxy 12 may open the listener a few ms before the addon's configure has
+            # opened the database: wait for both.
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
+                if "llm-metrics: recording LLM calls" in self.log():
+                    return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.02)
         raise RuntimeError(f"mitmdump did not listen within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:

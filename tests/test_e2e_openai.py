@@ -11,10 +11,10 @@ import ssl
 import statistics
 import time
 
-import httpx
 import openai
 import pytest
 
+from tests.clients import httpx
 from tests.upstream import Scenario
 
 pytestmark = pytest.mark.e2e
@@ -242,3 +242,26 @@ def test_non_llm_traffic_passes_through_unrecorded(proxy, upstream):
     rows = proxy.rows(1)
     time.sleep(0.5)
     assert len(proxy.rows(1)) == 1 == len(rows)
+
+
+def _raw_stream(client, upstream, encoding: str) -> bytes:
+    body = {"model": "gpt-fake", "messages": MESSAGES, "max_tokens": 64, "temperature": 0.5, "top_p": 0.9,
+            "stream": True, "stream_options": {"include_usage": True}}
+    headers = {"accept-encoding": encoding, "x-scenario": "enc", "user-agent": "OpenAI/Python 9.9"}
+    with client.stream("POST", f"{upstream.base_url}/chat/completions", json=body, headers=headers) as response:
+        assert response.headers["content-encoding"] == encoding
+        return b"".join(response.iter_raw())
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+def test_compressed_stream_is_decoded_incrementally_and_passed_through_byte_identical(proxy, upstream, encoding):
+    upstream.scenarios["enc"] = Scenario(content_encoding=encoding, first_token_delay=0.2, chunk_delay=0.05)
+    direct = _raw_stream(httpx.Client(trust_env=False), upstream, encoding)
+    proxied = _raw_stream(httpx.Client(proxy=proxy.url), upstream, encoding)
+    assert proxied == direct
+    [row] = proxy.rows(1)
+    assert_common(row, upstream, streaming=True)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["finish_reason"]) == (11, 6, "stop")
+    assert row["chunk_count"] == 9
+    # Decoded as it arrived, not at the end (about 450 ms): first token at the upstream's delay.
+    assert 190 <= row["time_to_first_token_ms"] <= 260

@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+import zlib
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +38,7 @@ class Scenario:
     error_body: bytes | None = None  # sent as-is with `status` when set
     error_content_type: str = "application/json"
     reset_after_chunks: int | None = None  # send a TCP RST after this many content chunks
+    content_encoding: str | None = None  # gzip, br or zstd: the stream is compressed, flushed per event
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -120,6 +122,9 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             self.send_header("content-type", "text/event-stream; charset=utf-8")
             self.send_header("transfer-encoding", "chunked")
             self.send_header("cache-control", "no-cache")
+            self._compress = _flushing_compressor(sc.content_encoding)
+            if sc.content_encoding:
+                self.send_header("content-encoding", sc.content_encoding)
             self.end_headers()
             base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": sc.model}
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -139,12 +144,19 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             if include_usage:
                 self._event({**base, "choices": [], "usage": _usage(sc)})
             self._chunk(b"data: [DONE]\n\n")
-            self._chunk(b"")
+            tail = self._compress(b"", final=True)
+            if tail:
+                self._chunk(tail, raw=True)
+            self._chunk(b"", raw=True)  # the terminating zero-length chunk
 
         def _event(self, obj: dict[str, Any]) -> None:
             self._chunk(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
 
-        def _chunk(self, data: bytes) -> None:
+        def _chunk(self, data: bytes, raw: bool = False) -> None:
+            if not raw:
+                data = self._compress(data)
+            if not data and not raw:
+                return
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
 
@@ -155,6 +167,27 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             self.connection.close()
 
     return Handler
+
+
+def _flushing_compressor(encoding: str | None):
+    """compress(data, final=False) -> bytes that decode to `data` on their own arrival."""
+    if encoding is None:
+        return lambda data, final=False: data
+    if encoding == "gzip":
+        obj = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        return lambda data, final=False: obj.compress(data) + obj.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+    if encoding == "br":
+        import brotli
+
+        obj = brotli.Compressor()
+        return lambda data, final=False: obj.process(data) + (obj.finish() if final else obj.flush())
+    if encoding == "zstd":
+        import zstandard
+
+        obj = zstandard.ZstdCompressor().compressobj()
+        flush_mode = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        return lambda data, final=False: obj.compress(data) + obj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH if final else flush_mode)
+    raise ValueError(encoding)
 
 
 def _usage(sc: Scenario) -> dict[str, Any]:

@@ -46,6 +46,10 @@ def _kind(err: dict[str, Any]) -> str | None:
 
 def _message(err: dict[str, Any]) -> str | None:
     message = err.get("message")
+    metadata = err.get("metadata")
+    raw = metadata.get("raw") if isinstance(metadata, dict) else None
+    if isinstance(message, str) and isinstance(raw, str) and raw:
+        return f"{message}: {raw}"  # OpenRouter: the upstream provider's own words
     if isinstance(message, str):
         return message
     return json.dumps(err)[:1000]

@@ -48,19 +48,17 @@ class OpenAIChat:
             found = error_from_object(obj) or (None, None)
             facts.set_error(found[0] or "stream_error", found[1])
         self._read_common(facts, obj)
-        generated = False
+        generated = text = False
         for choice in _choices(obj):
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                if any(delta.get(key) for key in _GENERATED_KEYS):
-                    generated = True
-                    if delta.get("content"):
-                        facts.text_events += 1
+                generated = generated or any(delta.get(key) for key in _GENERATED_KEYS)
+                text = text or bool(delta.get("content"))
             elif choice.get("text"):  # legacy completions
-                generated = True
-                facts.text_events += 1
-        if generated:
-            facts.content_events += 1
+                generated = text = True
+        # Counted per event, however many choices (n > 1) it carries.
+        facts.content_events += generated
+        facts.text_events += text
         return generated
 
     def on_body(self, facts: ResponseFacts, obj: Any) -> None:

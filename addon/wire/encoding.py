@@ -21,26 +21,44 @@ class UnsupportedEncoding(ValueError):
 class _Zlib:
     def __init__(self, wbits: int) -> None:
         self._d = zlib.decompressobj(wbits)
-        self._raw_fallback = wbits == zlib.MAX_WBITS
+        # "deflate" is often sent raw, without the zlib header the RFC asks for. The header check
+        # may fail only on a later piece (one byte at a time, on the second), so the input is kept
+        # until the first output shows the header was right, to be replayed as raw deflate.
+        self._replay: list[bytes] | None = [] if wbits == zlib.MAX_WBITS else None
 
     def __call__(self, data: bytes) -> bytes:
-        try:
+        if self._replay is None:
             return self._d.decompress(data)
+        self._replay.append(data)
+        try:
+            out = self._d.decompress(data)
         except zlib.error:
-            # "deflate" is often sent raw, without the zlib header the RFC asks for.
-            if not self._raw_fallback:
-                raise
-            self._raw_fallback = False
+            data, self._replay = b"".join(self._replay), None
             self._d = zlib.decompressobj(-zlib.MAX_WBITS)
             return self._d.decompress(data)
+        if out:
+            self._replay = None
+        return out
 
 
 def _brotli() -> Callable[[bytes], bytes]:
     return brotli.Decompressor().process
 
 
-def _zstd() -> Callable[[bytes], bytes]:
-    return zstandard.ZstdDecompressor().decompressobj().decompress
+class _Zstd:
+    """A zstd body is one or more frames (RFC 8878); a decompressobj reads only one frame."""
+
+    def __init__(self) -> None:
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+
+    def __call__(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self._d.eof:
+                self._d = zstandard.ZstdDecompressor().decompressobj()
+            out.append(self._d.decompress(data))
+            data = self._d.unused_data if self._d.eof else b""
+        return b"".join(out)
 
 
 _FACTORIES: dict[str, Callable[[], Callable[[bytes], bytes]]] = {
@@ -48,7 +66,7 @@ _FACTORIES: dict[str, Callable[[], Callable[[bytes], bytes]]] = {
     "x-gzip": lambda: _Zlib(16 + zlib.MAX_WBITS),
     "deflate": lambda: _Zlib(zlib.MAX_WBITS),
     "br": _brotli,
-    "zstd": _zstd,
+    "zstd": _Zstd,
 }
 
 

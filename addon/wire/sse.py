@@ -11,6 +11,7 @@ import re
 from typing import NamedTuple
 
 _EOL = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
 
 
 class Event(NamedTuple):
@@ -25,6 +26,7 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._pending: list[bytes] = []  # bytes of an unfinished line
+        self._started = False  # past a possible leading byte-order mark
         self._data: list[bytes] = []
         self._event: str | None = None
         self.comments = 0
@@ -35,10 +37,17 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[Event]:
         if not chunk:
             return []
-        if b"\n" not in chunk and b"\r" not in chunk:
+        if self._started and b"\n" not in chunk and b"\r" not in chunk:
             self._pending.append(chunk)  # mid-line: avoid re-joining a growing buffer
             return []
         buf = b"".join(self._pending) + chunk if self._pending else chunk
+        if not self._started:
+            if len(buf) < 3 and _BOM.startswith(buf):
+                self._pending = [buf]  # could still be the start of a byte-order mark
+                return []
+            self._started = True
+            if buf.startswith(_BOM):
+                buf = buf[3:]  # WHATWG: one leading BOM is not part of the first line
         out: list[Event] = []
         pos = 0
         end = len(buf)
@@ -52,13 +61,9 @@ class SSEDecoder:
 
     def close(self) -> list[Event]:
         """End of stream: an unterminated last line and event are processed, not dropped."""
-        out: list[Event] = []
-        if self._pending:
-            line = b"".join(self._pending)
-            self._pending = []
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            self._line(line, out)
+        # The pending bytes may hold a lone \r that was waiting for a \n, with more text after it:
+        # ending them with \n splits them exactly as `feed` would (a trailing \r\n is one ending).
+        out = self.feed(b"\n") if self._pending else []
         self._dispatch(out)
         return out
 
