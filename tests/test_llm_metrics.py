@@ -1,0 +1,195 @@
+"""The addon's hooks, driven by hand in flow order with mitmproxy's own test helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow, tutils
+
+from addon.llm_metrics import LLMMetrics
+from tests.conftest import read_rows
+
+CHAT = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": 0.2}
+SSE = (
+    b'data: {"model":"gpt-x-1","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    b'data: {"model":"gpt-x-1","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    b'data: {"model":"gpt-x-1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+@pytest.fixture
+def metrics(tmp_path):
+    addon = LLMMetrics()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False)
+        yield addon
+        addon.done()
+
+
+def llm_flow(body: dict | bytes = CHAT, path: str = "/v1/chat/completions", host: str = "127.0.0.1", **headers) -> http.HTTPFlow:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = tutils.treq(method=b"POST", host=host, port=8000, path=path.encode(), content=content)
+    request.headers.update(headers)
+    return tflow.tflow(req=request)
+
+
+def sse_response() -> http.Response:
+    return http.Response.make(200, b"", {"content-type": "text/event-stream"})
+
+
+def run_request(addon: LLMMetrics, flow: http.HTTPFlow) -> None:
+    addon.requestheaders(flow)
+    addon.request(flow)
+
+
+def stored(addon: LLMMetrics) -> list[dict]:
+    addon.done()
+    return read_rows(Path(addon.location))
+
+
+def test_stream_callable_returns_every_chunk_unchanged_and_records_the_call(metrics):
+    flow = llm_flow()
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+    on_chunk = flow.response.stream
+    assert callable(on_chunk)
+    pieces = [SSE[i : i + 7] for i in range(0, len(SSE), 7)] + [b""]
+    assert [on_chunk(p) for p in pieces] == pieces
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert (row["model"], row["request_model"], row["finish_reason"]) == ("gpt-x-1", "gpt-x", "stop")
+    assert (row["is_streaming"], row["chunk_count"], row["success"]) == (1, 3, 1)
+    assert row["temperature"] == 0.2 and row["message_count"] == 1
+    assert row["time_to_first_token_ms"] is not None
+
+
+def test_parser_failure_inside_the_stream_is_logged_once_and_chunks_still_pass(metrics, caplog):
+    flow = llm_flow()
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+
+    def broken_feed(data: bytes) -> bool:
+        raise RuntimeError("parser bug")
+
+    metrics.inflight[flow.id].meter.feed = broken_feed
+    with caplog.at_level(logging.WARNING):
+        assert flow.response.stream(b"data: {}\n\n") == b"data: {}\n\n"
+        assert flow.response.stream(b"data: {}\n\n") == b"data: {}\n\n"
+    assert metrics.metering_errors == 1
+    assert sum("metering failed in stream" in r.message for r in caplog.records) == 1
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert row["status_code"] == 200  # what could be recorded, still is
+
+
+def test_unsupported_content_encoding_still_streams_unparsed(metrics):
+    flow = llm_flow()
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    flow.response.headers["content-encoding"] = "compress"  # Response.make would drop it
+    metrics.responseheaders(flow)
+    assert flow.response.stream is True  # never left buffered
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert row["is_streaming"] == 1 and row["error_type"] is None
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", "/v1/chat/completions", CHAT),
+        ("POST", "/v1/files", CHAT),
+        ("POST", "/v1/chat/completions", b"not json"),
+        ("POST", "/v1/chat/completions", {"model": "x"}),  # no messages: not a chat call
+        ("POST", "/v1/chat/completions", b"[1, 2]"),
+    ],
+)
+def test_other_traffic_is_not_recognised_and_not_touched(metrics, method, path, body):
+    flow = llm_flow(body, path=path)
+    flow.request.method = method
+    before = flow.request.copy()
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+    assert metrics.inflight == {}
+    assert flow.response.stream is False
+    assert flow.request.content == before.content and flow.request.headers == before.headers
+    metrics.response(flow)
+    assert stored(metrics) == []
+
+
+def test_origin_tag_header_is_recorded_and_removed(metrics):
+    flow = llm_flow(**{"x-llm-metrics-origin": "nightly-eval", "user-agent": "curl/8.5.0"})
+    run_request(metrics, flow)
+    assert "x-llm-metrics-origin" not in flow.request.headers
+    flow.response = http.Response.make(200, b'{"choices": []}', {"content-type": "application/json"})
+    metrics.responseheaders(flow)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert row["origin"] == "nightly-eval"
+
+
+def test_extra_hosts_name_the_provider_and_match_on_body_shape_at_any_path(tmp_path):
+    addon = LLMMetrics()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_hosts=["llm.internal=acme-gateway"])
+        flow = llm_flow(path="/gateway/v2/generate", host="llm.internal")
+        run_request(addon, flow)
+        flow.response = http.Response.make(200, b'{"model": "m", "choices": []}', {"content-type": "application/json"})
+        addon.responseheaders(flow)
+        addon.response(flow)
+        [row] = stored(addon)
+    assert (row["provider"], row["host"], row["path"]) == ("acme-gateway", "llm.internal", "/gateway/v2/generate")
+
+
+@pytest.mark.parametrize(
+    "message, had_response, error_type",
+    [
+        ("Connection refused", False, "connection_refused"),
+        ("[Errno 111] Connect call failed ('127.0.0.1', 9)", False, "connection_refused"),
+        ("Client disconnected.", True, "client_disconnected"),
+        ("peer closed connection", True, "upstream_disconnected"),
+        ("Server disconnected.", False, "upstream_disconnected"),
+        ("connection timed out", False, "upstream_timeout"),
+        ("something new", False, "proxy_error"),
+    ],
+)
+def test_error_hook_records_a_failed_row_naming_the_cause(metrics, message, had_response, error_type):
+    flow = llm_flow()
+    run_request(metrics, flow)
+    if had_response:
+        flow.response = sse_response()
+        metrics.responseheaders(flow)
+    flow.error = tflow.terr(message)
+    metrics.error(flow)
+    [row] = stored(metrics)
+    assert (row["success"], row["error_type"]) == (0, error_type)
+    assert row["status_code"] == (200 if had_response else None)
+    assert message in row["error_message"]
+
+
+def test_calls_in_flight_at_shutdown_are_recorded_as_such(metrics):
+    flow = llm_flow()
+    run_request(metrics, flow)
+    [row] = stored(metrics)
+    assert (row["success"], row["error_type"], row["status_code"]) == (0, "proxy_shutdown", None)
+
+
+def test_non_streamed_error_body_is_parsed_from_the_decoded_content(metrics):
+    flow = llm_flow(dict(CHAT, stream=False))
+    run_request(metrics, flow)
+    body = b'{"error": {"message": "model not found", "type": "invalid_request_error", "code": "model_not_found"}}'
+    flow.response = http.Response.make(404, body, {"content-type": "application/json"})
+    flow.response.encode("gzip")
+    metrics.responseheaders(flow)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert (row["status_code"], row["error_type"], row["error_message"]) == (404, "model_not_found", "model not found")
+    assert row["is_streaming"] == 0 and row["time_to_first_token_ms"] is None
