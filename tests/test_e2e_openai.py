@@ -265,3 +265,17 @@ def test_compressed_stream_is_decoded_incrementally_and_passed_through_byte_iden
     assert row["chunk_count"] == 9
     # Decoded as it arrived, not at the end (about 450 ms): first token at the upstream's delay.
     assert 190 <= row["time_to_first_token_ms"] <= 260
+
+
+def test_connection_refused_upstream_records_a_row_without_status(proxy, upstream):
+    from tests.conftest import free_port
+
+    dead = free_port()  # nothing listens here
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{dead}/v1", api_key=API_KEY, max_retries=0,
+                           http_client=httpx.Client(proxy=proxy.url))
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="gpt-fake", messages=MESSAGES, max_tokens=64, temperature=0.5, top_p=0.9)
+    assert raised.value.status_code == 502  # mitmproxy answers for the unreachable upstream
+    [row] = proxy.rows(1)
+    assert (row["success"], row["status_code"], row["error_type"]) == (0, None, "connection_refused")
+    assert row["error_message"] and row["model"] == "gpt-fake" and row["time_to_first_byte_ms"] is None
