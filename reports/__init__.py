@@ -1,0 +1,1 @@
+"""`python -m reports`: the terminal report over the metrics database."""
