@@ -55,9 +55,10 @@ def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None
 
 def origin_from_user_agent(user_agent: str | None) -> str | None:
     """The client's product: `OpenAI/Python 1.54.0` -> `OpenAI/Python`, `curl/8.5.0` -> `curl`."""
-    if not user_agent:
+    words = user_agent.split(None, 1) if user_agent else []
+    if not words:  # absent, empty or only whitespace
         return None
-    first = user_agent.split(None, 1)[0]
+    first = words[0]
     name, sep, version = first.partition("/")
     if sep and version[:1].isdigit():
         return name[:100]
@@ -112,7 +113,7 @@ def build_row(
     error_message: str | None = None,
 ) -> dict[str, Any]:
     """The row for `completion_requests`. Failure comes from the transport error if any, then
-    the HTTP status, then an error the body or stream carried."""
+    an error the body or stream carried (more specific than its status), then the HTTP status."""
     if error_type is None and facts.error_type is not None:
         error_type, error_message = facts.error_type, facts.error_message
     if error_type is None and status_code is not None and status_code >= 400:

@@ -55,21 +55,29 @@ def upgrade(db: peewee.Database) -> list[Step]:
     """Applies every pending step; safe when several processes start at once."""
     done: list[Step] = []
     migrator = _migrator(db)
-    db.execute_sql(_VERSION_TABLE_SQL)
     while True:
         # IMMEDIATE takes SQLite's write lock before reading the version, so two processes
         # starting together apply each step once: the second waits, then finds nothing to do.
         with _write_transaction(db):
-            todo = pending(db)
+            todo = pending(db)  # raises NewerSchemaError before anything is written
             if not todo:
                 return done
+            _ensure_version_table(db)
             first = todo[0]
             first.apply(db, migrator)
             db.execute_sql(
                 f"INSERT INTO schema_version (version, applied_at, description) VALUES ({db.param}, {db.param}, {db.param})",
-                (first.version, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), first.name),
+                (first.version, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), f"{first.name}: {first.description}"),
             )
             done.append(first)
+
+
+def _ensure_version_table(db: peewee.Database) -> None:
+    db.execute_sql(_VERSION_TABLE_SQL)
+    # The original LLM Metrics Proxy made schema_version without `description`: add it, so its
+    # databases upgrade in place and keep their history rows.
+    if "description" not in {c.name for c in db.get_columns("schema_version")}:
+        db.execute_sql("ALTER TABLE schema_version ADD COLUMN description TEXT")
 
 
 def _write_transaction(db: peewee.Database):

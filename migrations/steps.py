@@ -62,7 +62,28 @@ def m002_capture_columns(db: peewee.Database, migrator: SchemaMigrator) -> None:
     for name, field in {**text, **ints}.items():
         migrator.add_column(TABLE, name, field).run()
     # A call that got no response (connection refused, reset) has no status code: NULL, not 0.
+    # On SQLite this rebuilds the table, which would reset AUTOINCREMENT's high-water mark to the
+    # largest id left: keep the old one, so ids of deleted rows are never handed out again.
+    high_water = _autoincrement_high_water(db)
     migrator.drop_not_null(TABLE, "status_code").run()
+    _restore_autoincrement_high_water(db, high_water)
     # Reports select by time range, overall and per model.
     migrator.add_index(TABLE, ("timestamp",)).run()
     migrator.add_index(TABLE, ("model", "timestamp")).run()
+
+
+def _autoincrement_high_water(db: peewee.Database) -> int | None:
+    if not isinstance(db, peewee.SqliteDatabase):
+        return None
+    if not db.execute_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        return None  # no AUTOINCREMENT table was ever made here
+    row = db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name = ?", (TABLE,)).fetchone()
+    return row[0] if row else None
+
+
+def _restore_autoincrement_high_water(db: peewee.Database, high_water: int | None) -> None:
+    if high_water is None:
+        return
+    db.execute_sql("DELETE FROM sqlite_sequence WHERE name = ? AND seq < ?", (TABLE, high_water))
+    if db.execute_sql("SELECT 1 FROM sqlite_sequence WHERE name = ?", (TABLE,)).fetchone() is None:
+        db.execute_sql("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (TABLE, high_water))

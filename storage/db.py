@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import peewee
@@ -11,12 +12,14 @@ from playhouse.db_url import connect as connect_url
 ENV_VAR = "LLM_METRICS_DB"
 DEFAULT_DB_PATH = "~/.llm_metrics_proxy/metrics.db"
 
+BUSY_TIMEOUT_S = 5
+
 # WAL lets reports read while the proxy writes; NORMAL sync is durable across process crashes
 # (only an OS crash can lose the last transactions); busy_timeout rides out short locks.
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),
     ("synchronous", "normal"),
-    ("busy_timeout", 5000),
+    ("busy_timeout", BUSY_TIMEOUT_S * 1000),
     ("foreign_keys", 1),
 )
 
@@ -49,9 +52,23 @@ def open_database(location: str, *, create: bool = True) -> peewee.Database:
             raise FileNotFoundError(str(path))
     else:
         _create_private_file(path)
-    db = peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, timeout=5)
-    db.connect(reuse_if_open=True)
+    db = peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, timeout=BUSY_TIMEOUT_S)
+    _connect(db)
     return db
+
+
+def _connect(db: peewee.SqliteDatabase) -> None:
+    """Switching a file to WAL skips SQLite's busy handler: when several processes open a new
+    file at once, all but one get "database is locked" at once. Retry them until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.connect(reuse_if_open=True)
+            return
+        except peewee.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
 
 
 def _create_private_file(path: Path) -> None:

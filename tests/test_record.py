@@ -1,0 +1,401 @@
+"""addon/record.py: provider and origin naming, row timestamps, and one call turned into a row."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from addon.formats import ResponseFacts
+from addon.formats.openai_chat import OpenAIChat
+from addon.record import Call, build_row, origin_from_user_agent, provider_for, utc_timestamp
+from storage.models import CompletionRequest
+
+# --- provider_for -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "provider"),
+    [
+        ("api.openai.com", "openai"),
+        ("api.anthropic.com", "anthropic"),
+        ("generativelanguage.googleapis.com", "gemini"),
+        ("aiplatform.googleapis.com", "vertex-ai"),
+        ("openrouter.ai", "openrouter"),
+        ("api.groq.com", "groq"),
+        ("api.mistral.ai", "mistral"),
+        ("api.deepseek.com", "deepseek"),
+        ("api.together.xyz", "together"),
+        ("api.fireworks.ai", "fireworks"),
+        ("api.x.ai", "xai"),
+        ("api.perplexity.ai", "perplexity"),
+        ("api.cerebras.ai", "cerebras"),
+        ("API.OpenAI.COM", "openai"),
+    ],
+)
+def test_well_known_host_names_its_provider(host, provider):
+    assert provider_for(host, 443) == provider
+
+
+@pytest.mark.parametrize(
+    ("host", "provider"),
+    [
+        ("my-resource.openai.azure.com", "azure-openai"),
+        ("my-resource.cognitiveservices.azure.com", "azure-openai"),
+        ("my-project.services.ai.azure.com", "azure-openai"),
+        ("us-central1-aiplatform.googleapis.com", "vertex-ai"),
+        ("europe-west4-aiplatform.googleapis.com", "vertex-ai"),
+        ("My-Resource.OpenAI.Azure.com", "azure-openai"),
+    ],
+)
+def test_azure_and_vertex_regional_hosts_are_recognised_by_suffix(host, provider):
+    assert provider_for(host, 443) == provider
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "api.openai.com.example.net",  # a well-known name as a prefix only
+        "openai.azure.com.example.net",
+        "notapi.openai.com",
+        "localhost",
+        "10.0.0.7",
+        "vllm.internal",
+    ],
+)
+def test_unknown_host_is_openai_compatible(host):
+    assert provider_for(host, 8000) == "openai-compatible"
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "gpu-box.lan"])
+def test_ollama_default_port_on_unknown_host_is_ollama(host):
+    assert provider_for(host, 11434) == "ollama"
+
+
+def test_well_known_host_wins_over_ollama_port():
+    assert provider_for("api.openai.com", 11434) == "openai"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "extra", "provider"),
+    [
+        ("llm.internal", 8000, {"llm.internal": "vllm"}, "vllm"),
+        ("LLM.Internal", 8000, {"llm.internal": "vllm"}, "vllm"),
+        ("api.openai.com", 443, {"api.openai.com": "corp-gateway"}, "corp-gateway"),
+        ("x.openai.azure.com", 443, {"x.openai.azure.com": "corp-azure"}, "corp-azure"),
+        ("localhost", 11434, {"localhost": "lm-studio"}, "lm-studio"),
+        # A host named without a provider (`--set llm_metrics_hosts=host`) is detected as usual.
+        ("api.groq.com", 443, {"api.groq.com": ""}, "groq"),
+        ("llm.internal", 8000, {"llm.internal": ""}, "openai-compatible"),
+        ("other.internal", 8000, {"llm.internal": "vllm"}, "openai-compatible"),
+    ],
+)
+def test_extra_hosts_mapping_overrides_detection(host, port, extra, provider):
+    assert provider_for(host, port, extra) == provider
+
+
+# --- origin_from_user_agent ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "origin"),
+    [
+        ("OpenAI/Python 1.54.0", "OpenAI/Python"),
+        ("AsyncOpenAI/Python 1.54.0", "AsyncOpenAI/Python"),
+        ("OpenAI/JS 4.67.3", "OpenAI/JS"),
+        ("curl/8.5.0", "curl"),
+        ("python-requests/2.32.3", "python-requests"),
+        ("python-httpx/0.27.2", "python-httpx"),
+        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)", "Mozilla"),
+        ("node-fetch", "node-fetch"),
+        ("  litellm/1.50.2  extra", "litellm"),
+    ],
+)
+def test_origin_is_the_client_product_without_its_version(user_agent, origin):
+    assert origin_from_user_agent(user_agent) == origin
+
+
+@pytest.mark.parametrize("user_agent", [None, "", " ", "\t \r\n"])
+def test_missing_or_blank_user_agent_has_no_origin(user_agent):
+    assert origin_from_user_agent(user_agent) is None
+
+
+@pytest.mark.parametrize("user_agent", ["x" * 500, "y" * 500 + "/1.0", "z" * 500 + "/Python 1.0"])
+def test_origin_is_capped_at_100_characters(user_agent):
+    origin = origin_from_user_agent(user_agent)
+    assert len(origin) == 100
+    assert user_agent.startswith(origin)
+
+
+# --- utc_timestamp ------------------------------------------------------------------------------
+
+EXAMPLE_EPOCH = datetime(2026, 11, 22, 14, 3, 7, 123456, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.fixture
+def far_from_utc(monkeypatch):
+    """The process's local time zone set to UTC+05:30 (a POSIX rule: no tzdata needed), then restored."""
+    monkeypatch.setenv("TZ", "IST-05:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_timestamp_has_the_exact_documented_format():
+    assert utc_timestamp(EXAMPLE_EPOCH) == "2026-11-22T14:03:07.123456Z"
+
+
+@pytest.mark.parametrize(
+    ("epoch", "text"),
+    [
+        (0, "1970-01-01T00:00:00.000000Z"),
+        (EXAMPLE_EPOCH - 0.123456, "2026-11-22T14:03:07.000000Z"),
+        (1.9999999, "1970-01-01T00:00:02.000000Z"),  # rounding carries into the seconds
+    ],
+)
+def test_timestamp_always_has_six_fractional_digits(epoch, text):
+    assert utc_timestamp(epoch) == text
+
+
+def test_timestamp_is_utc_whatever_the_local_time_zone(far_from_utc):
+    assert time.localtime(EXAMPLE_EPOCH).tm_hour != 14  # the zone really moved
+    assert utc_timestamp(EXAMPLE_EPOCH) == "2026-11-22T14:03:07.123456Z"
+
+
+def test_timestamps_are_fixed_width_and_sort_as_text_in_time_order():
+    epochs = [0, 0.5, 9.000001, 10, 999_999_999.9, 1_000_000_000, EXAMPLE_EPOCH, EXAMPLE_EPOCH + 0.000001,
+              EXAMPLE_EPOCH + 86_400 * 40, 4_102_444_800]
+    texts = [utc_timestamp(e) for e in epochs]
+    assert {len(t) for t in texts} == {len("2026-11-22T14:03:07.123456Z")}
+    assert sorted(texts) == texts
+    assert len(set(texts)) == len(texts)
+
+
+# --- build_row ----------------------------------------------------------------------------------
+
+T0 = 1000.0  # perf_counter at request start
+REQUEST = {
+    "request_model": "gpt-4o-mini",
+    "is_streaming": True,
+    "max_tokens": 256,
+    "temperature": 0.2,
+    "top_p": 0.9,
+    "message_count": 3,
+}
+
+
+def make_call(*, streamed=False, request=None, headers=None, first=None, last=None, origin="OpenAI/Python"):
+    return Call(
+        fmt=OpenAIChat(),
+        started_at=EXAMPLE_EPOCH,
+        t_start=T0,
+        host="api.openai.com",
+        port=443,
+        path="/v1/chat/completions",
+        provider="openai",
+        origin=origin,
+        request=dict(REQUEST if request is None else request),
+        t_headers=headers,
+        t_first_token=first,
+        t_last_token=last,
+        streamed=streamed,
+    )
+
+
+def test_row_has_exactly_the_stored_columns():
+    row = build_row(make_call(), ResponseFacts(), status_code=200, t_end=T0 + 1)
+    assert set(row) == set(CompletionRequest._meta.columns) - {"id"}
+
+
+def test_row_copies_what_the_request_and_response_said():
+    facts = ResponseFacts(
+        model="gpt-4o-mini-2024-07-18", prompt_tokens=78, completion_tokens=9, total_tokens=87,
+        cached_tokens=64, reasoning_tokens=3, finish_reason="stop",
+    )
+    row = build_row(make_call(headers=T0 + 0.3), facts, status_code=200, t_end=T0 + 0.5)
+    assert row == {
+        "timestamp": "2026-11-22T14:03:07.123456Z",
+        "success": True,
+        "status_code": 200,
+        "response_time_ms": 500,
+        "model": "gpt-4o-mini-2024-07-18",
+        "request_model": "gpt-4o-mini",
+        "provider": "openai",
+        "host": "api.openai.com",
+        "path": "/v1/chat/completions",
+        "origin": "OpenAI/Python",
+        "is_streaming": True,
+        "max_tokens": 256,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "message_count": 3,
+        "prompt_tokens": 78,
+        "completion_tokens": 9,
+        "total_tokens": 87,
+        "cached_tokens": 64,
+        "reasoning_tokens": 3,
+        "finish_reason": "stop",
+        "time_to_first_byte_ms": 300,
+        "time_to_first_token_ms": None,  # the request asked to stream; the response did not
+        "time_to_last_token_ms": None,
+        "tokens_per_second": None,
+        "chunk_count": None,
+        "error_type": None,
+        "error_message": None,
+    }
+
+
+UNKNOWABLE = (
+    "model", "request_model", "origin", "max_tokens", "temperature", "top_p", "message_count",
+    "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
+    "finish_reason", "time_to_first_byte_ms", "time_to_first_token_ms", "time_to_last_token_ms",
+    "tokens_per_second", "error_type", "error_message",
+)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+def test_values_nobody_reported_stay_none_never_zero(streamed):
+    call = make_call(streamed=streamed, request={}, origin=None)
+    row = build_row(call, ResponseFacts(), status_code=200, t_end=T0 + 1)
+    assert {name: row[name] for name in UNKNOWABLE} == dict.fromkeys(UNKNOWABLE)
+    assert row["chunk_count"] == (0 if streamed else None)  # a stream with no events had 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion", "reported_total", "total"),
+    [
+        (10, 5, None, 15),
+        (0, 0, None, 0),
+        (10, None, None, None),
+        (None, 5, None, None),
+        (None, None, None, None),
+        (10, 5, 99, 99),  # the provider's own total wins (it may count tokens we do not see)
+        (None, None, 42, 42),
+    ],
+)
+def test_total_tokens_is_derived_only_when_prompt_and_completion_are_known(
+    prompt, completion, reported_total, total
+):
+    facts = ResponseFacts(prompt_tokens=prompt, completion_tokens=completion, total_tokens=reported_total)
+    assert build_row(make_call(), facts, status_code=200, t_end=T0 + 1)["total_tokens"] == total
+
+
+def test_streamed_call_records_token_timings_rate_and_chunks():
+    call = make_call(streamed=True, headers=T0 + 0.05, first=T0 + 0.2, last=T0 + 1.2)
+    facts = ResponseFacts(completion_tokens=50, events=17)
+    row = build_row(call, facts, status_code=200, t_end=T0 + 1.25)
+    assert (row["time_to_first_byte_ms"], row["time_to_first_token_ms"], row["time_to_last_token_ms"]) == (
+        50, 200, 1200,
+    )
+    assert row["response_time_ms"] == 1250
+    assert row["tokens_per_second"] == pytest.approx(50.0)  # 50 tokens over first..last = 1 s
+    assert row["chunk_count"] == 17
+    assert row["is_streaming"] is True
+
+
+def test_tokens_per_second_ignores_the_wait_for_the_first_token():
+    call = make_call(streamed=True, first=T0 + 10.0, last=T0 + 12.0)
+    row = build_row(call, ResponseFacts(prompt_tokens=5000, completion_tokens=100), status_code=200, t_end=T0 + 12)
+    assert row["tokens_per_second"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "completion"),
+    [
+        (T0 + 0.5, T0 + 0.5, 1),  # a single content chunk: no span to divide by
+        (T0 + 0.5, T0 + 0.4, 10),  # clock went backwards
+        (T0 + 0.2, T0 + 1.2, None),  # the stream never reported usage
+        (None, None, 10),  # no content arrived
+    ],
+    ids=["zero-span", "negative-span", "tokens-unknown", "no-token"],
+)
+def test_tokens_per_second_is_none_without_a_span_or_a_count(first, last, completion):
+    call = make_call(streamed=True, first=first, last=last)
+    row = build_row(call, ResponseFacts(completion_tokens=completion), status_code=200, t_end=T0 + 2)
+    assert row["tokens_per_second"] is None
+
+
+def test_non_streamed_call_has_no_token_timings_even_if_stamped():
+    call = make_call(streamed=False, headers=T0 + 0.1, first=T0 + 0.2, last=T0 + 0.9)
+    row = build_row(call, ResponseFacts(completion_tokens=50, events=3), status_code=200, t_end=T0 + 1)
+    assert [row[k] for k in ("time_to_first_token_ms", "time_to_last_token_ms", "tokens_per_second",
+                             "chunk_count")] == [None, None, None, None]
+    assert (row["time_to_first_byte_ms"], row["response_time_ms"]) == (100, 1000)
+
+
+@pytest.mark.parametrize(
+    ("field", "call_kwargs", "t_end"),
+    [
+        ("response_time_ms", {}, T0 - 0.5),
+        ("time_to_first_byte_ms", {"headers": T0 - 0.5}, T0 + 1),
+        ("time_to_first_token_ms", {"streamed": True, "first": T0 - 0.5, "last": T0 + 0.5}, T0 + 1),
+        ("time_to_last_token_ms", {"streamed": True, "first": T0 - 0.9, "last": T0 - 0.5}, T0 + 1),
+    ],
+)
+def test_durations_are_clamped_at_zero(field, call_kwargs, t_end):
+    row = build_row(make_call(**call_kwargs), ResponseFacts(), status_code=200, t_end=t_end)
+    assert row[field] == 0
+
+
+@pytest.mark.parametrize(
+    ("transport", "body_error", "status", "error_type", "error_message"),
+    [
+        (None, None, 200, None, None),
+        (None, None, 399, None, None),
+        (None, None, 400, "http_400", None),
+        (None, None, 404, "http_404", None),
+        (None, None, 503, "http_503", None),
+        (None, ("rate_limit_exceeded", "slow down"), 429, "rate_limit_exceeded", "slow down"),
+        (None, ("server_error", "stream broke"), 200, "server_error", "stream broke"),
+        (("connection_reset", "peer reset"), None, 200, "connection_reset", "peer reset"),
+        (("upstream_timeout", "no reply"), ("server_error", "body"), 504, "upstream_timeout", "no reply"),
+        (("connection_refused", "refused"), None, None, "connection_refused", "refused"),
+    ],
+    ids=["ok", "399", "400", "404", "503", "body-over-status", "body-in-200-stream",
+         "transport", "transport-over-all", "no-response"],
+)
+def test_error_type_prefers_transport_then_body_then_http_status(
+    transport, body_error, status, error_type, error_message
+):
+    facts = ResponseFacts()
+    if body_error:
+        facts.set_error(*body_error)
+    kwargs = dict(zip(("error_type", "error_message"), transport)) if transport else {}
+    row = build_row(make_call(), facts, status_code=status, t_end=T0 + 1, **kwargs)
+    assert (row["success"], row["error_type"], row["error_message"]) == (
+        error_type is None, error_type, error_message,
+    )
+    assert row["status_code"] == status
+
+
+@pytest.mark.parametrize(
+    ("response_model", "requested", "model"),
+    [
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+        (None, "gpt-4o-mini", "gpt-4o-mini"),
+        ("", "gpt-4o-mini", "gpt-4o-mini"),
+        (None, None, None),
+    ],
+)
+def test_model_falls_back_to_the_requested_model(response_model, requested, model):
+    call = make_call(request={"request_model": requested} if requested else {})
+    row = build_row(call, ResponseFacts(model=response_model), status_code=200, t_end=T0 + 1)
+    assert (row["model"], row["request_model"]) == (model, requested)
+
+
+@pytest.mark.parametrize(
+    ("asked", "streamed", "is_streaming"),
+    [(False, False, False), (True, False, True), (False, True, True), (True, True, True)],
+)
+def test_is_streaming_when_the_request_asked_or_the_response_streamed(asked, streamed, is_streaming):
+    call = make_call(streamed=streamed, request={"is_streaming": asked})
+    assert build_row(call, ResponseFacts(), status_code=200, t_end=T0 + 1)["is_streaming"] is is_streaming
+
+
+def test_stamp_token_keeps_the_first_and_moves_the_last():
+    call = make_call(streamed=True)
+    for now in (T0 + 0.1, T0 + 0.4, T0 + 0.9):
+        call.stamp_token(now)
+    assert (call.t_first_token, call.t_last_token) == (T0 + 0.1, T0 + 0.9)
