@@ -17,12 +17,24 @@ class Step:
     name: str
     description: str
     apply: StepFunction
+    # What the schema looks like after the step (migrations.schema promise objects); checked
+    # after the step runs, by column name, type and nullability, and index columns.
+    promises: tuple = ()
+    # Tables the step rebuilds (copy, drop, rename): backed up inside the database first.
+    rewrites: tuple[str, ...] = ()
 
 
 STEPS: list[Step] = []
 
 
-def step(version: int, name: str, description: str) -> Callable[[StepFunction], StepFunction]:
+def step(
+    version: int,
+    name: str,
+    description: str,
+    *,
+    promises: tuple = (),
+    rewrites: tuple[str, ...] = (),
+) -> Callable[[StepFunction], StepFunction]:
     """Registers a step; versions must be consecutive and names unique. Returns the function."""
 
     def register(fn: StepFunction) -> StepFunction:
@@ -31,7 +43,7 @@ def step(version: int, name: str, description: str) -> Callable[[StepFunction], 
         expected = len(STEPS) + 1
         if version != expected:
             raise ValueError(f"migration {name!r} has version {version}, expected {expected}")
-        STEPS.append(Step(version, name, description, fn))
+        STEPS.append(Step(version, name, description, fn, tuple(promises), tuple(rewrites)))
         return fn
 
     return register

@@ -10,6 +10,7 @@ import peewee
 from playhouse.migrate import SchemaMigrator
 
 from .registry import step
+from .schema import AddsColumns, AddsIndex, Creates, MakesNullable, columns_of_create
 
 TABLE = "completion_requests"
 
@@ -45,13 +46,30 @@ _ORIGINAL_POSTGRES = (
 )
 
 
-@step(1, "m001_original_schema", "completion_requests as the original LLM Metrics Proxy made it")
+@step(
+    1,
+    "m001_original_schema",
+    "completion_requests as the original LLM Metrics Proxy made it",
+    promises=(Creates(TABLE, columns_of_create(_ORIGINAL_SQLITE)),),
+)
 def m001_original_schema(db: peewee.Database, migrator: SchemaMigrator) -> None:
     sql = _ORIGINAL_POSTGRES if isinstance(db, peewee.PostgresqlDatabase) else _ORIGINAL_SQLITE
     db.execute_sql(sql)
 
 
-@step(2, "m002_capture_columns", "where a call went, cache/reasoning tokens, first byte, chunks")
+@step(
+    2,
+    "m002_capture_columns",
+    "where a call went, cache/reasoning tokens, first byte, chunks",
+    promises=(
+        AddsColumns(TABLE, {"request_model": "text", "provider": "text", "host": "text", "path": "text"}),
+        AddsColumns(TABLE, {c: "integer" for c in ("cached_tokens", "reasoning_tokens", "time_to_first_byte_ms", "chunk_count")}),
+        MakesNullable(TABLE, "status_code"),
+        AddsIndex(TABLE, ("timestamp",)),
+        AddsIndex(TABLE, ("model", "timestamp")),
+    ),
+    rewrites=(TABLE,),  # SQLite cannot drop NOT NULL in place: the table is rebuilt
+)
 def m002_capture_columns(db: peewee.Database, migrator: SchemaMigrator) -> None:
     # Rows recorded before this step keep NULL here: the original never saw these values.
     text = {name: peewee.TextField(null=True) for name in ("request_model", "provider", "host", "path")}

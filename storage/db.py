@@ -47,14 +47,35 @@ def open_database(location: str, *, create: bool = True) -> peewee.Database:
     path = sqlite_path(location)
     if path is None:
         return connect_url(location)
-    if path.exists() or not create:
-        if not path.exists():
-            raise FileNotFoundError(str(path))
-    else:
+    if path.exists():
+        check_sqlite_header(path)
+    elif create:
         _create_private_file(path)
+    else:
+        raise FileNotFoundError(str(path))
     db = peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, timeout=BUSY_TIMEOUT_S)
     _connect(db)
     return db
+
+
+class NotSQLiteError(ValueError):
+    """The file exists but is not a SQLite database: it is never written to."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_header(path: Path) -> None:
+    """Refuses a non-empty file that does not start with SQLite's header (an empty file is a
+    new database). Opening one with SQLite would fail later, less clearly."""
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_HEADER))
+    if head and head != _SQLITE_HEADER:
+        raise NotSQLiteError(
+            f"{path} is not a SQLite database (it does not start with SQLite's file header), so "
+            "it was not opened or changed. Point llm_metrics_db / --db at a metrics database, or "
+            "at a path where a new one can be made."
+        )
 
 
 def _connect(db: peewee.SqliteDatabase) -> None:

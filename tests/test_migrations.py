@@ -295,7 +295,7 @@ def original_db(tmp_path):
 def test_upgrading_an_original_database_keeps_every_row_and_value(original_db):
     path, before = original_db
     db = open_database(str(path))
-    applied = upgrade(db)
+    applied = upgrade(db).applied
     db.close()
     assert [s.version for s in applied] == list(range(2, CURRENT_SCHEMA_VERSION + 1))
     con = connect(path)
@@ -369,7 +369,7 @@ def test_second_upgrade_applies_nothing_and_changes_nothing(tmp_path):
     path = migrated(tmp_path / "m.db")
     before_history, before_bytes = history(path), settled_bytes(path)
     db = open_database(str(path))
-    assert upgrade(db) == []
+    assert upgrade(db).applied == []
     db.close()
     assert history(path) == before_history
     assert path.read_bytes() == before_bytes
@@ -473,7 +473,7 @@ from migrations import upgrade
 open(ready, "w").close()
 while not os.path.exists(go):
     time.sleep(0.0005)
-applied = upgrade(open_database(path))
+applied = upgrade(open_database(path)).applied
 print(",".join(s.name for s in applied))
 """
 
@@ -564,7 +564,9 @@ def test_real_registry_is_consecutive_uniquely_named_and_numbered_by_name():
 
 
 def test_migrations_never_import_the_live_models():
-    for source in sorted((ROOT / "migrations").glob("*.py")):
+    # The command line (__main__) may open databases through storage.db; the steps and the
+    # machinery that runs them must not depend on the live schema.
+    for source in sorted(p for p in (ROOT / "migrations").glob("*.py") if p.name != "__main__.py"):
         tree = ast.parse(source.read_text(), str(source))
         imported = [
             name
@@ -573,6 +575,8 @@ def test_migrations_never_import_the_live_models():
             for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
         ]
         assert not [m for m in imported if m == "storage" or m.startswith("storage.")], source.name
+    cli_imports = (ROOT / "migrations" / "__main__.py").read_text()
+    assert "storage.models" not in cli_imports and "CompletionRequest" not in cli_imports
 
 
 # --- opening the database file -------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""`python -m migrations`: the metrics database's schema version, upgrades and backups.
+
+    status     current and target version, pending steps (exit 1 when steps are pending)
+    upgrade    apply pending steps (a verified backup is taken first)
+    backup     take a verified backup now
+    backups    list backups with sizes and times
+    restore    replace the database with a backup (a safety backup is taken first)
+    verify     full integrity check and schema check
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import peewee
+
+from storage.db import NotSQLiteError, default_location, open_database, sqlite_path
+
+from .backup import DEFAULT_KEEP, BackupError, check_file, list_backups, make_backup, restore
+from .registry import STEPS
+from .runner import CURRENT_SCHEMA_VERSION, MigrationError, current_version, pending, upgrade
+from .schema import differences, promised, snapshot
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every other CLI error
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+class UsageError(Exception):
+    """Bad input: reported as one `error:` line, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m migrations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in ("status", "upgrade", "backup", "backups", "restore", "verify"):
+        cmd = sub.add_parser(name)
+        cmd.add_argument("--db", default=None, help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+        if name in ("upgrade", "backup", "restore"):
+            cmd.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"backups to keep (default {DEFAULT_KEEP})")
+        if name == "restore":
+            cmd.add_argument("file", type=Path, help="the backup file to restore")
+    return parser
+
+
+def _open(location: str, *, create: bool = False) -> peewee.Database:
+    try:
+        return open_database(location, create=create)
+    except FileNotFoundError:
+        raise UsageError(f"no database at {location}") from None
+    except (NotSQLiteError, peewee.DatabaseError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _sqlite_file(location: str, what: str) -> Path:
+    path = sqlite_path(location)
+    if path is None:
+        raise UsageError(f"{what} works on SQLite files; for PostgreSQL use pg_dump / pg_restore")
+    if not path.exists():
+        raise UsageError(f"no database at {location}")
+    return path
+
+
+def cmd_status(args) -> int:
+    path = sqlite_path(args.location)
+    if path is not None and not path.exists():
+        print(f"no database at {args.location} yet: the proxy creates it at version {CURRENT_SCHEMA_VERSION}")
+        return 0
+    db = _open(args.location)
+    todo = pending(db)
+    print(f"database {args.location}: schema version {current_version(db)}, this build's is {CURRENT_SCHEMA_VERSION}")
+    for step in todo:
+        print(f"  pending: {step.version} {step.name}: {step.description}")
+    if not todo:
+        print("  up to date")
+    return 1 if todo else 0
+
+
+def cmd_upgrade(args) -> int:
+    db = _open(args.location, create=True)
+    result = upgrade(db, keep_backups=args.keep)
+    if result.backup:
+        print(f"backup: {result.backup}")
+    if result.adopted:
+        print(result.adopted)
+    for step in result.applied:
+        print(f"applied {step.version} {step.name}")
+    print(f"schema version {current_version(db)}")
+    return 0
+
+
+def cmd_backup(args) -> int:
+    print(make_backup(_sqlite_file(args.location, "backup"), keep=args.keep))
+    return 0
+
+
+def cmd_backups(args) -> int:
+    path = sqlite_path(args.location)
+    if path is None:
+        raise UsageError("backups are listed for SQLite files; for PostgreSQL use pg_dump")
+    found = list_backups(path)
+    if not found:
+        print(f"no backups of {path}")
+    for b in found:
+        print(f"{b.modified_utc}  {b.size_bytes:>12,} bytes  {b.path}")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    path = sqlite_path(args.location)
+    if path is None:
+        raise UsageError("restore works on SQLite files; for PostgreSQL use pg_restore")
+    if not args.file.is_file():
+        raise UsageError(f"no backup file at {args.file}")
+    safety = restore(path, args.file, keep=args.keep)
+    if safety:
+        print(f"safety backup of the replaced contents: {safety}")
+    print(f"restored {path} from {args.file}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    db = _open(args.location)
+    problems = []
+    path = sqlite_path(args.location)
+    if path is not None:
+        try:
+            check_file(path)
+        except BackupError as exc:
+            problems.append(str(exc))
+    expected = promised({}, [p for s in STEPS if s.version <= current_version(db) for p in s.promises])
+    found = differences(snapshot(db), expected)
+    # Columns the original project or the user added are kept, not a fault.
+    problems += [p for p in found if not p.endswith("was not expected")]
+    for note in (p for p in found if p.endswith("was not expected")):
+        print(f"note: {note} (kept)")
+    for problem in problems:
+        print(f"problem: {problem}")
+    print("ok" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "upgrade": cmd_upgrade,
+    "backup": cmd_backup,
+    "backups": cmd_backups,
+    "restore": cmd_restore,
+    "verify": cmd_verify,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.location = args.db or default_location()
+    if getattr(args, "keep", 1) < 1:
+        print("error: --keep must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, MigrationError, BackupError, NotSQLiteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
