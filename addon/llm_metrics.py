@@ -30,8 +30,8 @@ from addon.metering import StreamMeter, is_stream_type, meter_body  # noqa: E402
 from addon.record import Call, build_row, origin_from_user_agent, provider_for  # noqa: E402
 from addon.summary import format_call_line  # noqa: E402
 from addon.transport import classify_flow_error  # noqa: E402
-from migrations import upgrade  # noqa: E402
-from storage import RowWriter, default_location, open_database  # noqa: E402
+from migrations import DEFAULT_KEEP, upgrade  # noqa: E402
+from storage import RowWriter, default_location, enable_wal, open_database  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ class LLMMetrics:
             "Rows that may wait for the database before new ones are dropped (and counted).",
         )
         loader.add_option(
+            "llm_metrics_backup_keep", int, DEFAULT_KEEP,
+            "How many verified backups (taken before each schema upgrade) to keep.",
+        )
+        loader.add_option(
             "llm_metrics_log_calls", bool, True,
             "Print a one-line summary of each captured call.",
         )
@@ -77,6 +81,8 @@ class LLMMetrics:
             self.extra_hosts = _parse_hosts(ctx.options.llm_metrics_hosts)
         if "llm_metrics_queue_size" in updated and ctx.options.llm_metrics_queue_size < 1:
             raise exceptions.OptionsError("llm_metrics_queue_size must be at least 1")
+        if "llm_metrics_backup_keep" in updated and ctx.options.llm_metrics_backup_keep < 1:
+            raise exceptions.OptionsError("llm_metrics_backup_keep must be at least 1")
         if "llm_metrics_db" in updated or "llm_metrics_queue_size" in updated:
             self._open_store(ctx.options.llm_metrics_db or default_location())
 
@@ -167,13 +173,18 @@ class LLMMetrics:
             self.writer.close()
             self.writer = None
         try:
-            db = open_database(location)
-            upgrade(db)
+            db = open_database(location, wal=False)
+            # Before any traffic: pending steps, with a verified backup first (see migrations).
+            migrated = upgrade(db, keep_backups=ctx.options.llm_metrics_backup_keep)
+            enable_wal(db)
         except Exception as exc:
-            # Logged, not raised: mitmdump then exits at start-up with this one line instead
+            # Logged, not raised: mitmdump then exits at start-up with this one paragraph instead
             # of the script loader's traceback.
             log.error("llm-metrics: cannot use llm_metrics_db=%r: %s", location, exc)
             return
+        if migrated.applied:
+            log.info("llm-metrics: schema upgraded to version %d (backup: %s)",
+                     migrated.applied[-1].version, migrated.backup or "none needed, the database was empty")
         self.location = location
         self.writer = RowWriter(db, queue_size=ctx.options.llm_metrics_queue_size)
         self.writer.start()

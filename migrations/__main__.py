@@ -16,7 +16,7 @@ from pathlib import Path
 
 import peewee
 
-from storage.db import NotSQLiteError, default_location, open_database, sqlite_path
+from storage.db import NotSQLiteError, default_location, enable_wal, open_database, sqlite_path
 
 from .backup import DEFAULT_KEEP, BackupError, check_file, list_backups, make_backup, restore
 from .registry import STEPS
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _open(location: str, *, create: bool = False) -> peewee.Database:
     try:
-        return open_database(location, create=create)
+        return open_database(location, create=create, wal=False)  # never changes the file by itself
     except FileNotFoundError:
         raise UsageError(f"no database at {location}") from None
     except (NotSQLiteError, peewee.DatabaseError) as exc:
@@ -83,6 +83,7 @@ def cmd_status(args) -> int:
 def cmd_upgrade(args) -> int:
     db = _open(args.location, create=True)
     result = upgrade(db, keep_backups=args.keep)
+    enable_wal(db)
     if result.backup:
         print(f"backup: {result.backup}")
     if result.adopted:

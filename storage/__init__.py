@@ -1,6 +1,6 @@
 """The metrics store: peewee models, one way to open a database, and the background writer."""
 
-from .db import DEFAULT_DB_PATH, ENV_VAR, default_location, open_database
+from .db import DEFAULT_DB_PATH, ENV_VAR, default_location, enable_wal, open_database
 from .models import MODELS, CompletionRequest
 from .writer import RowWriter
 
@@ -11,5 +11,6 @@ __all__ = [
     "CompletionRequest",
     "RowWriter",
     "default_location",
+    "enable_wal",
     "open_database",
 ]

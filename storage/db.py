@@ -42,8 +42,12 @@ def sqlite_path(location: str) -> Path | None:
     return Path(location).expanduser()
 
 
-def open_database(location: str, *, create: bool = True) -> peewee.Database:
-    """A connected peewee database. A new SQLite file is made readable by its owner only."""
+def open_database(location: str, *, create: bool = True, wal: bool = True) -> peewee.Database:
+    """A connected peewee database. A new SQLite file is made readable by its owner only.
+
+    `wal=False` leaves the file's journal mode alone (switching it rewrites the file header): the
+    proxy opens that way, migrates, then calls `enable_wal`, so a refused upgrade changes nothing.
+    """
     path = sqlite_path(location)
     if path is None:
         return connect_url(location)
@@ -53,9 +57,25 @@ def open_database(location: str, *, create: bool = True) -> peewee.Database:
         _create_private_file(path)
     else:
         raise FileNotFoundError(str(path))
-    db = peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, timeout=BUSY_TIMEOUT_S)
+    pragmas = SQLITE_PRAGMAS if wal else tuple(p for p in SQLITE_PRAGMAS if p[0] != "journal_mode")
+    db = peewee.SqliteDatabase(str(path), pragmas=pragmas, timeout=BUSY_TIMEOUT_S)
     _connect(db)
     return db
+
+
+def enable_wal(db: peewee.Database) -> None:
+    """Switches a SQLite file to WAL (kept in the file, so every later connection uses it)."""
+    if not isinstance(db, peewee.SqliteDatabase):
+        return
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute_sql("PRAGMA journal_mode=wal")
+            return
+        except peewee.OperationalError as exc:  # the switch skips the busy handler, see _connect
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
 
 
 class NotSQLiteError(ValueError):

@@ -35,11 +35,16 @@ class Proxy:
         self.confdir = workdir / "confdir"
         self.db_path = workdir / "metrics.db"
         self.log_path = workdir / "mitmdump.log"
+        # mitmproxy mishandles one option given twice with --set: give the database once.
+        db_arg = next((a for a in extra_args if a.startswith("llm_metrics_db=")), None)
+        if db_arg is None:
+            extra_args = ("--set", f"llm_metrics_db={self.db_path}", *extra_args)
+        else:
+            self.db_path = Path(db_arg.split("=", 1)[1])
         args = [
             str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
             "-s", str(ADDON),
             "--set", f"confdir={self.confdir}",
-            "--set", f"llm_metrics_db={self.db_path}",
             "--set", "flow_detail=0",
             *extra_args,
         ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import subprocess
 
 import pytest
@@ -11,11 +13,12 @@ from tests.conftest import ADDON, MITMDUMP
 pytestmark = pytest.mark.e2e
 
 
-def run_mitmdump(tmp_path, *args: str) -> subprocess.CompletedProcess:
+def run_mitmdump(tmp_path, *args: str, home=None, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HOME": str(home or tmp_path)}
     return subprocess.run(
         [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0", "-s", str(ADDON),
          "--set", f"confdir={tmp_path / 'confdir'}", *args],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env,
     )
 
 
@@ -38,3 +41,36 @@ def test_unusable_database_path_stops_the_proxy_with_one_line(tmp_path):
 def test_database_file_is_created_private_to_its_owner(tmp_path, start_proxy):
     proxy = start_proxy()
     assert proxy.db_path.stat().st_mode & 0o777 == 0o600
+
+
+def _original_database(path) -> None:
+    from tests.test_migrations_safety import make_original
+
+    make_original(path, 25)
+
+
+def test_proxy_refuses_to_start_when_no_verified_backup_can_be_made(tmp_path):
+    db = tmp_path / "old.db"
+    _original_database(db)
+    (tmp_path / "backups").write_text("not a directory")
+    (tmp_path / ".llm_metrics_proxy").write_text("not a directory either")
+    before = db.read_bytes()
+    result = run_mitmdump(tmp_path, "--set", f"llm_metrics_db={db}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "a verified backup must be taken first, but none could be made" in output
+    assert "Nothing was migrated" in output and "Traceback" not in output
+    assert db.read_bytes() == before
+
+
+def test_proxy_upgrades_an_original_database_at_start_with_a_backup(tmp_path, start_proxy):
+    proxy = start_proxy(name="p")
+    proxy.stop()
+    db = tmp_path / "old.db"
+    _original_database(db)
+    upgraded = start_proxy("--set", f"llm_metrics_db={db}", name="q")
+    assert "schema upgraded to version" in upgraded.log()
+    assert len(list((tmp_path / "backups").glob("old.db.*.backup"))) == 1
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM completion_requests").fetchone()[0] == 25
+    con.close()
