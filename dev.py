@@ -3,7 +3,8 @@
 
     python3 dev.py run  [mitmdump args...]   install into ./.venv, start the proxy on port 8080
     python3 dev.py test [pytest args...]     install into ./.venv, run the whole test suite
-    python3 dev.py report [report args...]   install into ./.venv, print the report
+    python3 dev.py report [report args...]   install into ./.venv, print the report (python -m reports)
+    python3 dev.py migrations COMMAND ...    install into ./.venv, run python -m migrations
 
 `--venv DIR` (before the command's own arguments) uses another virtual environment, e.g. one per
 Python version. Installation is skipped when pyproject.toml has not changed since the last one.
@@ -35,7 +36,7 @@ def ensure_venv(venv_dir: Path, extras: str) -> Path:
     # An install with the test extras covers a plain one too.
     done = [s for s in (stamp, stamps["test"]) if s.exists() and s.read_text() == digest]
     if not done:
-        print(f"installing llm-metrics-proxy[{extras}] into {venv_dir}", flush=True)
+        print(f"installing llm-metrics-proxy{f'[{extras}]' if extras else ''} into {venv_dir}", flush=True)
         pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
         subprocess.run([*pip, "-e", f"{ROOT}[{extras}]" if extras else str(ROOT)], check=True)
@@ -47,15 +48,16 @@ def main(argv: list[str]) -> int:
     venv_dir = ROOT / ".venv"
     if len(argv) >= 2 and argv[0] == "--venv":
         venv_dir, argv = (ROOT / argv[1]).resolve(), argv[2:]
-    if not argv or argv[0] not in ("run", "test", "report"):
+    if not argv or argv[0] not in ("run", "test", "report", "migrations"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     bin_dir = ensure_venv(venv_dir, "test" if command == "test" else "")
     if command == "run":
         args = [str(bin_dir / "mitmdump"), "-s", str(ROOT / "addon" / "llm_metrics.py"), *rest]
-    elif command == "report":
-        args = [str(bin_dir / "python"), "-m", "reports", *rest]
+    elif command in ("report", "migrations"):
+        module = "reports" if command == "report" else "migrations"
+        args = [str(bin_dir / "python"), "-m", module, *rest]
     else:
         args = [str(bin_dir / "python"), "-m", "pytest", *rest]
     os.chdir(ROOT)

@@ -321,3 +321,20 @@ def test_verify_reports_a_damaged_schema(tmp_path):
     con.close()
     result = run_cli("verify", "--db", str(path))
     assert result.returncode == 1 and "index on completion_requests(timestamp) is missing" in result.stdout
+
+
+def test_readme_documents_exactly_the_columns_a_new_database_gets(tmp_path):
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## What is recorded"):readme.index("## ", readme.index("## What is recorded") + 3)]
+    documented = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            documented.update(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+    path = tmp_path / "metrics.db"
+    upgrade(open_database(str(path)))
+    con = sqlite3.connect(path)
+    actual = {r[1] for r in con.execute("PRAGMA table_info(completion_requests)")} - {"id"}
+    con.close()
+    assert documented == actual
