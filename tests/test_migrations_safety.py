@@ -338,3 +338,24 @@ def test_readme_documents_exactly_the_columns_a_new_database_gets(tmp_path):
     actual = {r[1] for r in con.execute("PRAGMA table_info(completion_requests)")} - {"id"}
     con.close()
     assert documented == actual
+
+
+def test_a_rebuilding_step_runs_with_a_full_backup_table_beside_it(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.db"
+    make_original(path, 120)
+    real = STEPS[1]
+    assert real.rewrites == ("completion_requests",)
+    seen = {}
+
+    def watching(db, migrator):
+        seen["rows"] = db.execute_sql('SELECT count(*) FROM "_backup_completion_requests_v2"').fetchone()[0]
+        real.apply(db, migrator)
+
+    patched = list(STEPS)
+    patched[1] = dataclasses.replace(real, apply=watching)
+    monkeypatch.setattr(runner, "STEPS", patched)
+    upgrade(open_database(str(path)))
+    assert seen == {"rows": 120}
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE '_backup_%'").fetchone()[0] == 0
+    con.close()
