@@ -61,8 +61,10 @@ def snapshot(db: peewee.Database) -> Schema:
         table = Table()
         for col in db.get_columns(name):
             table.columns[col.name] = Column(type_family(col.data_type), col.null and not col.primary_key)
+        primary = tuple(db.get_primary_keys(name))
         for index in db.get_indexes(name):
-            table.indexes.add(tuple(index.columns))
+            if tuple(index.columns) != primary:  # PostgreSQL lists the key's own index, SQLite not
+                table.indexes.add(tuple(index.columns))
         schema[name] = table
     return schema
 

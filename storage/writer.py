@@ -124,17 +124,34 @@ class RowWriter:
                     CompletionRequest.insert_many(batch).execute()
                 self.written += len(batch)
                 return
-            except peewee.PeeweeException as exc:  # includes sqlite3/psycopg errors, wrapped
+            except Exception as exc:
+                if not _is_database_error(exc):  # a bug, not an outage: retrying would not help
+                    log.exception("llm-metrics: %d row(s) could not be written", len(batch))
+                    self._count_dropped(len(batch))
+                    return
                 self.write_errors += 1
                 if self.last_error != str(exc):
                     log.warning("llm-metrics: writing %d row(s) failed, will retry: %s", len(batch), exc)
                 self.last_error = str(exc)
-            except Exception:  # a bug, not an outage: retrying would not help
-                log.exception("llm-metrics: %d row(s) could not be written", len(batch))
-                self._count_dropped(len(batch))
-                return
+                self._drop_connection()  # a server that restarted needs a new connection
             if self._deadline is not None and time.monotonic() + delay > self._deadline:
                 self._count_dropped(len(batch))
                 return
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_S)
+
+    def _drop_connection(self) -> None:
+        try:
+            self._db.close()
+        except Exception:
+            # A dead connection cannot roll back or close cleanly: forget it, reconnect next time.
+            self._db._state.reset()
+
+
+def _is_database_error(exc: Exception) -> bool:
+    """Errors of the database or its driver (peewee wraps most, not all: a rollback on a dead
+    PostgreSQL connection raises psycopg's own)."""
+    if isinstance(exc, peewee.PeeweeException):
+        return True
+    module = type(exc).__module__
+    return module.startswith(("psycopg", "sqlite3"))

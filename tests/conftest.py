@@ -30,7 +30,7 @@ def free_port() -> int:
 class Proxy:
     """One real mitmdump process with the addon, its own confdir and SQLite file."""
 
-    def __init__(self, workdir: Path, *extra_args: str) -> None:
+    def __init__(self, workdir: Path, *extra_args: str, wait: bool = True) -> None:
         self.port = free_port()
         self.confdir = workdir / "confdir"
         self.db_path = workdir / "metrics.db"
@@ -51,7 +51,8 @@ class Proxy:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
-        self._wait_listening()
+        if wait:
+            self.wait_ready()
 
     @property
     def url(self) -> str:
@@ -61,7 +62,7 @@ class Proxy:
     def ca_cert(self) -> Path:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
-    def _wait_listening(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -130,10 +131,10 @@ def tls_upstream(tmp_path):
 def start_proxy(tmp_path):
     started: list[Proxy] = []
 
-    def start(*extra_args: str, name: str = "proxy") -> Proxy:
+    def start(*extra_args: str, name: str = "proxy", wait: bool = True) -> Proxy:
         workdir = tmp_path / name
         workdir.mkdir()
-        proxy = Proxy(workdir, *extra_args)
+        proxy = Proxy(workdir, *extra_args, wait=wait)
         started.append(proxy)
         return proxy
 
@@ -145,3 +146,38 @@ def start_proxy(tmp_path):
 @pytest.fixture
 def proxy(start_proxy):
     return start_proxy()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+# Tests get a database of their own on the server at 127.0.0.1:5432 (trust auth). Where no
+# server answers they are skipped with the reason shown, unless LLM_METRICS_REQUIRE_POSTGRES=1
+# (CI sets it), when that is a failure.
+
+PG_ADMIN_URL = os.environ.get("LLM_METRICS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_admin():
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL.replace("postgresql://", "postgres://", 1), autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture
+def pg_url():
+    import uuid
+
+    try:
+        admin = _pg_admin()
+    except Exception as exc:
+        if os.environ.get("LLM_METRICS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here but not reachable at {PG_ADMIN_URL}: {exc}")
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
+    name = f"lmp_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        with _pg_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except Exception:
+        pass  # a test that stopped the server restarts it; a leftover test database is harmless
