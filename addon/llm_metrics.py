@@ -258,12 +258,15 @@ class LLMMetrics:
 
 
 def _stream_incomplete(call: Call) -> tuple[str, str] | None:
-    """A stream that ended with neither its end marker nor a finish reason was cut short."""
+    """A stream with events that were not JSON is broken; one that ended with neither its end
+    marker nor a finish reason was cut short."""
     facts = call.meter.facts
-    if call.metering_failed or facts.error_type or facts.terminated or facts.finish_reason:
+    if call.metering_failed or facts.error_type:
         return None
-    if facts.malformed_events:
+    if facts.malformed_events:  # a client SDK fails on these too, whatever came after
         return ("malformed_stream", f"{facts.malformed_events} stream event(s) were not valid JSON")
+    if facts.terminated or facts.finish_reason:
+        return None
     return ("incomplete_stream", "the stream ended without a finish reason or end marker")
 
 

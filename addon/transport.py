@@ -18,6 +18,7 @@ _PATTERNS = (
     ("body exceeds", "body_too_large"),
     ("reset", "upstream_disconnected"),
     ("server disconnected", "upstream_disconnected"),
+    ("server closed", "upstream_disconnected"),
     ("peer closed", "upstream_disconnected"),
     ("eof", "upstream_disconnected"),
 )
