@@ -53,11 +53,23 @@ class Served:
     first_content_at: float | None = None
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # the default backlog of 5 refuses connections under load tests
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Clients that hang up mid-response (a test's purpose, often) are not errors here."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class FakeUpstream:
     def __init__(self, tls_dir: Path | None = None) -> None:
         self.scenarios: dict[str, Scenario] = {"default": Scenario()}
         self.served: list[Served] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.scheme = "http"
         if tls_dir is not None:
