@@ -54,7 +54,9 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     bin_dir = ensure_venv(venv_dir, "test" if command == "test" else "")
     if command == "run":
-        args = [str(bin_dir / "mitmdump"), "-s", str(ROOT / "addon" / "llm_metrics.py"), *rest]
+        # Loopback unless asked otherwise: an open proxy on every interface serves anyone.
+        listen = [] if any(a.startswith("--listen-host") for a in rest) else ["--listen-host", "127.0.0.1"]
+        args = [str(bin_dir / "mitmdump"), *listen, "-s", str(ROOT / "addon" / "llm_metrics.py"), *rest]
     elif command in ("report", "migrations"):
         module = "reports" if command == "report" else "migrations"
         args = [str(bin_dir / "python"), "-m", module, *rest]

@@ -88,6 +88,7 @@ class LLMMetrics:
 
     def running(self) -> None:
         _warn_unknown_options()
+        _warn_open_proxy()
 
     def done(self) -> None:
         now = time.perf_counter()
@@ -278,6 +279,19 @@ def _parse_hosts(values: Sequence[str]) -> dict[str, str]:
             if host:
                 hosts[host.lower()] = provider.strip()
     return hosts
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _warn_open_proxy() -> None:
+    """Anyone who can reach a non-loopback listener can send traffic through it (and read the
+    CA's trust): say so when no proxyauth guards it."""
+    host = ctx.options.listen_host
+    if host not in _LOOPBACK and not ctx.options.proxyauth:
+        log.warning(
+            "llm-metrics: the proxy listens on %s without proxyauth: anyone who can reach this "
+            "machine can use it. Use --listen-host 127.0.0.1, or set proxyauth.", host or "all interfaces")
 
 
 def _warn_unknown_options() -> None:

@@ -74,3 +74,29 @@ def test_proxy_upgrades_an_original_database_at_start_with_a_backup(tmp_path, st
     con = sqlite3.connect(db)
     assert con.execute("SELECT count(*) FROM completion_requests").fetchone()[0] == 25
     con.close()
+
+
+def test_listening_beyond_loopback_without_proxyauth_is_warned_about(start_proxy, tmp_path):
+    import subprocess as sp
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = sp.Popen([str(MITMDUMP), "--listen-host", "0.0.0.0", "--listen-port", str(port), "-s", str(ADDON),
+                     "--set", f"confdir={tmp_path / 'c'}", "--set", f"llm_metrics_db={tmp_path / 'm.db'}"],
+                    stdout=sp.PIPE, stderr=sp.STDOUT, text=True, cwd=tmp_path)
+    import threading
+
+    guard = threading.Timer(15, proc.terminate)  # if the warning never comes, stop waiting
+    guard.start()
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "without proxyauth" in line:
+            break
+    guard.cancel()
+    proc.terminate()
+    output = "".join(seen) + proc.communicate(timeout=20)[0]
+    assert "listens on 0.0.0.0 without proxyauth" in output
+    loopback = start_proxy()  # the suite's proxies listen on 127.0.0.1: no warning
+    assert "without proxyauth" not in loopback.log()
