@@ -173,11 +173,9 @@ class LLMMetrics:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        keep = ctx.options.llm_metrics_backup_keep
         try:
-            db = open_database(location, wal=False)
-            # Before any traffic: pending steps, with a verified backup first (see migrations).
-            migrated = upgrade(db, keep_backups=ctx.options.llm_metrics_backup_keep)
-            enable_wal(db)
+            db, migrated = _prepare_store(location, keep)
         except Exception as exc:
             # Logged, not raised: mitmdump then exits at start-up with this one paragraph instead
             # of the script loader's traceback.
@@ -187,7 +185,8 @@ class LLMMetrics:
             log.info("llm-metrics: schema upgraded to version %d (backup: %s)",
                      migrated.applied[-1].version, migrated.backup or "none needed, the database was empty")
         self.location = location
-        self.writer = RowWriter(db, queue_size=ctx.options.llm_metrics_queue_size)
+        self.writer = RowWriter(db, queue_size=ctx.options.llm_metrics_queue_size,
+                                reopen=lambda: _prepare_store(location, keep)[0])
         self.writer.start()
         log.info("llm-metrics: recording LLM calls to %s", location)
 
@@ -256,6 +255,15 @@ class LLMMetrics:
         if key not in self._logged_errors:
             self._logged_errors.add(key)
             log.warning("llm-metrics: metering failed in %s (traffic unaffected): %r", where, exc)
+
+
+def _prepare_store(location: str, keep_backups: int):
+    """Opens the database and brings its schema up to date (a verified backup first), before
+    any traffic; WAL is switched on only after, so a refused upgrade changes nothing."""
+    db = open_database(location, wal=False)
+    migrated = upgrade(db, keep_backups=keep_backups)
+    enable_wal(db)
+    return db, migrated
 
 
 def _stream_incomplete(call: Call) -> tuple[str, str] | None:

@@ -8,9 +8,11 @@ queue is full a row is dropped and counted, never silently lost.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import peewee
@@ -33,8 +35,13 @@ class RowWriter:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        reopen: Callable[[], peewee.Database] | None = None,
     ) -> None:
         self._db = db
+        # For a SQLite file deleted or replaced while the proxy runs: make a new one (created
+        # and migrated by the caller's function) instead of writing into the unlinked inode.
+        self._reopen = reopen
+        self._file_identity = _file_identity(db)
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._stop = threading.Event()
@@ -86,13 +93,12 @@ class RowWriter:
             log.warning("llm-metrics: %d row(s) dropped so far: the database cannot keep up or is unavailable", self.dropped)
 
     def _run(self) -> None:
-        with self._db.bind_ctx([CompletionRequest]):
-            while True:
-                batch = self._next_batch()
-                if batch:
-                    self._write_with_retry(batch)
-                elif self._stop.is_set():
-                    break
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self._write_with_retry(batch)
+            elif self._stop.is_set():
+                break
         if not self._db.is_closed():
             self._db.close()
 
@@ -120,8 +126,9 @@ class RowWriter:
     def _retry_until_written(self, batch: list[dict[str, Any]], delay: float) -> None:
         while True:
             try:
+                self._follow_file()
                 with self._db.atomic():
-                    CompletionRequest.insert_many(batch).execute()
+                    CompletionRequest.insert_many(batch).execute(self._db)
                 self.written += len(batch)
                 return
             except Exception as exc:
@@ -140,6 +147,18 @@ class RowWriter:
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_S)
 
+    def _follow_file(self) -> None:
+        """Reopens when the SQLite file was deleted or replaced since it was opened."""
+        if self._reopen is None or self._file_identity is None:
+            return
+        if _file_identity(self._db) == self._file_identity:
+            return
+        log.warning("llm-metrics: the database file %s was deleted or replaced; making a new one", self._db.database)
+        fresh = self._reopen()  # raises while it cannot: the batch waits and is retried
+        self._drop_connection()
+        self._db = fresh
+        self._file_identity = _file_identity(fresh)
+
     def _drop_connection(self) -> None:
         try:
             self._db.close()
@@ -155,3 +174,13 @@ def _is_database_error(exc: Exception) -> bool:
         return True
     module = type(exc).__module__
     return module.startswith(("psycopg", "sqlite3"))
+
+def _file_identity(db: peewee.Database) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite file; None for other engines, or when the file is gone."""
+    if not isinstance(db, peewee.SqliteDatabase) or db.database.startswith(("file:", ":memory:")):
+        return None
+    try:
+        st = os.stat(db.database)
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
