@@ -56,9 +56,10 @@ class Upstream:
 
 class Proxy:
     """One mitmdump process. `kind`: "bare" (no script), "stream-only" (bench/stream_only_addon.py),
-    "addon" (addon/llm_metrics.py with its defaults, its own SQLite file), or a script path."""
+    "addon" (addon/llm_metrics.py with its defaults, its own SQLite file), or a script path
+    (`metrics`: whether that script is the metrics addon, which then gets its own SQLite file)."""
 
-    def __init__(self, kind: str, workdir: Path, *sets: str) -> None:
+    def __init__(self, kind: str, workdir: Path, *sets: str, metrics: bool | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -70,13 +71,15 @@ class Proxy:
         script = {"bare": None, "stream-only": STREAM_ONLY_ADDON, "addon": ADDON}.get(kind, kind)
         if script is not None:
             args += ["-s", str(script)]
-        if script is not None and kind != "stream-only":
+        if metrics is None:
+            metrics = kind not in ("bare", "stream-only")
+        if metrics:
             args += ["--set", f"llm_metrics_db={self.db_path}"]
         for s in sets:
             args += ["--set", s]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=_clean_env(), cwd=workdir)
-        self._wait_listening(expect_addon=script is not None and kind != "stream-only")
+        self._wait_listening(expect_addon=metrics)
 
     def _wait_listening(self, expect_addon: bool, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

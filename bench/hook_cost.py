@@ -8,9 +8,9 @@ callable one network read at a time, each read holding one SSE event (as a token
 at an unloaded proxy): a role event, 20 content events, a finish event, a usage event, [DONE].
 
 Two set-ups, alternating in blocks in one run:
-- "as deployed": the real background writer into a fresh SQLite file and the one-line log per
-  call on. The writer thread holds the GIL while it builds SQL, so a hook may wait for it: that
-  wait is part of what the addon costs the event loop.
+- "as deployed": the real background writer into a fresh SQLite file, the one-line log per call
+  on, log levels as mitmdump sets them. The writer thread holds the GIL while it builds SQL, so a
+  hook may wait for it: that wait is part of what the addon costs the event loop.
 - "hooks alone": rows handed to a writer stand-in that drops them, and the log line off.
 
 Targets: p99 < 300 us per request (all hooks of one call), < 50 us per chunk.
@@ -110,8 +110,16 @@ def run_block(addon: LLMMetrics, n: int, samples, loop) -> None:
             loop.run_until_complete(asyncio.sleep(0))
 
 
+def _log_levels_as_mitmdump() -> None:
+    """mitmdump sets the root logger to DEBUG (mitmproxy/tools/main.py) and lets its handlers
+    filter, so every library's debug call (peewee logs each query) builds and formats a record."""
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name in ("tornado", "asyncio", "hpack", "quic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def measure(args) -> dict:
-    logging.getLogger("addon.llm_metrics").setLevel(logging.INFO)
+    _log_levels_as_mitmdump()
     work = scratch_dir("hooks")
     results = {"as deployed": defaultdict(list), "hooks alone": defaultdict(list)}
     addon = LLMMetrics()
