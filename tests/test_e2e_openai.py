@@ -263,8 +263,9 @@ def test_compressed_stream_is_decoded_incrementally_and_passed_through_byte_iden
     assert_common(row, upstream, streaming=True)
     assert (row["prompt_tokens"], row["completion_tokens"], row["finish_reason"]) == (11, 6, "stop")
     assert row["chunk_count"] == 9
-    # Decoded as it arrived, not at the end (about 450 ms): first token at the upstream's delay.
-    assert 190 <= row["time_to_first_token_ms"] <= 260
+    # Decoded as it arrived, not at the end (about 450 ms): first token at the upstream's delay
+    # (the bound leaves room for a loaded machine; the TTFT accuracy test is the strict one).
+    assert 190 <= row["time_to_first_token_ms"] <= 400
 
 
 def test_connection_refused_upstream_records_a_row_without_status(proxy, upstream):
