@@ -26,7 +26,8 @@ if _ROOT not in sys.path:
 from mitmproxy import ctx, exceptions, http  # noqa: E402
 
 from addon.formats import CANDIDATE_SUFFIXES, ResponseFacts, recognise, recognise_by_shape  # noqa: E402
-from addon.metering import StreamMeter, is_stream_type, meter_body  # noqa: E402
+from addon import pricing  # noqa: E402
+from addon.metering import StreamMeter, meter_body, stream_framing  # noqa: E402
 from addon.record import Call, build_row, origin_from_user_agent, provider_for  # noqa: E402
 from addon.summary import format_call_line  # noqa: E402
 from addon.transport import classify_flow_error  # noqa: E402
@@ -75,6 +76,11 @@ class LLMMetrics:
             "llm_metrics_log_calls", bool, True,
             "Print a one-line summary of each captured call.",
         )
+        # Read the bundled price data now: on the first call it would stall every flow.
+        try:
+            pricing.warm()
+        except Exception as exc:  # no prices means NULL costs, never a proxy that cannot start
+            log.warning("llm-metrics: price data unavailable, cost_usd will be NULL: %r", exc)
 
     def configure(self, updated: set[str]) -> None:
         if "llm_metrics_hosts" in updated:
@@ -120,12 +126,14 @@ class LLMMetrics:
             return
         call.t_headers = time.perf_counter()
         response = flow.response
-        if not is_stream_type(response.headers.get("content-type")):
+        content_type = response.headers.get("content-type")
+        framing = stream_framing(call.fmt, content_type, status=response.status_code,
+                                 requested_stream=bool(call.request.get("is_streaming")))
+        if framing is None:
             return
         call.streamed = True
         try:
-            call.meter = StreamMeter(call.fmt, response.headers.get("content-type"),
-                                     response.headers.get("content-encoding"))
+            call.meter = StreamMeter(call.fmt, content_type, response.headers.get("content-encoding"), framing)
             response.stream = self._stream_callable(call)
         except Exception as exc:
             # Still stream: buffering an event stream would be worse than not metering it.
@@ -219,7 +227,7 @@ class LLMMetrics:
             path=path,
             provider=provider_for(host, request.port, self.extra_hosts),
             origin=origin or origin_from_user_agent(request.headers.get("user-agent")),
-            request=fmt.request_fields(body),
+            request=fmt.request_fields(path, body),
         )
 
     def _stream_callable(self, call: Call):

@@ -11,11 +11,16 @@ import json
 from .formats import ResponseFacts, WireFormat
 from .formats.errors import error_from_body
 from .wire.encoding import incremental_decoder
+from .wire.json_array import JSONArrayDecoder
 from .wire.ndjson import NDJSONDecoder
 from .wire.sse import SSEDecoder
 
 SSE_TYPES = ("text/event-stream",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+JSON_TYPES = ("application/json", "")
+
+SSE, NDJSON, JSON_ARRAY = "sse", "ndjson", "json-array"
+_FRAMERS = {SSE: SSEDecoder, NDJSON: NDJSONDecoder, JSON_ARRAY: JSONArrayDecoder}
 
 
 def media_type(content_type: str | None) -> str:
@@ -27,15 +32,35 @@ def is_stream_type(content_type: str | None) -> bool:
     return mt in SSE_TYPES or mt in NDJSON_TYPES
 
 
+def stream_framing(fmt: WireFormat, content_type: str | None, *, status: int, requested_stream: bool) -> str | None:
+    """How a response is to be metered as it arrives; None: read the whole body at the end.
+
+    Event streams and NDJSON say so in their content type. A streamed JSON array (Gemini
+    without alt=sse) arrives as plain `application/json`: only the request tells it apart from
+    a whole body, and an error status means a plain error body instead.
+    """
+    mt = media_type(content_type)
+    if mt in SSE_TYPES:
+        return SSE
+    if mt in NDJSON_TYPES:
+        return NDJSON
+    if fmt.array_streams and requested_stream and status < 400 and mt in JSON_TYPES:
+        return JSON_ARRAY
+    return None
+
+
 class StreamMeter:
     """Incremental parser for one streamed response body, fed raw (still encoded) bytes."""
 
-    def __init__(self, fmt: WireFormat, content_type: str | None, content_encoding: str | None) -> None:
+    def __init__(self, fmt: WireFormat, content_type: str | None, content_encoding: str | None,
+                 framing: str | None = None) -> None:
         self.facts = ResponseFacts()
         self._fmt = fmt
         self._decode = incremental_decoder(content_encoding)  # UnsupportedEncoding propagates
-        self._sse = media_type(content_type) in SSE_TYPES
-        self._framer: SSEDecoder | NDJSONDecoder = SSEDecoder() if self._sse else NDJSONDecoder()
+        if framing is None:
+            framing = SSE if media_type(content_type) in SSE_TYPES else NDJSON
+        self._sse = framing == SSE
+        self._framer: SSEDecoder | NDJSONDecoder | JSONArrayDecoder = _FRAMERS[framing]()
         self.closed = False
 
     def feed(self, data: bytes) -> bool:
@@ -104,6 +129,13 @@ def meter_body(fmt: WireFormat, status: int, content_type: str | None, body: byt
         obj = json.loads(body)
     except ValueError:
         facts.set_error("malformed_response", body[:200].decode("utf-8", "replace"))
+        return facts
+    if isinstance(obj, list):
+        # A streamed JSON array that was buffered (Gemini without alt=sse): its elements are
+        # the stream's events.
+        for element in obj:
+            facts.events += 1
+            fmt.on_event(facts, None, element)
         return facts
     fmt.on_body(facts, obj)
     return facts

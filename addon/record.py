@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .formats import ResponseFacts, WireFormat
+from .formats.finish import finish_category
+from .pricing import cost_usd
 
 # Well-known API hosts name the provider; any other host is "openai-compatible" (vLLM,
 # llama.cpp, LM Studio, ...), except Ollama's default port.
@@ -121,12 +123,14 @@ def build_row(
     streamed_times = call.streamed
     ttft = _ms(call.t_start, call.t_first_token) if streamed_times else None
     ttlt = _ms(call.t_start, call.t_last_token) if streamed_times else None
+    model = facts.model or call.request.get("request_model")
+    usage_reported = _usage_reported(call, facts)
     return {
         "timestamp": utc_timestamp(call.started_at),
         "success": error_type is None,
         "status_code": status_code,
         "response_time_ms": _ms(call.t_start, t_end),
-        "model": facts.model or call.request.get("request_model"),
+        "model": model,
         "request_model": call.request.get("request_model"),
         "provider": call.provider,
         "host": call.host,
@@ -141,8 +145,18 @@ def build_row(
         "completion_tokens": facts.completion_tokens,
         "total_tokens": _total(facts),
         "cached_tokens": facts.cached_tokens,
+        "cache_creation_tokens": facts.cache_creation_tokens,
         "reasoning_tokens": facts.reasoning_tokens,
         "finish_reason": facts.finish_reason,
+        "finish_category": finish_category(
+            facts.finish_reason, failed=error_type is not None, tool_calls=facts.tool_calls,
+            override=facts.finish_category,
+        ),
+        "operation": call.fmt.operation,
+        "usage_source": "reported" if usage_reported else "missing",
+        "cost_usd": _cost(call, facts, model) if usage_reported else None,
+        "prompt_eval_duration_ms": _ns_to_ms(facts.prompt_eval_duration_ns),
+        "eval_duration_ms": _ns_to_ms(facts.eval_duration_ns),
         "time_to_first_byte_ms": _ms(call.t_start, call.t_headers),
         "time_to_first_token_ms": ttft,
         "time_to_last_token_ms": ttlt,
@@ -151,6 +165,30 @@ def build_row(
         "error_type": error_type,
         "error_message": error_message,
     }
+
+
+def _usage_reported(call: Call, facts: ResponseFacts) -> bool:
+    """The provider reported the call's usage: its input, and its output unless the operation
+    has none (embeddings). Counts from a stream cut before its final usage are not a report."""
+    if facts.prompt_tokens is None:
+        return False
+    return facts.completion_tokens is not None or call.fmt.operation == "embeddings"
+
+
+def _cost(call: Call, facts: ResponseFacts, model: str | None) -> float | None:
+    return cost_usd(
+        provider=call.provider,
+        model=model,
+        prompt_tokens=facts.prompt_tokens,
+        completion_tokens=facts.completion_tokens,
+        cached_tokens=facts.cached_tokens,
+        cache_creation_tokens=facts.cache_creation_tokens,
+        at=datetime.fromtimestamp(call.started_at, timezone.utc),
+    )
+
+
+def _ns_to_ms(value: int | None) -> float | None:
+    return None if value is None else round(value / 1e6, 3)
 
 
 def _total(facts: ResponseFacts) -> int | None:

@@ -105,3 +105,36 @@ def _restore_autoincrement_high_water(db: peewee.Database, high_water: int | Non
     db.execute_sql("DELETE FROM sqlite_sequence WHERE name = ? AND seq < ?", (TABLE, high_water))
     if db.execute_sql("SELECT 1 FROM sqlite_sequence WHERE name = ?", (TABLE,)).fetchone() is None:
         db.execute_sql("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (TABLE, high_water))
+
+
+# m003's columns: name -> (type family, the field the step adds). Frozen here, never the models.
+_M003_COLUMNS = {
+    # Prompt-cache writes: part of prompt_tokens, billed at their own rate (Anthropic).
+    "cache_creation_tokens": ("integer", peewee.IntegerField),
+    # The provider's finish_reason mapped to stop/length/tool_calls/content_filter/error/other.
+    "finish_category": ("text", peewee.TextField),
+    # Which API the call used: chat, text_completion, responses, embeddings, messages,
+    # generate_content.
+    "operation": ("text", peewee.TextField),
+    # Whether the provider reported the call's token usage (reported) or not (missing).
+    "usage_source": ("text", peewee.TextField),
+    "cost_usd": ("real", peewee.DoubleField),
+    # The server's own timings (Ollama's prompt_eval_duration and eval_duration), in ms.
+    "prompt_eval_duration_ms": ("real", peewee.DoubleField),
+    "eval_duration_ms": ("real", peewee.DoubleField),
+}
+
+
+@step(
+    3,
+    "m003_provider_semantics",
+    "cache writes, finish category, operation, usage source, cost, server timings",
+    promises=(AddsColumns(TABLE, {name: family for name, (family, _) in _M003_COLUMNS.items()}),),
+)
+def m003_provider_semantics(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Every provider measured the same way (Anthropic, Gemini, Ollama, the Responses API and
+    # embeddings besides OpenAI chat). Columns are only added, never rebuilt: rows recorded
+    # before keep NULL in them, as nothing recorded then says what they would hold. A cost can be
+    # filled in later from the stored counts (`migrations.reprice`).
+    for name, (_, field) in _M003_COLUMNS.items():
+        migrator.add_column(TABLE, name, field(null=True)).run()

@@ -27,9 +27,16 @@ class CompletionRequest(peewee.Model):
     prompt_tokens = peewee.IntegerField(null=True)  # all input, cached included
     completion_tokens = peewee.IntegerField(null=True)  # all output, reasoning included
     total_tokens = peewee.IntegerField(null=True)
-    cached_tokens = peewee.IntegerField(null=True)
+    cached_tokens = peewee.IntegerField(null=True)  # cache reads, part of prompt_tokens
+    cache_creation_tokens = peewee.IntegerField(null=True)  # cache writes, part of prompt_tokens
     reasoning_tokens = peewee.IntegerField(null=True)
-    finish_reason = peewee.TextField(null=True)
+    finish_reason = peewee.TextField(null=True)  # the provider's own value
+    finish_category = peewee.TextField(null=True)  # stop, length, tool_calls, content_filter, error, other
+    operation = peewee.TextField(null=True)  # chat, text_completion, responses, embeddings, messages, generate_content
+    usage_source = peewee.TextField(null=True)  # reported, missing
+    cost_usd = peewee.DoubleField(null=True)  # NULL: usage missing, or provider/model not in the price data
+    prompt_eval_duration_ms = peewee.DoubleField(null=True)  # the server's own timings (Ollama)
+    eval_duration_ms = peewee.DoubleField(null=True)
     time_to_first_byte_ms = peewee.IntegerField(null=True)
     time_to_first_token_ms = peewee.IntegerField(null=True)  # NULL for non-streamed calls
     time_to_last_token_ms = peewee.IntegerField(null=True)

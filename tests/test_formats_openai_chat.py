@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 
 from addon.formats import FORMATS, WireFormat, recognise
+from addon.formats.anthropic_messages import AnthropicMessages
 from addon.formats.openai_chat import OpenAIChat, OpenAICompletions
+from addon.formats.openai_embeddings import OpenAIEmbeddings
+from addon.formats.openai_responses import OpenAIResponses
 from addon.metering import StreamMeter, meter_body
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -211,9 +214,12 @@ def test_role_only_first_chunk_is_not_generated_content():
         ("/v1/completions", {"model": "davinci-002", "prompt": "Say"}, OpenAICompletions),
         ("/v1/completions", {"messages": []}, None),
         ("/v1/chat/completions", {"input": "x"}, None),
-        ("/v1/embeddings", {"input": "x"}, None),
-        ("/v1/messages", {"messages": []}, None),
-        ("/v1/responses", {"input": "x"}, None),
+        ("/v1/embeddings", {"input": "x"}, OpenAIEmbeddings),
+        ("/v1/messages", {"model": "claude-x", "messages": []}, AnthropicMessages),
+        ("/api/v2/messages", {"messages": [], "channel": "general"}, None),  # a chat app's own API
+        ("/v1/responses", {"input": "x"}, OpenAIResponses),
+        ("/v1/messages/count_tokens", {"messages": []}, None),  # free, and not a generation
+        ("/v1/embeddings", {"messages": []}, None),
     ],
 )
 def test_recognise_matches_path_suffix_and_body_shape(path, body, expected):

@@ -193,3 +193,45 @@ def test_non_streamed_error_body_is_parsed_from_the_decoded_content(metrics):
     [row] = stored(metrics)
     assert (row["status_code"], row["error_type"], row["error_message"]) == (404, "model_not_found", "model not found")
     assert row["is_streaming"] == 0 and row["time_to_first_token_ms"] is None
+
+
+GEMINI_PATH = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+GEMINI_ARRAY = (
+    b'[{"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}}], "modelVersion": "gemini-2.5-flash"}\n,\r\n'
+    b'{"candidates": [{"content": {"parts": [{"text": "!"}], "role": "model"}, "finishReason": "STOP"}],'
+    b' "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5}, "modelVersion": "gemini-2.5-flash"}\n]'
+)
+
+
+def test_gemini_json_array_stream_arriving_as_application_json_is_metered_as_a_stream(metrics):
+    import gzip
+
+    flow = llm_flow(GEMINI, path=GEMINI_PATH, host="generativelanguage.googleapis.com")
+    run_request(metrics, flow)
+    flow.response = http.Response.make(200, b"", {"content-type": "application/json; charset=UTF-8", "content-encoding": "gzip"})
+    metrics.responseheaders(flow)
+    on_chunk = flow.response.stream
+    assert callable(on_chunk), "a streamed JSON array must be passed on as it arrives"
+    wire = gzip.compress(GEMINI_ARRAY)
+    pieces = [wire[i : i + 5] for i in range(0, len(wire), 5)] + [b""]
+    assert [on_chunk(p) for p in pieces] == pieces
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert (row["provider"], row["operation"], row["model"], row["request_model"]) == (
+        "gemini", "generate_content", "gemini-2.5-flash", "gemini-2.5-flash")
+    assert (row["is_streaming"], row["chunk_count"], row["prompt_tokens"], row["completion_tokens"]) == (1, 2, 3, 2)
+    assert (row["finish_reason"], row["finish_category"], row["usage_source"]) == ("STOP", "stop", "reported")
+    assert row["time_to_first_token_ms"] is not None and row["cost_usd"] > 0
+
+
+def test_gemini_error_status_with_json_body_is_read_whole(metrics):
+    flow = llm_flow(GEMINI, path=GEMINI_PATH, host="generativelanguage.googleapis.com")
+    run_request(metrics, flow)
+    body = b'{"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}'
+    flow.response = http.Response.make(429, body, {"content-type": "application/json"})
+    metrics.responseheaders(flow)
+    assert flow.response.stream is False
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert (row["error_type"], row["error_message"], row["finish_category"]) == ("RESOURCE_EXHAUSTED", "Quota exceeded", "error")

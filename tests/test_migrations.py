@@ -68,6 +68,9 @@ ORIGINAL_COLUMNS = (
 ADDED_COLUMNS = (
     "request_model", "provider", "host", "path", "cached_tokens", "reasoning_tokens",
     "time_to_first_byte_ms", "chunk_count",
+    # m003
+    "cache_creation_tokens", "finish_category", "operation", "usage_source", "cost_usd",
+    "prompt_eval_duration_ms", "eval_duration_ms",
 )
 
 # --- the schema a current build makes: name -> (declared type, NOT NULL) -----------------------
@@ -103,6 +106,14 @@ EXPECTED_COLUMNS = {
         "chunk_count": ("INTEGER", False),
         "error_type": ("TEXT", False),
         "error_message": ("TEXT", False),
+        # m003
+        "cache_creation_tokens": ("INTEGER", False),
+        "finish_category": ("TEXT", False),
+        "operation": ("TEXT", False),
+        "usage_source": ("TEXT", False),
+        "cost_usd": ("REAL", False),
+        "prompt_eval_duration_ms": ("REAL", False),
+        "eval_duration_ms": ("REAL", False),
     },
     "schema_version": {
         "version": ("INTEGER", False),

@@ -235,8 +235,16 @@ def test_row_copies_what_the_request_and_response_said():
         "completion_tokens": 9,
         "total_tokens": 87,
         "cached_tokens": 64,
+        "cache_creation_tokens": None,
         "reasoning_tokens": 3,
         "finish_reason": "stop",
+        "finish_category": "stop",
+        "operation": "chat",
+        "usage_source": "reported",
+        # gpt-4o-mini: 14 uncached input at $0.15/M, 64 cache reads at $0.075/M, 9 output at $0.6/M
+        "cost_usd": pytest.approx((14 * 0.15 + 64 * 0.075 + 9 * 0.6) / 1e6, rel=1e-9),
+        "prompt_eval_duration_ms": None,
+        "eval_duration_ms": None,
         "time_to_first_byte_ms": 300,
         "time_to_first_token_ms": None,  # the request asked to stream; the response did not
         "time_to_last_token_ms": None,
@@ -399,3 +407,46 @@ def test_stamp_token_keeps_the_first_and_moves_the_last():
     for now in (T0 + 0.1, T0 + 0.4, T0 + 0.9):
         call.stamp_token(now)
     assert (call.t_first_token, call.t_last_token) == (T0 + 0.1, T0 + 0.9)
+
+
+# --- one meaning per column: usage source, cost, finish category, operation, server timings -------
+
+
+def test_usage_source_is_reported_only_when_input_and_output_were_reported():
+    reported = build_row(make_call(), ResponseFacts(prompt_tokens=5, completion_tokens=2), status_code=200, t_end=T0)
+    cut = build_row(make_call(), ResponseFacts(prompt_tokens=5), status_code=200, t_end=T0)
+    none = build_row(make_call(), ResponseFacts(), status_code=200, t_end=T0)
+    assert [r["usage_source"] for r in (reported, cut, none)] == ["reported", "missing", "missing"]
+    assert reported["cost_usd"] > 0
+    assert cut["cost_usd"] is None and none["cost_usd"] is None  # never priced from a guess
+
+
+def test_embeddings_usage_is_reported_without_output_tokens():
+    from addon.formats.openai_embeddings import OpenAIEmbeddings
+
+    call = make_call()
+    call.fmt = OpenAIEmbeddings()
+    row = build_row(call, ResponseFacts(model="text-embedding-ada-002", prompt_tokens=8, total_tokens=8), status_code=200, t_end=T0)
+    assert (row["operation"], row["usage_source"], row["completion_tokens"]) == ("embeddings", "reported", None)
+    assert row["cost_usd"] == pytest.approx(8 * 0.1e-6)  # $0.10 per million input tokens
+
+
+def test_unknown_model_is_stored_unpriced():
+    row = build_row(make_call(), ResponseFacts(model="gpt-fake-2026", prompt_tokens=5, completion_tokens=2), status_code=200, t_end=T0)
+    assert (row["usage_source"], row["cost_usd"]) == ("reported", None)
+
+
+def test_failed_call_has_the_error_category_whatever_its_finish_reason():
+    facts = ResponseFacts(finish_reason="length", error_type="stream_error", error_message="Token limit reached")
+    row = build_row(make_call(streamed=True), facts, status_code=200, t_end=T0)
+    assert (row["finish_reason"], row["finish_category"], row["success"]) == ("length", "error", False)
+    refused = build_row(make_call(), ResponseFacts(), status_code=None, t_end=T0, error_type="connection_refused")
+    assert refused["finish_category"] == "error"
+
+
+def test_cache_writes_and_server_timings_are_stored_in_their_columns():
+    facts = ResponseFacts(prompt_tokens=130, completion_tokens=4, cached_tokens=100, cache_creation_tokens=20,
+                          prompt_eval_duration_ns=313_560_000, eval_duration_ns=1_577_990_123, finish_reason="end_turn")
+    row = build_row(make_call(), facts, status_code=200, t_end=T0)
+    assert (row["cache_creation_tokens"], row["prompt_eval_duration_ms"], row["eval_duration_ms"]) == (20, 313.56, 1577.99)
+    assert (row["finish_category"], row["operation"]) == ("stop", "chat")

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from .anthropic_messages import AnthropicMessages
 from .base import ResponseFacts, WireFormat
+from .gemini import STREAM as GEMINI_STREAM, GeminiGenerateContent
+from .ollama import OllamaChat, OllamaGenerate
 from .openai_chat import OpenAIChat, OpenAICompletions
+from .openai_embeddings import OpenAIEmbeddings
+from .openai_responses import OpenAIResponses
 
-# Order matters only where two formats share a path suffix: most specific first.
-FORMATS: tuple[WireFormat, ...] = (OpenAIChat(), OpenAICompletions())
+# Order matters only where two formats share a path suffix: most specific first
+# (`/chat/completions` before `/completions`). For hosts matched on body shape alone, the first
+# format whose shape key the body has wins.
+FORMATS: tuple[WireFormat, ...] = (
+    OpenAIChat(),
+    OpenAICompletions(),
+    OpenAIResponses(),
+    OpenAIEmbeddings(),
+    AnthropicMessages(),
+    GeminiGenerateContent(),
+    OllamaChat(),
+    OllamaGenerate(),
+)
 
 # Requests whose path ends with one of these are parsed to see whether they are LLM calls;
 # every other request passes through without its body being looked at.
-CANDIDATE_SUFFIXES: tuple[str, ...] = ("/completions",)
+CANDIDATE_SUFFIXES: tuple[str, ...] = tuple(dict.fromkeys(
+    [fmt.path_suffix for fmt in FORMATS] + [GEMINI_STREAM]
+))
 
 
 def recognise(path: str, body: dict[str, Any]) -> WireFormat | None:

@@ -21,9 +21,14 @@ class ResponseFacts:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
-    cached_tokens: int | None = None
+    cached_tokens: int | None = None  # cache reads, part of prompt_tokens
+    cache_creation_tokens: int | None = None  # cache writes, part of prompt_tokens
     reasoning_tokens: int | None = None
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # the provider's own value
+    finish_category: str | None = None  # set only where the reason alone does not tell it
+    tool_calls: bool = False  # the output called a tool (Gemini and Ollama still say "stop")
+    prompt_eval_duration_ns: int | None = None  # the server's own timings (Ollama)
+    eval_duration_ns: int | None = None
     error_type: str | None = None
     error_message: str | None = None
     events: int = 0  # data-bearing stream events (the SSE `[DONE]` sentinel excluded)
@@ -42,15 +47,19 @@ class ResponseFacts:
 class WireFormat(Protocol):
     """One API's request and response shape (e.g. OpenAI Chat Completions)."""
 
-    operation: str  # chat, text_completion, embeddings, ...
+    operation: str  # chat, text_completion, responses, embeddings, messages, generate_content
     path_suffix: str  # the request path ends with this
     shape_key: str  # a request body of this API has this top-level key
+    # A streamed response may come as `application/json`: one JSON array written element by
+    # element (Gemini without alt=sse), to be metered as a stream all the same.
+    array_streams: bool
 
     def matches(self, path: str, body: dict[str, Any]) -> bool:
         """Whether a request to `path` (query stripped) with this JSON body is this API."""
 
-    def request_fields(self, body: dict[str, Any]) -> dict[str, Any]:
-        """request_model, is_streaming, max_tokens, temperature, top_p, message_count."""
+    def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """request_model, is_streaming, max_tokens, temperature, top_p, message_count; `path`
+        (query stripped) is where some APIs name the model (Gemini, Azure deployments)."""
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         """Reads one stream event; True when it carried generated content."""

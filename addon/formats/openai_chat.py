@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .azure import requested_model
 from .base import ResponseFacts, as_float, as_int, non_empty_str
 from .errors import error_from_object
 
@@ -23,17 +24,18 @@ class OpenAIChat:
     operation = "chat"
     path_suffix = "/chat/completions"
     shape_key = "messages"
+    array_streams = False
 
     def matches(self, path: str, body: dict[str, Any]) -> bool:
         return path.endswith(self.path_suffix) and self.shape_key in body
 
-    def request_fields(self, body: dict[str, Any]) -> dict[str, Any]:
+    def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get(self.shape_key)
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_completion_tokens")
         return {
-            "request_model": non_empty_str(body.get("model")),
+            "request_model": requested_model(path, body),
             "is_streaming": body.get("stream") is True,
             "max_tokens": as_int(max_tokens),
             "temperature": as_float(body.get("temperature")),
@@ -130,7 +132,7 @@ class OpenAICompletions(OpenAIChat):
     path_suffix = "/completions"
     shape_key = "prompt"
 
-    def request_fields(self, body: dict[str, Any]) -> dict[str, Any]:
-        fields = super().request_fields(body)
+    def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        fields = super().request_fields(path, body)
         fields["message_count"] = None  # a prompt is not a list of messages
         return fields

@@ -1,0 +1,84 @@
+"""`cost_usd` of one call, from the `genai-prices` package's bundled price data.
+
+No price table lives in this project, and nothing is fetched at run time: genai-prices ships its
+data as a Python module, read once (about 0.2 s; `warm()` does it at start-up so the first call
+does not stall the proxy). Prices depend on the date, so a call is priced as of when it was made.
+`prompt_tokens` is all input here, cache reads and writes included, which is what genai-prices
+expects as `input_tokens`: it takes the cached parts out and prices them at the provider's
+cache-read and cache-write rates. An unknown provider or model gives None, never a guess.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+# This project's provider names -> genai-prices provider ids.
+_PROVIDER_IDS = {
+    "openai": "openai",
+    "azure-openai": "azure",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "vertex-ai": "google",
+    "openrouter": "openrouter",
+    "groq": "groq",
+    "mistral": "mistral",
+    "deepseek": "deepseek",
+    "together": "together",
+    "fireworks": "fireworks",
+    "xai": "x-ai",
+    "perplexity": "perplexity",
+    "cerebras": "cerebras",
+    "aws-bedrock": "aws",
+}
+# Servers anyone can run (vLLM, llama.cpp, Ollama): a model name there says nothing about a
+# bill, and genai-prices would match `openai-compatible` to OpenAI's list prices.
+_NEVER_PRICED = frozenset({"openai-compatible", "ollama"})
+
+
+def price_provider(provider: str | None) -> str | None:
+    """The genai-prices provider id; a name a user gave a host (`HOST=NAME`) is passed as is."""
+    if not provider or provider in _NEVER_PRICED:
+        return None
+    return _PROVIDER_IDS.get(provider, provider)
+
+
+def cost_usd(
+    *,
+    provider: str | None,
+    model: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    cached_tokens: int | None = None,
+    cache_creation_tokens: int | None = None,
+    at: datetime | None = None,
+) -> float | None:
+    """USD for these counts, or None when the provider, the model or the input is unknown."""
+    provider_id = price_provider(provider)
+    if provider_id is None or not model or prompt_tokens is None:
+        return None
+    from genai_prices import Usage, calc_price
+
+    usage = Usage(
+        input_tokens=prompt_tokens,
+        cache_read_tokens=cached_tokens or None,
+        cache_write_tokens=cache_creation_tokens or None,
+        output_tokens=completion_tokens or None,
+    )
+    try:
+        price = calc_price(usage, model, provider_id=provider_id, genai_request_timestamp=at)
+    except (LookupError, ValueError):  # unknown model or provider; counts that do not add up
+        return None
+    return _usd(price.total_price)
+
+
+def _usd(value: Decimal) -> float:
+    return float(round(value, 12))
+
+
+def warm() -> str:
+    """Loads the price data now rather than on the first call; returns the package version."""
+    from genai_prices import __version__, data_snapshot
+
+    data_snapshot.get_snapshot()
+    return __version__

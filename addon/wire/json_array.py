@@ -1,0 +1,92 @@
+"""Incremental framing of one JSON array written element by element (Gemini without `alt=sse`).
+
+The body is `[{…}\\n,\\r\\n{…}\\n]`: one array whose elements arrive as the model produces them.
+Each top-level element is emitted, as bytes, as soon as its closing brace arrives; the `[`, `,`,
+whitespace and `]` between elements are skipped. A body that is a bare object (an error sent
+instead of the array) comes out as one element. Scanning jumps from one structural byte to the
+next with a regex, so long strings cost one search, not one Python step per byte.
+"""
+
+from __future__ import annotations
+
+import re
+
+_STRUCTURAL = re.compile(rb'[{}\[\]"]')
+_IN_STRING = re.compile(rb'["\\]')
+_OPEN = frozenset(b"{[")
+
+
+class JSONArrayDecoder:
+    """Splits a streamed JSON array into its top-level elements, fed pieces of any size."""
+
+    def __init__(self) -> None:
+        self._element: list[bytes] = []  # bytes of the element being read
+        self._base: int | None = None  # 1 inside the outer array, 0 for a bare value
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False  # the previous byte, at the end of a piece, was a backslash in a string
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        pos, end = 0, len(chunk)
+        start = 0 if self._element else None  # where the current element's bytes begin in chunk
+        while pos < end:
+            if self._in_string:
+                pos = self._skip_string(chunk, pos)
+                continue
+            if self._base is None:
+                pos = self._read_start(chunk, pos)
+                continue
+            m = _STRUCTURAL.search(chunk, pos)
+            if m is None:
+                break
+            pos, byte = m.start(), chunk[m.start()]
+            if byte == 34:  # "
+                self._in_string = True
+            elif byte in _OPEN:
+                if self._depth == self._base:
+                    start = pos
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == self._base and start is not None:
+                    self._element.append(chunk[start : pos + 1])
+                    out.append(b"".join(self._element))
+                    self._element, start = [], None
+            pos += 1
+        if start is not None:
+            self._element.append(chunk[start:])
+        return out
+
+    def close(self) -> list[bytes]:
+        """End of body: an element left unfinished is returned as it is (it will not parse)."""
+        rest = b"".join(self._element)
+        self._element = []
+        return [rest] if rest.strip() else []
+
+    def _skip_string(self, chunk: bytes, pos: int) -> int:
+        if self._escaped:
+            self._escaped = False
+            return pos + 1
+        m = _IN_STRING.search(chunk, pos)
+        if m is None:
+            return len(chunk)
+        if chunk[m.start()] == 34:
+            self._in_string = False
+            return m.end()
+        if m.end() == len(chunk):
+            self._escaped = True  # the escaped byte is in the next piece
+            return m.end()
+        return m.end() + 1
+
+    def _read_start(self, chunk: bytes, pos: int) -> int:
+        """Skips leading whitespace; `[` opens the outer array, anything else is a bare value."""
+        stripped = chunk[pos:].lstrip()
+        if not stripped:
+            return len(chunk)
+        pos = len(chunk) - len(stripped)
+        self._base = 1 if stripped[:1] == b"[" else 0
+        if self._base:
+            self._depth = 1
+            return pos + 1
+        return pos

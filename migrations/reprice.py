@@ -1,0 +1,55 @@
+"""Repricing stored rows after the price data was upgraded (a newer `genai-prices`).
+
+`cost_usd` is computed when a call is recorded, from the counts in its row and the price data
+installed then. The counts stay in the row, so after an upgrade every cost can be computed again
+the same way (`addon.pricing.cost_usd`, as of each call's own timestamp). Rows whose usage was
+not reported keep NULL; rows recorded before costs existed (schema versions 1 and 2) are priced
+too when their counts allow it. Counts and every other column are left as they are.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import peewee
+
+from addon.pricing import cost_usd
+
+TABLE = "completion_requests"
+BATCH_ROWS = 1000
+
+_SELECT = (
+    f"SELECT id, provider, model, prompt_tokens, completion_tokens, cached_tokens, "
+    f"cache_creation_tokens, operation, timestamp, cost_usd FROM {TABLE} "
+    f"WHERE prompt_tokens IS NOT NULL AND (usage_source = 'reported' OR usage_source IS NULL) ORDER BY id"
+)
+
+
+def reprice(db: peewee.Database) -> int:
+    """Recomputes `cost_usd` of every row with reported usage; returns how many rows changed."""
+    changes = [(cost, row_id) for row_id, cost, old in _priced(db) if cost != old]
+    update = f"UPDATE {TABLE} SET cost_usd = {db.param} WHERE id = {db.param}"
+    with db.atomic():
+        for start in range(0, len(changes), BATCH_ROWS):
+            for cost, row_id in changes[start : start + BATCH_ROWS]:
+                db.execute_sql(update, (cost, row_id))
+    return len(changes)
+
+
+def _priced(db: peewee.Database):
+    """(id, new cost, stored cost) per row that could have a cost."""
+    for row_id, provider, model, prompt, completion, cached, written, operation, stamp, old in db.execute_sql(_SELECT).fetchall():
+        if completion is None and operation != "embeddings":
+            continue  # a stream cut before its usage: not a report, never priced
+        cost = cost_usd(provider=provider, model=model, prompt_tokens=prompt, completion_tokens=completion,
+                        cached_tokens=cached, cache_creation_tokens=written, at=_when(stamp))
+        yield row_id, cost, old
+
+
+def _when(timestamp: str | None) -> datetime | None:
+    """A row's `timestamp` as an aware datetime (None, meaning now, if it cannot be read)."""
+    try:
+        when = datetime.fromisoformat((timestamp or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
