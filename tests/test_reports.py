@@ -1,95 +1,453 @@
-"""`python -m reports` on real SQLite files, numbers checked against values computed here."""
+"""`python -m reports` on real SQLite files: every section's numbers, in text, JSON and CSV,
+checked against values computed here, independently, from the rows the test inserted."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
 import random
+import re
+import sqlite3
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from migrations import upgrade
-from reports.__main__ import main
-from reports.data import load_report
-from reports.render import render
-from storage import CompletionRequest, open_database
+from reports.cli import main
+from reports.report import load_report
+from reports.selection import Selection
+from reports.source import open_source
+from storage import open_database
+
+BASE = datetime(2026, 11, 1, tzinfo=timezone.utc)
+COLUMNS = (
+    "timestamp", "success", "status_code", "response_time_ms", "model", "provider", "host", "origin", "path",
+    "is_streaming", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
+    "time_to_first_token_ms", "tokens_per_second", "error_type", "error_message",
+)
+MODELS = ("gpt-a", "gpt-b", "claude-[c]", None)  # [c]: rich markup must print literally
+ENDPOINTS = (("openai", "openai.test"), ("anthropic", "claude.test"), ("vllm", "127.0.0.1"))
+ORIGINS = ("billing-job", "OpenAI/Python", None)
+FAILURES = (
+    (429, "rate_limit_exceeded", "Rate limit reached for requests"),
+    (500, "http_500", "upstream exploded"),
+    (None, "connection_refused", None),
+)
 
 
-def percentile(values, p):
-    """Nearest rank, written independently of the code under test."""
-    ordered = sorted(values)
-    return ordered[math.ceil(p * len(ordered)) - 1]
+# -- test data ---------------------------------------------------------------------------------
 
 
-def make_db(tmp_path, n=500, seed=7):
+def ts(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_rows(n: int = 240, seed: int = 7, span: timedelta = timedelta(days=3)) -> list[dict]:
     rng = random.Random(seed)
-    path = tmp_path / "m.db"
-    db = open_database(str(path))
-    upgrade(db)
     rows = []
     for i in range(n):
-        streaming = rng.random() < 0.6
+        ok = rng.random() > 0.12
+        streamed = rng.random() < 0.6
+        status, error_type, message = (200, None, None) if ok else rng.choice(FAILURES)
+        provider, host = rng.choice(ENDPOINTS)
+        latency = rng.randint(40, 9000)
+        ttft = rng.randint(10, latency) if streamed and ok else None
+        tps = round(rng.uniform(5, 150), 3) if ttft is not None and rng.random() > 0.1 else None
         rows.append({
-            "timestamp": f"2026-11-{1 + i % 20:02d}T10:00:00.000000Z",
-            "success": rng.random() > 0.1,
-            "status_code": 200,
-            "response_time_ms": rng.randint(50, 5000),
-            "model": rng.choice(["gpt-a", "gpt-b", "claude-c"]),
-            "is_streaming": streaming,
-            "time_to_first_token_ms": rng.randint(20, 900) if streaming else None,
-            "prompt_tokens": rng.randint(1, 100),
-            "completion_tokens": rng.randint(1, 100),
+            "timestamp": ts(BASE + span * i / n + timedelta(microseconds=i)),
+            "success": ok,
+            "status_code": status,
+            "response_time_ms": latency,
+            "model": rng.choice(MODELS),
+            "provider": provider,
+            "host": host,
+            "origin": rng.choice(ORIGINS),
+            "path": rng.choice(("/v1/chat/completions", "/v1/responses")),
+            "is_streaming": streamed,
+            "prompt_tokens": rng.randint(1, 40),
+            "completion_tokens": rng.randint(1, 25) if ok else None,
+            "cached_tokens": rng.randint(0, 5),
+            "reasoning_tokens": rng.choice((None, 0, 3)),
+            "time_to_first_token_ms": ttft,
+            "tokens_per_second": tps,
+            "error_type": error_type,
+            "error_message": message,
         })
-    with db.bind_ctx([CompletionRequest]):
-        CompletionRequest.insert_many(rows).execute()
+    return rows
+
+
+def make_db(path, rows: list[dict], *, cost: bool | None = True) -> str:
+    """A real database: created by storage.open_database, schema by the real migrations.
+    cost=True fills cost_usd (adding the column if this build's schema lacks it), cost=False
+    drops the column (the schema before it existed), None leaves the schema as it is."""
+    db = open_database(str(path))
+    upgrade(db)
     db.close()
-    return path, rows
+    con = sqlite3.connect(path)
+    has_cost = "cost_usd" in {r[1] for r in con.execute("PRAGMA table_info(completion_requests)")}
+    if cost and not has_cost:
+        con.execute("ALTER TABLE completion_requests ADD COLUMN cost_usd REAL")
+    if cost is False and has_cost:
+        con.execute("ALTER TABLE completion_requests DROP COLUMN cost_usd")
+    for i, row in enumerate(rows):
+        if cost:
+            row["cost_usd"] = None if not row["success"] or i % 7 == 0 else (row["prompt_tokens"] * 3 + row["completion_tokens"] * 11) / 1e6
+    columns = COLUMNS + (("cost_usd",) if cost else ())
+    con.executemany(
+        f"INSERT INTO completion_requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [[row[c] for c in columns] for row in rows],
+    )
+    con.commit()
+    con.close()
+    return str(path)
 
 
-def test_json_report_numbers_match_independent_computation(tmp_path, capsys):
-    path, rows = make_db(tmp_path)
-    assert main(["--db", str(path), "--format", "json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+# -- independent computation -------------------------------------------------------------------
+
+
+def pct(values, p):
+    """Nearest rank: sort, take the ceil(p% * n)-th; written apart from the code under test."""
+    ordered = sorted(values)
+    return ordered[math.ceil(p / 100 * len(ordered)) - 1] if ordered else None
+
+
+def expected_group(rows: list[dict]) -> dict:
+    latency = [r["response_time_ms"] for r in rows]
+    ttft = [r["time_to_first_token_ms"] for r in rows if r["time_to_first_token_ms"] is not None]
+    tps = [r["tokens_per_second"] for r in rows if r["tokens_per_second"] is not None]
+    return {
+        "requests": len(rows),
+        "errors": sum(not r["success"] for r in rows),
+        "prompt_tokens": sum(r["prompt_tokens"] or 0 for r in rows),
+        "completion_tokens": sum(r["completion_tokens"] or 0 for r in rows),
+        "cost_usd": sum(r.get("cost_usd") or 0 for r in rows),
+        "unpriced_calls": sum(1 for r in rows if r["success"] and r.get("cost_usd") is None),
+        "latency_ms": {f"p{p}": pct(latency, p) for p in (50, 95, 99)},
+        "ttft_ms": {f"p{p}": pct(ttft, p) for p in (50, 95)},
+        "time_per_output_token_ms": {"p50": pct([1000 / t for t in tps], 50)},
+        "output_tokens_per_second": {"p50": pct(tps, 50)},
+    }
+
+
+def grouped(rows: list[dict], dims: tuple[str, ...]) -> dict[tuple, dict]:
+    groups = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[d] for d in dims)].append(row)
+    return {key: expected_group(members) for key, members in groups.items()}
+
+
+def expected_errors(rows: list[dict]) -> dict[tuple, dict]:
+    kinds = defaultdict(list)
+    for row in rows:
+        if not row["success"]:
+            kinds[(row["status_code"], row["error_type"])].append(row)
+    return {
+        key: {"count": len(m), "last_seen_utc": max(r["timestamp"] for r in m), "sample_message": max(m, key=lambda r: r["timestamp"])["error_message"]}
+        for key, m in kinds.items()
+    }
+
+
+def expected_days(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    days = defaultdict(lambda: [0, 0])
+    for row in rows:
+        day = days[row["timestamp"][:10]]
+        day[0] += 1
+        day[1] += not row["success"]
+    return {k: tuple(v) for k, v in days.items()}
+
+
+def slowest(rows: list[dict], n: int = 10) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["response_time_ms"], r["timestamp"]), reverse=True)[:n]
+
+
+# -- helpers over the output -------------------------------------------------------------------
+
+
+def render(path: str, width: int = 100, **kwargs) -> str:
+    src = open_source(path)
+    try:
+        report = load_report(src, kwargs.pop("selection", Selection()), **kwargs)
+    finally:
+        src.close()
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(report)
+    return console.file.getvalue()
+
+
+def run_json(path: str, *args: str, capsys) -> dict:
+    assert main(["--db", path, "--format", "json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def section(text: str, title: str) -> list[str]:
+    """The lines of one table, from its title to the next blank-line-free title."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    out = []
+    for line in lines[start + 1:]:
+        if line.startswith(("By ", "Errors", "Timeline", "Slowest", "No errors")):
+            break
+        out.append(line)
+    return out
+
+
+def row_cells(lines: list[str], label: tuple[str, ...]) -> list[str]:
+    """The cells after `label` on the one line that starts with it."""
+    matches = [line.split() for line in lines if line.split()[: len(label)] == list(label)]
+    assert len(matches) == 1, (label, lines)
+    return matches[0][len(label):]
+
+
+def label(value) -> str:
+    return "(none)" if value is None else value
+
+
+def ms(v) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def dec(v) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def usd(v) -> str:
+    return f"${v:,.2f}" if v >= 1 or v == 0 else f"${v:.4f}"
+
+
+# -- text --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def database(tmp_path):
+    rows = make_rows()
+    return make_db(tmp_path / "metrics.db", rows), rows
+
+
+def test_text_overview_states_span_counts_tokens_and_cost(database):
+    path, rows = database
+    text = render(path)
+    errors = sum(not r["success"] for r in rows)
+    assert f"{rows[0]['timestamp'][:19].replace('T', ' ')} → {rows[-1]['timestamp'][:19].replace('T', ' ')} UTC" in text
+    assert f"{len(rows):,} requests · {(len(rows) - errors) / len(rows):.1%} succeeded · {errors:,} errors" in text
+    assert f"{sum(r['is_streaming'] for r in rows) / len(rows):.1%} streamed" in text
+    assert f"tokens in {sum(r['prompt_tokens'] for r in rows):,} (cached {sum(r['cached_tokens'] for r in rows):,})" in text
+    assert f"out {sum(r['completion_tokens'] or 0 for r in rows):,} (reasoning {sum(r['reasoning_tokens'] or 0 for r in rows):,})" in text
+    whole = expected_group(rows)
+    assert f"cost {usd(whole['cost_usd'])} · {whole['unpriced_calls']:,} successful calls unpriced" in text
+
+
+@pytest.mark.parametrize("title, dims", [
+    ("By model", ("model",)), ("By provider/host", ("provider", "host")), ("By origin", ("origin",)),
+])
+def test_text_group_tables_match_independent_numbers(database, title, dims):
+    path, rows = database
+    text = render(path)
+    assert "too narrow" not in text  # every column is checked below
+    lines = section(text, title)
+    for key, want in grouped(rows, dims).items():
+        cells = row_cells(lines, tuple(label(k) for k in key))
+        assert cells == [
+            f"{want['requests']:,}", f"{want['errors']:,}",
+            *(ms(want["latency_ms"][p]) for p in ("p50", "p95", "p99")),
+            *(ms(want["ttft_ms"][p]) for p in ("p50", "p95")),
+            dec(want["time_per_output_token_ms"]["p50"]), dec(want["output_tokens_per_second"]["p50"]),
+            f"{want['prompt_tokens']:,}", f"{want['completion_tokens']:,}", usd(want["cost_usd"]),
+        ], key
+
+
+def test_text_errors_timeline_and_slowest_match_independent_numbers(database):
+    path, rows = database
+    text = render(path)
+    errors = section(text, "Errors")
+    for (code, kind), want in expected_errors(rows).items():
+        cells = row_cells(errors, ("-" if code is None else str(code), kind))
+        assert cells[:3] == [f"{want['count']:,}", *want["last_seen_utc"][:19].split("T")]
+        assert " ".join(cells[3:]) == (want["sample_message"] or "-")
+    timeline = section(text, "Timeline (per day")
+    for day, (n, failed) in expected_days(rows).items():
+        [line] = [line for line in timeline if line.startswith(day)]
+        assert line.split()[-3:] == [f"{n:,}", str(failed), "err"] if failed else line.split()[-1] == f"{n:,}"
+    slow = section(text, "Slowest 10 calls")
+    data_lines = [line for line in slow if line[:1] == " " and line.split()[0].replace(",", "").isdigit()]
+    for line, row in zip(data_lines, slowest(rows), strict=True):
+        assert line.split()[:4] == [f"{row['response_time_ms']:,}", *row["timestamp"][:19].split("T"), label(row["model"])]
+
+
+def test_text_has_no_control_codes_and_prints_markup_literally(database):
+    text = render(database[0])
+    assert "\x1b" not in text
+    assert "claude-[c]" in text
+
+
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_narrow_terminals_get_lines_that_fit_and_a_note_of_what_is_hidden(database, width):
+    text = render(database[0], width=width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "too narrow for:" in text
+    assert "gpt-a" in text  # keys are never the column given up
+
+
+# -- JSON and CSV ------------------------------------------------------------------------------
+
+
+def test_json_every_section_matches_independent_numbers(database, capsys):
+    path, rows = database
+    out = run_json(path, capsys=capsys)
+    assert out["report_version"] == 1 and out["cost_known"] is True
+    assert "nearest rank" in out["percentile_method"]
+    overview = out["overview"]
+    whole = expected_group(rows)
+    assert overview["requests"] == len(rows) and overview["errors"] == whole["errors"]
+    assert overview["successes"] == len(rows) - whole["errors"]
+    assert overview["streamed"] == sum(r["is_streaming"] for r in rows)
+    assert overview["first_utc"] == rows[0]["timestamp"] and overview["last_utc"] == rows[-1]["timestamp"]
+    assert overview["prompt_tokens"] == whole["prompt_tokens"] and overview["completion_tokens"] == whole["completion_tokens"]
+    assert overview["cached_tokens"] == sum(r["cached_tokens"] for r in rows)
+    assert overview["reasoning_tokens"] == sum(r["reasoning_tokens"] or 0 for r in rows)
+    assert overview["cost_usd"] == pytest.approx(whole["cost_usd"]) and overview["unpriced_calls"] == whole["unpriced_calls"]
+    assert [g["group_by"] for g in out["groups"]] == [["model"], ["provider", "host"], ["origin"]]
+    for table in out["groups"]:
+        want = grouped(rows, tuple(table["group_by"]))
+        assert len(table["rows"]) == len(want)
+        for got in table["rows"]:
+            expected = want[tuple(got["key"][d] for d in table["group_by"])]
+            assert got.pop("cost_usd") == pytest.approx(expected.pop("cost_usd"))
+            assert {k: v for k, v in got.items() if k != "key"} == expected
+        assert [r["requests"] for r in table["rows"]] == sorted((r["requests"] for r in table["rows"]), reverse=True)
+    kinds = expected_errors(rows)
+    assert out["errors"]["total_errors"] == whole["errors"] and out["errors"]["total_kinds"] == len(kinds)
+    for got in out["errors"]["kinds"]:
+        assert {k: got[k] for k in ("count", "last_seen_utc", "sample_message")} == kinds[(got["status_code"], got["error_type"])]
+    assert out["timeline"]["bucket"] == "day"
+    assert {b["start_utc"][:10]: (b["requests"], b["errors"]) for b in out["timeline"]["buckets"]} == expected_days(rows)
+    assert [(c["timestamp_utc"], c["response_time_ms"], c["model"], c["origin"]) for c in out["slowest"]] == [
+        (r["timestamp"], r["response_time_ms"], r["model"], r["origin"]) for r in slowest(rows)
+    ]
+
+
+def test_csv_has_one_row_per_group_with_the_json_numbers(database, capsys):
+    path, rows = database
+    assert main(["--db", path, "--format", "csv"]) == 0
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(records[0]) == [
+        "group_by", "model", "provider", "host", "origin", "requests", "errors", "latency_p50_ms", "latency_p95_ms",
+        "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms", "time_per_output_token_p50_ms",
+        "output_tokens_per_second_p50", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls",
+    ]
+    for group_by, dims in (("model", ("model",)), ("provider/host", ("provider", "host")), ("origin", ("origin",))):
+        mine = [r for r in records if r["group_by"] == group_by]
+        want = grouped(rows, dims)
+        assert len(mine) == len(want)
+        for record in mine:
+            expected = want[tuple(record[d] or None for d in dims)]
+            assert int(record["requests"]) == expected["requests"] and int(record["errors"]) == expected["errors"]
+            assert [record[f"latency_{p}_ms"] for p in ("p50", "p95", "p99")] == [str(expected["latency_ms"][p]) for p in ("p50", "p95", "p99")]
+            assert [record[f"ttft_{p}_ms"] for p in ("p50", "p95")] == [str(expected["ttft_ms"][p]) for p in ("p50", "p95")]
+            assert float(record["output_tokens_per_second_p50"]) == expected["output_tokens_per_second"]["p50"]
+            assert float(record["time_per_output_token_p50_ms"]) == pytest.approx(expected["time_per_output_token_ms"]["p50"])
+            assert int(record["prompt_tokens"]) == expected["prompt_tokens"]
+            assert float(record["cost_usd"]) == pytest.approx(expected["cost_usd"])
+            assert int(record["unpriced_calls"]) == expected["unpriced_calls"]
+            if group_by != "model":
+                assert record["model"] == ""
+
+
+@pytest.mark.parametrize("dim, column, key_of", [
+    ("path", "path", lambda r: r["path"]),
+    ("hour", "hour", lambda r: r["timestamp"][:13] + ":00:00Z"),
+    ("day", "day", lambda r: r["timestamp"][:10] + "T00:00:00Z"),
+])
+def test_group_by_gives_one_table_with_exact_numbers(database, capsys, dim, column, key_of):
+    path, rows = database
+    out = run_json(path, "--group-by", dim, capsys=capsys)
+    [table] = out["groups"]
+    assert table["group_by"] == [dim]
+    groups = defaultdict(list)
+    for row in rows:
+        groups[key_of(row)].append(row)
+    assert {r["key"][column]: (r["requests"], r["latency_ms"]["p95"]) for r in table["rows"]} == {
+        k: (len(m), expected_group(m)["latency_ms"]["p95"]) for k, m in groups.items()
+    }
+    keys = [r["key"][column] for r in table["rows"]]
+    if dim in ("hour", "day"):
+        assert keys == sorted(keys)  # time order
+    else:
+        assert [r["requests"] for r in table["rows"]] == sorted((r["requests"] for r in table["rows"]), reverse=True)
+
+
+@pytest.mark.parametrize("args, keep", [
+    (["--since", "2026-11-02", "--until", "2026-11-03T12:00Z"], lambda r: "2026-11-02" <= r["timestamp"] < "2026-11-03T12:00"),
+    (["--model", "gpt-a", "--model", "claude-[c]"], lambda r: r["model"] in ("gpt-a", "claude-[c]")),
+    (["--provider", "anthropic"], lambda r: r["provider"] == "anthropic"),
+    (["--host", "127.0.0.1", "--origin", "billing-job"], lambda r: r["host"] == "127.0.0.1" and r["origin"] == "billing-job"),
+    (["--errors-only"], lambda r: not r["success"]),
+])
+def test_filters_select_exactly_the_matching_calls(database, capsys, args, keep):
+    path, rows = database
+    mine = [r for r in rows if keep(r)]
+    out = run_json(path, *args, capsys=capsys)
+    assert out["overview"]["requests"] == len(mine)
+    assert out["overview"]["first_utc"] == min(r["timestamp"] for r in mine)
+    by_model = {r["key"]["model"]: r for r in out["groups"][0]["rows"]}
+    for (model,), want in grouped(mine, ("model",)).items():
+        assert by_model[model]["latency_ms"] == want["latency_ms"]
+        assert by_model[model]["ttft_ms"] == want["ttft_ms"]
+    assert sum(b["requests"] for b in out["timeline"]["buckets"]) == len(mine)
+
+
+def test_a_filter_that_matches_nothing_says_so(database, capsys):
+    path, _ = database
+    assert main(["--db", path, "--model", "nope"], Console(file=io.StringIO(), width=100)) == 0
+    out = run_json(path, "--model", "nope", capsys=capsys)
+    assert out["overview"]["requests"] == 0 and out["groups"] == [] and out["slowest"] == []
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    assert main(["--db", path, "--model", "nope"], console) == 0
+    assert "No calls match these filters: model nope." in console.file.getvalue()
+
+
+def test_without_a_cost_column_cost_is_left_out_not_zero(tmp_path, capsys):
+    rows = make_rows(60)
+    path = make_db(tmp_path / "m.db", rows, cost=False)
+    text = render(path).replace(path, "DB")
+    assert "cost" not in text and "$" not in text and "unpriced" not in text
+    out = run_json(path, capsys=capsys)
+    assert out["cost_known"] is False and out["overview"]["cost_usd"] is None
+    assert all(r["cost_usd"] is None and r["unpriced_calls"] is None for r in out["groups"][0]["rows"])
     assert out["overview"]["requests"] == len(rows)
-    assert out["overview"]["errors"] == sum(not r["success"] for r in rows)
-    assert out["overview"]["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows)
-    by_model = {g["key"]: g for g in out["by_model"]}
-    for model in ("gpt-a", "gpt-b", "claude-c"):
-        mine = [r for r in rows if r["model"] == model]
-        latency = [r["response_time_ms"] for r in mine]
-        ttft = [r["time_to_first_token_ms"] for r in mine if r["is_streaming"]]
-        got = by_model[model]
-        assert got["requests"] == len(mine)
-        for name, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-            assert got["latency_ms"][name] == percentile(latency, p), (model, name)
-        for name, p in (("p50", 0.5), ("p95", 0.95)):
-            assert got["ttft_ms"][name] == percentile(ttft, p), (model, name)
 
 
-def test_text_report_renders_the_model_table(tmp_path):
-    path, rows = make_db(tmp_path, n=50)
-    db = open_database(str(path), create=False)
-    console = Console(file=io.StringIO(), width=120, color_system=None)
-    console.print(render(load_report(db, str(path))))
-    text = console.file.getvalue()
-    assert f"{len(rows):,} requests" in text
-    p50 = percentile([r["response_time_ms"] for r in rows if r["model"] == "gpt-a"], 0.5)
-    [line] = [line for line in text.splitlines() if "gpt-a" in line]
-    assert f"{p50:,}" in line
-    assert "\x1b[" not in text
+# -- the documented shape ----------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "report-json.md"
 
 
-def test_missing_database_says_where_it_looked_and_exits_0(tmp_path, capsys):
-    missing = tmp_path / "nowhere.db"
-    assert main(["--db", str(missing)]) == 0
-    out = capsys.readouterr().out
-    assert str(missing) in out and "start the proxy" in out
-    assert not missing.exists()  # looking never creates it
+def documented_example() -> dict:
+    block = DOC.read_text().split("```json\n", 1)[1].split("```", 1)[0]
+    return json.loads(re.sub(r"\s*//[^\n]*", "", block))
 
 
-def test_empty_database_says_so_and_exits_0(tmp_path, capsys):
-    path = tmp_path / "m.db"
-    upgrade(open_database(str(path)))
-    assert main(["--db", str(path)]) == 0
-    assert "holds no LLM calls yet" in capsys.readouterr().out
+def shape(value):
+    """Keys all the way down; a list by its first item."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return "value"
+
+
+def test_json_has_exactly_the_shape_docs_report_json_md_documents(database, capsys):
+    out = run_json(database[0], capsys=capsys)
+    documented = documented_example()
+    documented["groups"][0]["rows"][0]["key"] = {"model": "value"}  # the example shows provider/host
+    assert shape(out) == shape(documented)
+
+
+def test_csv_header_is_the_documented_one(database, capsys):
+    assert main(["--db", database[0], "--format", "csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header in DOC.read_text()

@@ -1,0 +1,197 @@
+"""`python -m reports`: the command line. Bad input is one `error: …` line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import peewee
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from storage.db import default_location
+
+from .groups import DIMENSIONS
+from .percentiles import METHOD
+from .report import DEFAULT_TOP, Report, empty_report, load_report
+from .selection import Selection, parse_when, utc_text
+from .source import NothingYet, ReportError, open_source
+
+DEFAULT_WATCH_SECONDS = 2.0
+
+DESCRIPTION = f"""\
+What the proxy recorded, in the terminal: an overview, tables by model, provider/host and origin,
+errors, a timeline and the slowest calls. Opens the database read-only; never writes or migrates it.
+
+Percentiles are {METHOD}. TTFT, time per output token and tokens/s cover streamed calls only; time
+per output token is generation time (first to last token) / output tokens = 1000 / tokens/s.
+"""
+
+EPILOG = """\
+examples:
+  python -m reports --since 24h
+  python -m reports --model gpt-4o --group-by hour
+  python -m reports --errors-only --since 2026-11-22T09:00Z --until 2026-11-22T10:00Z
+  python -m reports --format json > report.json      (shape: docs/report-json.md)
+  python -m reports --watch 5
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: one line too
+        self.exit(2, f"error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _when(text: str) -> str:
+    try:
+        parse_when(text, datetime.now(timezone.utc))  # checked now, resolved when each report is made
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m reports", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--db", metavar="PATH_OR_URL", help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+    pick = parser.add_argument_group("which calls")
+    pick.add_argument("--since", metavar="WHEN", type=_when, help="only calls at or after WHEN: 15m, 24h, 7d, 2w ago, or an ISO time (UTC unless it has an offset)")
+    pick.add_argument("--until", metavar="WHEN", type=_when, help="only calls before WHEN (same forms as --since)")
+    for name in ("model", "provider", "host", "origin"):
+        pick.add_argument(f"--{name}", action="append", default=[], metavar="NAME", help=f"only calls with this {name} (repeat for several)")
+    pick.add_argument("--errors-only", action="store_true", help="only failed calls")
+    view = parser.add_argument_group("what to show")
+    view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
+    view.add_argument("--top", type=_positive_int, default=DEFAULT_TOP, metavar="N", help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP})")
+    view.add_argument("--format", choices=("text", "json", "csv"), default="text", help="text (default); json: the whole report; csv: one row per group")
+    view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_positive_seconds, metavar="SECONDS", help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
+    return parser
+
+
+def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
+    return Selection(
+        since_utc=parse_when(args.since, now) if args.since else None,
+        until_utc=parse_when(args.until, now) if args.until else None,
+        models=tuple(args.model), providers=tuple(args.provider), hosts=tuple(args.host),
+        origins=tuple(args.origin), errors_only=args.errors_only,
+    )
+
+
+def make_report(args: argparse.Namespace, location: str) -> Report:
+    """Raises NothingYet or ReportError."""
+    now = datetime.now(timezone.utc)
+    selection = selection_from(args, now)
+    if selection.since_utc and selection.until_utc and selection.since_utc >= selection.until_utc:
+        raise ReportError(f"--since ({selection.since_utc}) must be before --until ({selection.until_utc})")
+    src = open_source(location)
+    try:
+        return load_report(src, selection, group_by=args.group_by, top=args.top, now=now)
+    except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
+        raise ReportError(f"cannot read {location}: {exc}") from None
+    finally:
+        src.close()
+
+
+def main(argv: list[str] | None = None, console: Console | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    location = args.db or default_location()
+    console = console or Console()
+    if args.watch is not None:
+        return watch(args, location, console)
+    try:
+        report = make_report(args, location)
+    except NothingYet as note:
+        return _nothing(args, location, str(note), console)
+    except ReportError as exc:
+        return _error(exc)
+    _emit(report, args.format, console)
+    return 0
+
+
+def _error(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _nothing(args: argparse.Namespace, location: str, note: str, console: Console) -> int:
+    """Nothing recorded yet is not an error. Machine formats still get a valid, empty document
+    on stdout (the note goes to stderr) so a script's parser never chokes on prose."""
+    if args.format == "text":
+        console.print(Text(note), soft_wrap=True)  # one line, however narrow the terminal
+        return 0
+    print(note, file=sys.stderr)
+    now = datetime.now(timezone.utc)
+    _emit(empty_report(location, selection_from(args, now), False, utc_text(now)), args.format, console)
+    return 0
+
+
+def _emit(report: Report, fmt: str, console: Console) -> None:
+    if fmt == "json":
+        console.file.write(json.dumps(report.as_dict(), indent=2) + "\n")
+    elif fmt == "csv":
+        console.file.write(report.as_csv())
+    else:
+        console.print(report)
+
+
+def watch(
+    args: argparse.Namespace, location: str, console: Console,
+    *, sleep: Callable[[float], None] = time.sleep, refreshes: int | None = None,
+) -> int:
+    """Redraws the text report in place every `args.watch` seconds until Ctrl-C."""
+    if args.format != "text":
+        return _error(ReportError("--watch shows the text report; leave out --format"))
+    if not console.is_terminal:
+        return _error(ReportError("--watch needs a terminal; without it, run the report once"))
+    done = 0
+    try:
+        with Live(console=console, auto_refresh=False) as live:
+            while refreshes is None or done < refreshes:
+                live.update(_watch_frame(args, location), refresh=True)
+                done += 1
+                if refreshes is None or done < refreshes:
+                    sleep(args.watch)
+    except KeyboardInterrupt:
+        pass
+    except ReportError as exc:
+        return _error(exc)
+    return 0
+
+
+def _watch_frame(args: argparse.Namespace, location: str) -> Group:
+    header = Text(
+        f"updated {datetime.now().strftime('%H:%M:%S')} · every {args.watch:g} s · Ctrl-C to stop", style="dim"
+    )
+    try:
+        body = make_report(args, location)
+    except NothingYet as note:
+        body = Text(f"{note} Waiting…")
+    return Group(header, body)

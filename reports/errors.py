@@ -1,0 +1,88 @@
+"""Errors by status code and error_type: how many, when last seen, and a sample message."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from rich.text import Text
+
+from . import fmt
+from .layout import Column, FitTable
+from .selection import TABLE, Selection
+from .source import Source
+
+SAMPLE_CHARS = 300  # of a sample message kept in the data; the table shortens it further
+
+
+@dataclass
+class ErrorKind:
+    status_code: int | None
+    error_type: str | None
+    count: int
+    last_seen_utc: str
+    sample_message: str | None  # the message of the most recent call of this kind
+
+
+@dataclass
+class Errors:
+    kinds: list[ErrorKind]  # most frequent first, at most --top
+    total_kinds: int
+    total_errors: int
+
+    def as_dict(self) -> dict:
+        return {
+            "total_errors": self.total_errors,
+            "total_kinds": self.total_kinds,
+            "kinds": [asdict(k) for k in self.kinds],
+        }
+
+
+def load_errors(src: Source, selection: Selection, top: int) -> Errors:
+    where, params = selection.where(src.param, "NOT success")
+    kinds = src.rows(
+        f"SELECT status_code, error_type, count(*), max(timestamp) FROM {TABLE}{where} "
+        "GROUP BY status_code, error_type",
+        params,
+    )
+    # Most frequent first, then most recent, then by code and type (stable sorts, last key first).
+    kinds.sort(key=lambda k: (k[0] is None, k[0] or 0, k[1] or ""))
+    kinds.sort(key=lambda k: k[3], reverse=True)
+    kinds.sort(key=lambda k: k[2], reverse=True)
+    shown = [ErrorKind(code, kind, int(n), last, _sample(src, selection, code, kind, last)) for code, kind, n, last in kinds[:top]]
+    return Errors(shown, len(kinds), sum(int(k[2]) for k in kinds))
+
+
+def _sample(src: Source, selection: Selection, code: int | None, kind: str | None, last_utc: str) -> str | None:
+    """The latest message of this kind; the timestamp index finds its row directly."""
+    p = src.param
+    match = [
+        f"timestamp = {p}",
+        "status_code IS NULL" if code is None else f"status_code = {p}",
+        "error_type IS NULL" if kind is None else f"error_type = {p}",
+        "NOT success",
+    ]
+    where, params = selection.where(p, *match)
+    # The match terms come after the selection's own terms in the SQL: parameters in that order.
+    params += [last_utc] + ([code] if code is not None else []) + ([kind] if kind is not None else [])
+    row = src.one(f"SELECT error_message FROM {TABLE}{where} ORDER BY error_message IS NULL, id DESC LIMIT 1", params)
+    message = row[0] if row else None
+    return message[:SAMPLE_CHARS] if message else message
+
+
+def render_errors(errors: Errors) -> FitTable:
+    more = errors.total_kinds - len(errors.kinds)
+    kinds = errors.kinds
+    columns = [
+        Column("status", ["-" if k.status_code is None else str(k.status_code) for k in kinds], keep=90),
+        Column("error_type", [Text(k.error_type or "-") for k in kinds], keep=100, numeric=False, min_width=16),
+        Column("count", [fmt.count(k.count) for k in kinds], keep=95),
+        Column("last seen (UTC)", [fmt.when(k.last_seen_utc) for k in kinds], keep=80, numeric=False, min_width=19),
+        Column("sample message", [_one_line(k.sample_message) for k in kinds], keep=70, numeric=False, min_width=20),
+    ]
+    caption = f"{more} more kind(s) not shown (--top)" if more > 0 else None
+    return FitTable(f"Errors ({fmt.count(errors.total_errors)})", columns, caption)
+
+
+def _one_line(message: str | None, limit: int = 120) -> Text:
+    text = " ".join((message or "-").split())
+    return Text(text if len(text) <= limit else text[: limit - 1] + "…")

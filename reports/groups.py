@@ -1,0 +1,219 @@
+"""Per-group tables (by model, provider/host, origin, path, hour or day): counts, tokens, cost and
+exact latency / TTFT / time-per-token / tokens-per-second percentiles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rich.text import Text
+
+from . import fmt
+from .layout import Column, FitTable
+from .percentiles import indexed_values_at_ranks, index_serves_ranks, nearest_rank, ranked_pass, streams_from_index
+from .selection import Selection
+from .source import Source
+from .totals import Totals, merge, totals_sql
+
+# What `--group-by` accepts, and the SQL that gives each group's key.
+DIMENSIONS = {
+    "model": "model",
+    "provider": "provider",
+    "host": "host",
+    "origin": "origin",
+    "path": "path",
+    "hour": "substr(timestamp, 1, 13)",
+    "day": "substr(timestamp, 1, 10)",
+}
+DEFAULT_GROUPINGS: tuple[tuple[str, ...], ...] = (("model",), ("provider", "host"), ("origin",))
+TIME_DIMENSIONS = {"hour", "day"}  # their tables run in time order; the others, most calls first
+
+
+@dataclass(frozen=True)
+class Metric:
+    field: str  # GroupRow attribute and JSON name
+    column: str
+    pcts: tuple[int, ...]
+
+
+LATENCY = Metric("latency_ms", "response_time_ms", (50, 95, 99))
+TTFT = Metric("ttft_ms", "time_to_first_token_ms", (50, 95))  # only streamed calls have one
+TOKENS_PER_SECOND = Metric("output_tokens_per_second", "tokens_per_second", (50,))
+# Time per output token = generation time / output tokens = 1000 / tokens_per_second: its p-th
+# percentile is 1000 over the tokens/s value at the mirrored rank n + 1 - k, so one ranking of
+# tokens_per_second gives both.
+TIME_PER_TOKEN_PCTS = (50,)
+METRICS = (LATENCY, TTFT, TOKENS_PER_SECOND)
+
+
+@dataclass
+class GroupRow:
+    key: dict[str, str | None]
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None = None
+    unpriced_calls: int | None = None
+    latency_ms: dict[str, float | None] = field(default_factory=dict)
+    ttft_ms: dict[str, float | None] = field(default_factory=dict)
+    time_per_output_token_ms: dict[str, float | None] = field(default_factory=dict)
+    output_tokens_per_second: dict[str, float | None] = field(default_factory=dict)
+
+    def label(self) -> list[str]:
+        return [key_label(dim, value) for dim, value in self.key.items()]
+
+
+@dataclass
+class GroupTable:
+    dims: tuple[str, ...]
+    rows: list[GroupRow]
+
+
+def key_label(dim: str, value: str | None) -> str:
+    if value is None:
+        return "(none)"
+    if dim == "hour":
+        return f"{value[:10]} {value[11:13]}:00"
+    if dim == "day":
+        return value[:10]
+    return value
+
+
+def key_value(dim: str, raw: str | None) -> str | None:
+    """JSON/CSV form of a key: hours and days as the ISO time they start at."""
+    if raw is None:
+        return None
+    if dim == "hour":
+        return f"{raw}:00:00Z"
+    if dim == "day":
+        return f"{raw}T00:00:00Z"
+    return raw
+
+
+def load_groups(
+    src: Source, selection: Selection, groupings: Sequence[tuple[str, ...]], combos: dict[tuple, Totals]
+) -> list[GroupTable]:
+    """One table per grouping. `combos` are the totals per combination of `combo_keys(groupings)`."""
+    exprs = [tuple(DIMENSIONS[d] for d in dims) for dims in groupings]
+    keys = combo_keys(groupings)
+    totals = [merge(combos, [keys.index(e) for e in dims]) for dims in exprs]
+    found: list[dict[str, dict]] = [{} for _ in groupings]
+    for metric in METRICS:
+        wanted = [_wanted(t, metric) for t in totals]
+        if _ranks_from_indexes(src, selection, exprs, metric):
+            values = [
+                indexed_values_at_ranks(src, dims, metric.column, w, {k: _count(t[k], metric) for k in w})
+                for dims, w, t in zip(exprs, wanted, totals)
+            ]
+        else:
+            values = ranked_pass(src, selection, exprs, metric.column, wanted)
+        for per_grouping, v in zip(found, values):
+            per_grouping[metric.field] = v
+    return [_table(src, dims, t, f) for dims, t, f in zip(groupings, totals, found)]
+
+
+def combo_keys(groupings: Sequence[tuple[str, ...]]) -> list[str]:
+    """The SQL key expressions of every grouping, once each, in order."""
+    return list(dict.fromkeys(DIMENSIONS[d] for dims in groupings for d in dims))
+
+
+def reads_indexes_only(src: Source, selection: Selection, groupings: Sequence[tuple[str, ...]]) -> bool:
+    """Whether this report reads SQLite's indexes only: totals in one ordered index scan and
+    every percentile by index lookups (what the benchmark and tests check)."""
+    exprs = [tuple(DIMENSIONS[d] for d in dims) for dims in groupings]
+    sql, params = totals_sql(src, selection, combo_keys(groupings))
+    return streams_from_index(src, sql, params) and all(_ranks_from_indexes(src, selection, exprs, m) for m in METRICS)
+
+
+def _ranks_from_indexes(src: Source, selection: Selection, exprs, metric: Metric) -> bool:
+    """SQLite, whole table, and an index on (keys…, column) for every grouping."""
+    return (
+        src.is_sqlite and selection.is_everything
+        and all(index_serves_ranks(src, dims, metric.column) for dims in exprs)
+    )
+
+
+def _count(group: Totals, metric: Metric) -> int:
+    if metric is LATENCY:
+        return group.requests  # response_time_ms is never NULL
+    return group.with_ttft if metric is TTFT else group.with_tokens_per_second
+
+
+def _wanted(totals: dict[tuple, Totals], metric: Metric) -> dict[tuple, set[int]]:
+    wanted = {}
+    for key, group in totals.items():
+        n = _count(group, metric)
+        if n:
+            ranks = {nearest_rank(n, p) for p in metric.pcts}
+            if metric is TOKENS_PER_SECOND:
+                ranks |= {n + 1 - nearest_rank(n, p) for p in TIME_PER_TOKEN_PCTS}
+            wanted[key] = ranks
+    return wanted
+
+
+def _table(src: Source, dims: tuple[str, ...], totals: dict[tuple, Totals], found: dict[str, dict]) -> GroupTable:
+    rows = []
+    for key, group in totals.items():
+        row = GroupRow(
+            {d: key_value(d, k) for d, k in zip(dims, key)},
+            group.requests, group.errors, group.prompt_tokens, group.completion_tokens,
+        )
+        if src.has_cost:
+            row.cost_usd, row.unpriced_calls = group.cost_usd, group.unpriced_calls
+        for metric in METRICS:
+            n, at = _count(group, metric), found[metric.field].get(key, {})
+            setattr(row, metric.field, {f"p{p}": at.get(nearest_rank(n, p)) if n else None for p in metric.pcts})
+        n, at = group.with_tokens_per_second, found[TOKENS_PER_SECOND.field].get(key, {})
+        row.time_per_output_token_ms = {
+            f"p{p}": _per_token_ms(at.get(n + 1 - nearest_rank(n, p))) if n else None for p in TIME_PER_TOKEN_PCTS
+        }
+        rows.append(row)
+    if set(dims) & TIME_DIMENSIONS:
+        return GroupTable(dims, sorted(rows, key=lambda r: [v or "" for v in r.key.values()]))
+    return GroupTable(dims, sorted(rows, key=_order))
+
+
+def _per_token_ms(tokens_per_second: float | None) -> float | None:
+    return None if not tokens_per_second else 1000.0 / tokens_per_second
+
+
+def _order(row: GroupRow) -> tuple:
+    return (-row.requests, [(v is None, v or "") for v in row.key.values()])
+
+
+def group_title(dims: tuple[str, ...]) -> str:
+    return "By " + "/".join(dims)
+
+
+# (header, keep, cell) for each numeric column; the lowest `keep` is left out first when narrow.
+_COLUMNS = (
+    ("calls", 90, lambda r: fmt.count(r.requests)),
+    ("err", 80, lambda r: fmt.count(r.errors)),
+    ("p50\nms", 85, lambda r: fmt.ms(r.latency_ms.get("p50"))),
+    ("p95\nms", 75, lambda r: fmt.ms(r.latency_ms.get("p95"))),
+    ("p99\nms", 50, lambda r: fmt.ms(r.latency_ms.get("p99"))),
+    ("TTFT\np50", 70, lambda r: fmt.ms(r.ttft_ms.get("p50"))),
+    ("TTFT\np95", 40, lambda r: fmt.ms(r.ttft_ms.get("p95"))),
+    ("ms/tok", 30, lambda r: fmt.decimal(r.time_per_output_token_ms.get("p50"))),
+    ("tok/s", 60, lambda r: fmt.decimal(r.output_tokens_per_second.get("p50"))),
+    ("in", 44, lambda r: fmt.compact(r.prompt_tokens)),
+    ("out", 45, lambda r: fmt.compact(r.completion_tokens)),
+)
+_COST = ("cost", 65, lambda r: fmt.usd(r.cost_usd))
+
+
+GROUP_TABLE_NOTE = (
+    "latency and TTFT in ms; ms/tok (time per output token) and tok/s are p50s; "
+    "TTFT, ms/tok and tok/s cover streamed calls only"
+)
+
+
+def render_group_table(table: GroupTable, cost_known: bool, note: str | None = None) -> FitTable:
+    columns = [
+        Column(dim, [Text(row.label()[i]) for row in table.rows], keep=100, numeric=False, min_width=20 if i == 0 else 12)
+        for i, dim in enumerate(table.dims)
+    ]
+    for header, keep, cell in _COLUMNS + ((_COST,) if cost_known else ()):
+        columns.append(Column(header, [cell(row) for row in table.rows], keep=keep))
+    return FitTable(group_title(table.dims), columns, note)

@@ -1,0 +1,158 @@
+"""The whole report: every section's data, loaded in one read transaction, then rendered as text
+(rich), JSON or CSV. JSON and CSV come from this data, never from the rendering."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.text import Text
+
+from .errors import Errors, load_errors, render_errors
+from .groups import DEFAULT_GROUPINGS, DIMENSIONS, GROUP_TABLE_NOTE, GroupTable, combo_keys, load_groups, render_group_table
+from .overview import Overview, empty_overview, load_overview, render_overview
+from .percentiles import METHOD
+from .selection import Selection, utc_text
+from .slowest import SlowCall, load_slowest, render_slowest
+from .source import Source
+from .timeline import Timeline, choose_bucket, load_timeline
+from .totals import load_totals
+
+REPORT_VERSION = 1  # bump when a field of the JSON or CSV changes meaning or goes away
+DEFAULT_TOP = 10
+
+CSV_METRICS = (
+    "requests", "errors",
+    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms",
+    "time_per_output_token_p50_ms", "output_tokens_per_second_p50",
+    "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls",
+)
+
+
+@dataclass
+class Report:
+    database: str
+    generated_at_utc: str
+    selection: Selection
+    cost_known: bool
+    overview: Overview
+    groups: list[GroupTable]
+    errors: Errors
+    timeline: Timeline
+    slowest: list[SlowCall]
+
+    def as_dict(self) -> dict:
+        return {
+            "report_version": REPORT_VERSION,
+            "database": self.database,
+            "generated_at_utc": self.generated_at_utc,
+            "filters": self.selection.as_dict(),
+            "percentile_method": METHOD,
+            "cost_known": self.cost_known,
+            "overview": self.overview.as_dict(),
+            "groups": [
+                {"group_by": list(t.dims), "rows": [asdict(r) for r in t.rows]} for t in self.groups
+            ],
+            "errors": self.errors.as_dict(),
+            "timeline": self.timeline.as_dict(),
+            "slowest": [asdict(c) for c in self.slowest],
+        }
+
+    def as_csv(self) -> str:
+        """One row per group of every table: `group_by`, one column per key dimension used by any
+        table (empty where a table does not group by it), then CSV_METRICS."""
+        dims = [d for d in DIMENSIONS if any(d in t.dims for t in self.groups)]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["group_by", *dims, *CSV_METRICS])
+        for table in self.groups:
+            for row in table.rows:
+                writer.writerow(["/".join(table.dims), *(_cell(row.key.get(d)) for d in dims), *_csv_metrics(row)])
+        return out.getvalue()
+
+    def __rich__(self) -> RenderableType:
+        title = f"LLM calls · {escape(self.database)}"
+        parts: list[RenderableType] = [render_overview(self.overview, title, _filters_text(self.selection))]
+        if not self.overview.requests:
+            return Group(*parts)
+        for i, table in enumerate(self.groups):
+            note = GROUP_TABLE_NOTE if i == len(self.groups) - 1 else None
+            parts += [Text(""), render_group_table(table, self.cost_known, note)]
+        parts.append(Text(""))
+        parts.append(render_errors(self.errors) if self.errors.kinds else Text("No errors.", style="italic"))
+        parts += [Text(""), self.timeline, Text(""), render_slowest(self.slowest)]
+        return Group(*parts)
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _csv_metrics(row) -> list[str]:
+    values = [
+        row.requests, row.errors,
+        row.latency_ms.get("p50"), row.latency_ms.get("p95"), row.latency_ms.get("p99"),
+        row.ttft_ms.get("p50"), row.ttft_ms.get("p95"),
+        row.time_per_output_token_ms.get("p50"), row.output_tokens_per_second.get("p50"),
+        row.prompt_tokens, row.completion_tokens, row.cost_usd, row.unpriced_calls,
+    ]
+    return [_cell(v) for v in values]
+
+
+def _filters_text(selection: Selection) -> str | None:
+    parts = []
+    if selection.since_utc:
+        parts.append(f"since {selection.since_utc[:19].replace('T', ' ')}")
+    if selection.until_utc:
+        parts.append(f"until {selection.until_utc[:19].replace('T', ' ')}")
+    for name, values in (("model", selection.models), ("provider", selection.providers), ("host", selection.hosts), ("origin", selection.origins)):
+        if values:
+            parts.append(f"{name} {', '.join(values)}")
+    if selection.errors_only:
+        parts.append("errors only")
+    return " · ".join(parts) or None
+
+
+def load_report(
+    src: Source,
+    selection: Selection,
+    *,
+    group_by: str | None = None,
+    top: int = DEFAULT_TOP,
+    now: datetime | None = None,
+) -> Report:
+    """Every section from one snapshot of the database (one read transaction)."""
+    groupings = ((group_by,),) if group_by else DEFAULT_GROUPINGS
+    generated = utc_text(now or datetime.now(timezone.utc))
+    with src.db.atomic():
+        combos = load_totals(src, selection, combo_keys(groupings))
+        overview = load_overview(src, selection, combos)
+        if not overview.requests:
+            return empty_report(src.location, selection, src.has_cost, generated, overview)
+        return Report(
+            src.location, generated, selection, src.has_cost, overview,
+            load_groups(src, selection, groupings, combos),
+            load_errors(src, selection, top),
+            load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds),
+            load_slowest(src, selection, top, _models(groupings, combos)),
+        )
+
+
+def _models(groupings, combos: dict) -> list:
+    """Every model in the selection, when the totals were read by model."""
+    keys = combo_keys(groupings)
+    return sorted({key[keys.index("model")] for key in combos}, key=str) if "model" in keys else []
+
+
+def empty_report(
+    location: str, selection: Selection, cost_known: bool, generated_utc: str, overview: Overview | None = None
+) -> Report:
+    """The report of no calls: what JSON and CSV print when there is nothing to report yet."""
+    return Report(
+        location, generated_utc, selection, cost_known, overview or empty_overview(cost_known),
+        [], Errors([], 0, 0), Timeline(choose_bucket(0), []), [],
+    )

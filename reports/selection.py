@@ -1,0 +1,90 @@
+"""Which calls a report covers: the filters, turned into one portable SQL WHERE clause.
+
+Times are compared as text: the proxy writes `timestamp` as fixed-width UTC
+(`2026-11-22T14:03:07.123456Z`), so text order is time order on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+TABLE = "completion_requests"
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def utc_text(moment: datetime) -> str:
+    """The row format of `timestamp`, so a bound compares with rows as text."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_when(text: str, now: datetime) -> str:
+    """`15m`, `24h`, `7d`, `2w` before `now`, or an ISO date/time (UTC unless it has an offset).
+    Raises ValueError with a message fit for `error: …`."""
+    spec = text.strip()
+    relative = _RELATIVE.match(spec)
+    if relative:
+        amount, unit = int(relative.group(1)), relative.group(2)
+        return utc_text(now - timedelta(seconds=amount * _UNIT_SECONDS[unit]))
+    try:
+        moment = datetime.fromisoformat(spec.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use a duration like 15m, 24h, 7d, 2w or an ISO time like "
+            "2026-11-22 or 2026-11-22T14:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return utc_text(moment)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The filters. Each tuple is "any of these"; empty means no filter on that column."""
+
+    since_utc: str | None = None  # inclusive
+    until_utc: str | None = None  # exclusive
+    models: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    origins: tuple[str, ...] = ()
+    errors_only: bool = False
+
+    @property
+    def is_everything(self) -> bool:
+        return self == Selection()
+
+    def where(self, param: str, *extra: str) -> tuple[str, list]:
+        """` WHERE …` (or "") and its parameters; `param` is the driver's placeholder."""
+        terms: list[str] = []
+        params: list = []
+        if self.since_utc is not None:
+            terms.append(f"timestamp >= {param}")
+            params.append(self.since_utc)
+        if self.until_utc is not None:
+            terms.append(f"timestamp < {param}")
+            params.append(self.until_utc)
+        for column, values in (
+            ("model", self.models), ("provider", self.providers), ("host", self.hosts), ("origin", self.origins),
+        ):
+            if values:
+                terms.append(f"{column} IN ({', '.join([param] * len(values))})")
+                params.extend(values)
+        if self.errors_only:
+            terms.append("NOT success")
+        terms.extend(extra)
+        return (" WHERE " + " AND ".join(terms) if terms else ""), params
+
+    def as_dict(self) -> dict:
+        return {
+            "since_utc": self.since_utc,
+            "until_utc": self.until_utc,
+            "model": list(self.models),
+            "provider": list(self.providers),
+            "host": list(self.hosts),
+            "origin": list(self.origins),
+            "errors_only": self.errors_only,
+        }

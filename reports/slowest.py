@@ -1,0 +1,64 @@
+"""The slowest calls: top N by latency, with what they were and when."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rich.text import Text
+
+from . import fmt
+from .layout import Column, FitTable
+from .percentiles import index_serves_ranks
+from .selection import TABLE, Selection
+from .source import Source
+
+
+@dataclass
+class SlowCall:
+    timestamp_utc: str
+    response_time_ms: int
+    model: str | None
+    provider: str | None
+    host: str | None
+    origin: str | None
+    status_code: int | None
+    success: bool
+    error_type: str | None
+
+
+_FIELDS = "timestamp, response_time_ms, model, provider, host, origin, status_code, success, error_type, id"
+_ORDER = "response_time_ms DESC, timestamp DESC, id DESC"
+
+
+def load_slowest(src: Source, selection: Selection, top: int, models: Iterable[str | None] = ()) -> list[SlowCall]:
+    """The `top` slowest calls. Over a whole SQLite table with an index on (model,
+    response_time_ms), the slowest of each of `models` (every model there is) are merged instead
+    of reading every row."""
+    models = list(models)
+    if models and src.is_sqlite and selection.is_everything and index_serves_ranks(src, ("model",), "response_time_ms"):
+        sql = f"SELECT {_FIELDS} FROM {TABLE} WHERE model IS {src.param} ORDER BY {_ORDER} LIMIT {int(top)}"
+        rows = [row for model in models for row in src.rows(sql, [model])]
+        rows.sort(key=lambda r: (r[1], r[0], r[-1]), reverse=True)  # as _ORDER
+        rows = rows[:top]
+    else:
+        where, params = selection.where(src.param)
+        rows = src.rows(f"SELECT {_FIELDS} FROM {TABLE}{where} ORDER BY {_ORDER} LIMIT {int(top)}", params)
+    return [SlowCall(ts, int(ms), m, p, h, o, code, bool(ok), err) for ts, ms, m, p, h, o, code, ok, err, _ in rows]
+
+
+def render_slowest(calls: list[SlowCall]) -> FitTable:
+    columns = [
+        Column("latency\nms", [fmt.ms(c.response_time_ms) for c in calls], keep=100),
+        Column("time (UTC)", [fmt.when(c.timestamp_utc) for c in calls], keep=90, numeric=False, min_width=19),
+        Column("model", [Text(c.model or "(none)") for c in calls], keep=95, numeric=False, min_width=12),
+        Column("origin", [Text(c.origin or "(none)") for c in calls], keep=70, numeric=False, min_width=12),
+        Column("provider", [Text(c.provider or "(none)") for c in calls], keep=60, numeric=False, min_width=10),
+        Column("outcome", [Text(_outcome(c)) for c in calls], keep=80, numeric=False, min_width=10),
+    ]
+    return FitTable(f"Slowest {len(calls)} calls", columns)
+
+
+def _outcome(call: SlowCall) -> str:
+    outcome = "ok" if call.success else (call.error_type or "error")
+    return outcome if call.status_code is None else f"{call.status_code} {outcome}"

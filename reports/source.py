@@ -1,0 +1,109 @@
+"""The database a report reads: opened read-only, its schema version checked, its columns known.
+
+A report never writes, creates or migrates anything: a SQLite file is opened with `mode=ro`, a
+server database in a read-only session.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+import peewee
+from playhouse.db_url import connect as connect_url
+
+from migrations import CURRENT_SCHEMA_VERSION, current_version
+from storage.db import BUSY_TIMEOUT_S, sqlite_path
+
+from .selection import TABLE
+
+START_CAPTURING = "start the proxy (python3 dev.py run) and send LLM calls through it"
+
+
+class ReportError(Exception):
+    """A problem the user must fix; the CLI prints `error: <message>` and exits 2."""
+
+
+class NothingYet(Exception):
+    """No calls to report (no file, no table, no rows): the CLI says so and exits 0."""
+
+
+@dataclass
+class Source:
+    db: peewee.Database
+    location: str
+    columns: frozenset[str]
+
+    @property
+    def param(self) -> str:
+        return self.db.param
+
+    @property
+    def has_cost(self) -> bool:
+        return "cost_usd" in self.columns
+
+    @property
+    def is_sqlite(self) -> bool:
+        return isinstance(self.db, peewee.SqliteDatabase)
+
+    def rows(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        return list(self.db.execute_sql(sql, params).fetchall())
+
+    def one(self, sql: str, params: list | tuple = ()) -> tuple:
+        return self.db.execute_sql(sql, params).fetchone()
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+
+def open_source(location: str) -> Source:
+    """Opens and checks `location`. Raises NothingYet or ReportError."""
+    db = _connect_read_only(location)
+    try:
+        return Source(db, location, _check(db, location))
+    except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
+        db.close()
+        raise ReportError(f"cannot read {location}: {exc}") from None
+    except Exception:
+        db.close()
+        raise
+
+
+def _connect_read_only(location: str) -> peewee.Database:
+    path = sqlite_path(location)
+    if path is None:
+        try:
+            db = connect_url(location)
+            db.connect()
+            db.execute_sql("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        except Exception as exc:  # driver missing, refused, bad URL: one line, not a traceback
+            raise ReportError(f"cannot open {location}: {exc}") from None
+        return db
+    if not path.exists():
+        raise NothingYet(f"No database at {path} yet: {START_CAPTURING}.")
+    db = peewee.SqliteDatabase(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        db.connect()
+    except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
+        raise ReportError(f"cannot open {path}: {exc}") from None
+    return db
+
+
+def _check(db: peewee.Database, location: str) -> frozenset[str]:
+    if TABLE not in db.get_tables():
+        raise NothingYet(f"{location} holds no LLM calls yet: {START_CAPTURING}.")
+    version = current_version(db)
+    if version < CURRENT_SCHEMA_VERSION:
+        raise ReportError(
+            f"{location} is at schema version {version}, older than this build's "
+            f"{CURRENT_SCHEMA_VERSION}: run `python -m migrations upgrade` first"
+        )
+    if version > CURRENT_SCHEMA_VERSION:
+        raise ReportError(
+            f"{location} is at schema version {version}, newer than this build's "
+            f"{CURRENT_SCHEMA_VERSION}: upgrade llm-metrics-proxy to read it"
+        )
+    if db.execute_sql(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchone() is None:
+        raise NothingYet(f"{location} holds no LLM calls yet: {START_CAPTURING}.")
+    return frozenset(c.name for c in db.get_columns(TABLE))

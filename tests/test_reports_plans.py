@@ -1,0 +1,152 @@
+"""The report's two ways of reading SQLite (sorted passes; index lookups) give the same exact
+numbers, and the pieces under them: nearest rank, time parsing, filters."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+import pytest
+
+from reports.groups import DEFAULT_GROUPINGS, LATENCY, TOKENS_PER_SECOND, TTFT, reads_indexes_only
+from reports.indexes import RECOMMENDED_INDEXES
+from reports.percentiles import index_serves_ranks, nearest_rank
+from reports.report import load_report
+from reports.selection import Selection, parse_when
+from reports.source import open_source
+from reports.totals import totals_sql
+from tests.test_reports import expected_group, grouped, make_db, make_rows
+
+
+def report_dict(path: str, selection: Selection = Selection()) -> dict:
+    src = open_source(path)
+    try:
+        out = load_report(src, selection, now=datetime(2026, 12, 1, tzinfo=timezone.utc)).as_dict()
+    finally:
+        src.close()
+    return _round_costs(out)
+
+
+def _round_costs(value):
+    """Sums of floats read in another order differ in the last bits: compare costs to 1e-12."""
+    if isinstance(value, dict):
+        return {k: round(v, 12) if k == "cost_usd" and v is not None else _round_costs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round_costs(v) for v in value]
+    return value
+
+
+def add_indexes(path: str) -> None:
+    con = sqlite3.connect(path)
+    for sql in RECOMMENDED_INDEXES:
+        con.execute(sql)
+    con.commit()
+    con.close()
+
+
+def index_plan_in_use(path: str) -> bool:
+    src = open_source(path)
+    try:
+        return reads_indexes_only(src, Selection(), DEFAULT_GROUPINGS)
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_index_lookups_and_sorted_passes_give_identical_reports(tmp_path, seed):
+    rows = make_rows(600, seed=seed)
+    path = make_db(tmp_path / "m.db", rows)
+    assert not index_plan_in_use(path)
+    scanned = report_dict(path)
+    add_indexes(path)
+    assert index_plan_in_use(path)
+    assert report_dict(path) == scanned
+    for table in scanned["groups"]:  # and both are right
+        want = grouped(rows, tuple(table["group_by"]))
+        for got in table["rows"]:
+            key = tuple(got["key"][d] for d in table["group_by"])
+            assert got["latency_ms"] == want[key]["latency_ms"] and got["ttft_ms"] == want[key]["ttft_ms"]
+
+
+def test_ties_everywhere_still_give_the_nearest_rank_value(tmp_path):
+    rows = make_rows(300, seed=3)
+    for i, row in enumerate(rows):
+        row["response_time_ms"] = (100, 200, 200, 300)[i % 4]
+    path = make_db(tmp_path / "m.db", rows)
+    scanned = report_dict(path)
+    add_indexes(path)
+    assert report_dict(path) == scanned
+    whole = expected_group(rows)["latency_ms"]
+    model_rows = scanned["groups"][0]["rows"]
+    assert {r["key"]["model"]: r["latency_ms"] for r in model_rows} == {k[0]: v["latency_ms"] for k, v in grouped(rows, ("model",)).items()}
+    assert whole == {"p50": 200, "p95": 300, "p99": 300}
+
+
+def test_filtered_reports_use_sorted_passes_and_stay_exact(tmp_path):
+    rows = make_rows(400, seed=4)
+    path = make_db(tmp_path / "m.db", rows)
+    add_indexes(path)
+    selection = Selection(since_utc="2026-11-02T00:00:00.000000Z", origins=("billing-job",))
+    mine = [r for r in rows if r["timestamp"] >= selection.since_utc and r["origin"] == "billing-job"]
+    out = report_dict(path, selection)
+    assert out["overview"]["requests"] == len(mine)
+    want = grouped(mine, ("model",))
+    for got in out["groups"][0]["rows"]:
+        assert got["latency_ms"] == want[(got["key"]["model"],)]["latency_ms"]
+
+
+def test_a_time_range_is_read_through_the_timestamp_index_even_beside_covering_indexes(tmp_path):
+    path = make_db(tmp_path / "m.db", make_rows(50))
+    add_indexes(path)
+    src = open_source(path)
+    try:
+        sql, params = totals_sql(src, Selection(since_utc="2026-11-02"), ["model", "provider", "host", "origin"])
+        plan = " | ".join(row[-1] for row in src.rows("EXPLAIN QUERY PLAN " + sql, params))
+        assert "timestamp" in plan and "report_totals" not in plan
+        for metric in (LATENCY, TTFT, TOKENS_PER_SECOND):
+            assert index_serves_ranks(src, ("model",), metric.column)
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("n, pct, rank", [
+    (1, 50, 1), (1, 99, 1), (2, 50, 1), (3, 50, 2), (4, 50, 2), (20, 95, 19), (21, 95, 20),
+    (100, 99, 99), (101, 99, 100), (1000, 95, 950), (7, 100, 7),
+])
+def test_nearest_rank_is_ceil_of_p_times_n(n, pct, rank):
+    assert nearest_rank(n, pct) == rank
+
+
+NOW = datetime(2026, 11, 22, 14, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("text, utc", [
+    ("15m", "2026-11-22T13:45:00.000000Z"),
+    ("24h", "2026-11-21T14:00:00.000000Z"),
+    ("7d", "2026-11-15T14:00:00.000000Z"),
+    ("2w", "2026-11-08T14:00:00.000000Z"),
+    ("90s", "2026-11-22T13:58:30.000000Z"),
+    ("2026-11-20", "2026-11-20T00:00:00.000000Z"),
+    ("2026-11-20T09:30Z", "2026-11-20T09:30:00.000000Z"),
+    ("2026-11-20T09:30:00+02:00", "2026-11-20T07:30:00.000000Z"),
+    ("2026-11-20 09:30", "2026-11-20T09:30:00.000000Z"),
+])
+def test_since_and_until_accept_durations_and_iso_times_in_row_format(text, utc):
+    assert parse_when(text, NOW) == utc
+
+
+@pytest.mark.parametrize("text", ["yesterday", "15", "-3h", "3 days", "2026-13-01", ""])
+def test_a_time_that_is_not_one_is_refused_with_the_accepted_forms(text):
+    with pytest.raises(ValueError, match="15m, 24h, 7d"):
+        parse_when(text, NOW)
+
+
+def test_selection_where_clause_is_parametrised_and_portable():
+    where, params = Selection(
+        since_utc="a", until_utc="b", models=("m1", "m2"), origins=("o",), errors_only=True
+    ).where("%s")
+    assert where == " WHERE timestamp >= %s AND timestamp < %s AND model IN (%s, %s) AND origin IN (%s) AND NOT success"
+    assert params == ["a", "b", "m1", "m2", "o"]
+    assert Selection().where("?") == ("", [])
+    assert asdict(Selection(hosts=("h",)))["hosts"] == ("h",)
