@@ -29,6 +29,7 @@ from addon.formats import CANDIDATE_SUFFIXES, ResponseFacts, recognise, recognis
 from addon import pricing  # noqa: E402
 from addon.metering import StreamMeter, meter_body, stream_framing  # noqa: E402
 from addon.record import Call, build_row, origin_from_user_agent, provider_for  # noqa: E402
+from addon.run_summary import RunTotals  # noqa: E402
 from addon.summary import format_call_line  # noqa: E402
 from addon.transport import classify_flow_error  # noqa: E402
 from migrations import DEFAULT_KEEP, upgrade  # noqa: E402
@@ -37,6 +38,7 @@ from storage import RowWriter, default_location, enable_wal, open_database  # no
 log = logging.getLogger(__name__)
 
 DEFAULT_ORIGIN_HEADER = "x-llm-metrics-origin"
+_MAX_UNPARSED_PATHS = 100
 _T0 = "llm_metrics_t0"  # flow.metadata key: perf_counter when the request headers arrived
 
 
@@ -47,6 +49,8 @@ class LLMMetrics:
         self.extra_hosts: dict[str, str] = {}
         self.inflight: dict[str, Call] = {}
         self.recorded = 0
+        self.run_totals = RunTotals()  # for the summary printed at exit
+        self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
         self.metering_errors = 0
         self._logged_errors: set[str] = set()
 
@@ -107,6 +111,8 @@ class LLMMetrics:
             log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped",
                      self.writer.written, self.location, self.writer.dropped)
             self.writer = None
+        for line in self.run_totals.lines(self.unparsed):
+            log.info(line)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         flow.metadata[_T0] = time.perf_counter()
@@ -208,11 +214,12 @@ class LLMMetrics:
         try:
             body = json.loads(request.get_content(strict=False) or b"")
         except ValueError:
-            return None
-        if not isinstance(body, dict):
-            return None
-        fmt = recognise(path, body) or (recognise_by_shape(body) if extra else None)
+            body = None
+        fmt = None
+        if isinstance(body, dict):
+            fmt = recognise(path, body) or (recognise_by_shape(body) if extra else None)
         if fmt is None:
+            self._count_unparsed(path)
             return None
         tag_header = ctx.options.llm_metrics_origin_header
         origin = request.headers.get(tag_header) if tag_header else None
@@ -252,10 +259,18 @@ class LLMMetrics:
         row = build_row(call, facts or ResponseFacts(), status_code=status, t_end=t_end,
                         error_type=error_type, error_message=error_message)
         self.recorded += 1
+        self.run_totals.add(row)
         if self.writer is not None:
             self.writer.submit(row)
         if ctx.options.llm_metrics_log_calls:
             log.info(format_call_line(row))
+
+    def _count_unparsed(self, path: str) -> None:
+        """Named in the exit summary so a user can report them; bounded in distinct paths."""
+        if path in self.unparsed or len(self.unparsed) < _MAX_UNPARSED_PATHS:
+            self.unparsed[path] = self.unparsed.get(path, 0) + 1
+        else:
+            self.unparsed["(other paths)"] = self.unparsed.get("(other paths)", 0) + 1
 
     def _metering_error(self, where: str, exc: Exception) -> None:
         self.metering_errors += 1

@@ -235,3 +235,20 @@ def test_gemini_error_status_with_json_body_is_read_whole(metrics):
     metrics.response(flow)
     [row] = stored(metrics)
     assert (row["error_type"], row["error_message"], row["finish_category"]) == ("RESOURCE_EXHAUSTED", "Quota exceeded", "error")
+
+
+def test_exit_summary_lists_calls_per_model_and_names_unparsed_llm_looking_requests(metrics, caplog):
+    flow = llm_flow(dict(CHAT, stream=False))
+    run_request(metrics, flow)
+    flow.response = http.Response.make(200, b'{"model": "gpt-x-1", "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}',
+                                       {"content-type": "application/json"})
+    metrics.responseheaders(flow)
+    metrics.response(flow)
+    for body in ({"model": "x"}, b"not json"):
+        run_request(metrics, llm_flow(body, path="/v1/chat/completions"))
+    with caplog.at_level(logging.INFO):
+        metrics.done()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "this run: 1 call, 0 errors, tokens 4 in / 2 out" in text
+    assert "gpt-x-1" in text
+    assert "2 requests looked like LLM calls but were not parsed (please report them): /v1/chat/completions (2)" in text
