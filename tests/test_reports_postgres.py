@@ -1,0 +1,60 @@
+"""The same report from SQLite and PostgreSQL for the same rows: percentiles included, since
+both use nearest rank (PostgreSQL's percentile_disc)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from migrations import upgrade
+from reports.cli import main
+from storage import CompletionRequest, open_database
+
+
+def rows(n: int = 400, seed: int = 11) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        streaming = rng.random() < 0.5
+        ok = rng.random() > 0.15
+        out.append({
+            "timestamp": f"2026-11-{1 + i % 20:02d}T{i % 24:02d}:{i % 60:02d}:00.000000Z",
+            "success": ok, "status_code": 200 if ok else rng.choice([429, 500, None]),
+            "response_time_ms": rng.randint(40, 9000), "model": rng.choice(["gpt-a", "gpt-b", "claude-c", None]),
+            "request_model": "req", "provider": rng.choice(["openai", "anthropic"]), "host": "api.example",
+            "path": "/v1/chat/completions", "origin": rng.choice(["svc-a", "svc-b"]), "is_streaming": streaming,
+            "time_to_first_token_ms": rng.randint(20, 900) if streaming else None,
+            "time_to_last_token_ms": rng.randint(900, 2000) if streaming else None,
+            "tokens_per_second": round(rng.uniform(5, 90), 3) if streaming else None,
+            "prompt_tokens": rng.randint(1, 3000), "completion_tokens": rng.randint(1, 800),
+            "cached_tokens": rng.randint(0, 100), "reasoning_tokens": rng.randint(0, 50),
+            "finish_reason": "stop" if ok else None,
+            "error_type": None if ok else rng.choice(["rate_limit_exceeded", "http_500", "upstream_disconnected"]),
+            "error_message": None if ok else "something went wrong",
+        })
+    return out
+
+
+def load(location: str, data: list[dict]) -> None:
+    db = open_database(location)
+    upgrade(db)
+    with db.atomic():
+        CompletionRequest.insert_many(data).execute(db)
+    db.close()
+
+
+def report_json(location: str, capsys) -> dict:
+    assert main(["--db", location, "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    out.pop("database", None)
+    out.pop("generated_at_utc")  # when the report ran: the one field that must differ
+    return out
+
+
+def test_sqlite_and_postgres_give_the_same_report_for_the_same_rows(tmp_path, pg_url, capsys):
+    data = rows()
+    load(str(tmp_path / "m.db"), data)
+    load(pg_url, data)
+    lite, pg = report_json(str(tmp_path / "m.db"), capsys), report_json(pg_url, capsys)
+    assert json.dumps(lite, sort_keys=True).count('"p50"') > 0
+    assert lite == pg
