@@ -11,16 +11,18 @@ import json
 from .formats import ResponseFacts, WireFormat
 from .formats.errors import error_from_body
 from .wire.encoding import incremental_decoder
+from .wire.eventstream import EventStreamDecoder, Frame
 from .wire.json_array import JSONArrayDecoder
 from .wire.ndjson import NDJSONDecoder
 from .wire.sse import SSEDecoder
 
 SSE_TYPES = ("text/event-stream",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+EVENTSTREAM_TYPES = ("application/vnd.amazon.eventstream",)
 JSON_TYPES = ("application/json", "")
 
-SSE, NDJSON, JSON_ARRAY = "sse", "ndjson", "json-array"
-_FRAMERS = {SSE: SSEDecoder, NDJSON: NDJSONDecoder, JSON_ARRAY: JSONArrayDecoder}
+SSE, NDJSON, JSON_ARRAY, EVENTSTREAM = "sse", "ndjson", "json-array", "eventstream"
+_FRAMERS = {SSE: SSEDecoder, NDJSON: NDJSONDecoder, JSON_ARRAY: JSONArrayDecoder, EVENTSTREAM: EventStreamDecoder}
 
 
 def media_type(content_type: str | None) -> str:
@@ -29,7 +31,7 @@ def media_type(content_type: str | None) -> str:
 
 def is_stream_type(content_type: str | None) -> bool:
     mt = media_type(content_type)
-    return mt in SSE_TYPES or mt in NDJSON_TYPES
+    return mt in SSE_TYPES or mt in NDJSON_TYPES or mt in EVENTSTREAM_TYPES
 
 
 def stream_framing(fmt: WireFormat, content_type: str | None, *, status: int, requested_stream: bool) -> str | None:
@@ -44,6 +46,8 @@ def stream_framing(fmt: WireFormat, content_type: str | None, *, status: int, re
         return SSE
     if mt in NDJSON_TYPES:
         return NDJSON
+    if mt in EVENTSTREAM_TYPES:
+        return EVENTSTREAM
     if fmt.array_streams and requested_stream and status < 400 and mt in JSON_TYPES:
         return JSON_ARRAY
     return None
@@ -58,9 +62,11 @@ class StreamMeter:
         self._fmt = fmt
         self._decode = incremental_decoder(content_encoding)  # UnsupportedEncoding propagates
         if framing is None:
-            framing = SSE if media_type(content_type) in SSE_TYPES else NDJSON
+            mt = media_type(content_type)
+            framing = SSE if mt in SSE_TYPES else EVENTSTREAM if mt in EVENTSTREAM_TYPES else NDJSON
+        self._framing = framing
         self._sse = framing == SSE
-        self._framer: SSEDecoder | NDJSONDecoder | JSONArrayDecoder = _FRAMERS[framing]()
+        self._framer: SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder = _FRAMERS[framing]()
         self.closed = False
 
     def feed(self, data: bytes) -> bool:
@@ -78,6 +84,8 @@ class StreamMeter:
         generated = self._handle(self._framer.close())
         if self._sse:
             self._read_stray(self._framer.stray)
+        if self._framing == EVENTSTREAM and self._framer.corrupt:
+            self.facts.malformed_events += 1  # framing stopped: the rest could not be read
         return generated
 
     def _handle(self, events: list) -> bool:
@@ -89,6 +97,8 @@ class StreamMeter:
                 if data[:6] == b"[DONE]":
                     facts.terminated = True
                     continue
+            elif isinstance(item, Frame):
+                name, data = _frame_name(item), item.payload
             else:
                 name, data = None, item
             facts.events += 1
@@ -110,6 +120,14 @@ class StreamMeter:
         except ValueError:
             return
         self._fmt.on_body(self.facts, obj)
+
+
+def _frame_name(frame: Frame) -> str | None:
+    """An event frame's `:event-type`; an exception frame as `exception:<its type>`."""
+    if frame.headers.get(":message-type") == "exception":
+        return f"exception:{frame.headers.get(':exception-type') or ''}"
+    name = frame.headers.get(":event-type")
+    return name if isinstance(name, str) else None
 
 
 def meter_body(fmt: WireFormat, status: int, content_type: str | None, body: bytes) -> ResponseFacts:

@@ -47,6 +47,8 @@ def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None
         return extra_hosts[host]
     if host in _PROVIDER_BY_HOST:
         return _PROVIDER_BY_HOST[host]
+    if host.startswith("bedrock-runtime.") and host.endswith(".amazonaws.com"):
+        return "aws-bedrock"
     for suffix, name in _PROVIDER_BY_HOST_SUFFIX:
         if host.endswith(suffix):
             return name

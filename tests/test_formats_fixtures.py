@@ -19,6 +19,7 @@ import pytest
 
 from addon.formats import FORMATS, WireFormat, recognise
 from addon.formats.anthropic_messages import AnthropicMessages
+from addon.formats.bedrock import BedrockConverse, BedrockInvokeAnthropic
 from addon.formats.gemini import GeminiGenerateContent
 from addon.formats.ollama import OllamaChat, OllamaGenerate
 from addon.formats.openai_chat import OpenAIChat, OpenAICompletions
@@ -31,9 +32,8 @@ if not (FIXTURES / "index.json").is_file():
     pytest.skip(f"shared fixtures not found at {FIXTURES}", allow_module_level=True)
 
 ENTRIES = json.loads((FIXTURES / "index.json").read_text())
-BEDROCK = [e for e in ENTRIES if e["provider"] == "aws-bedrock"]
 NOT_GENERATIONS = [e for e in ENTRIES if e["api"] == "messages/count_tokens"]
-METERED = [e for e in ENTRIES if e not in BEDROCK and e not in NOT_GENERATIONS]
+METERED = [e for e in ENTRIES if e not in NOT_GENERATIONS]
 STREAMS = [e for e in METERED if e["streaming"] and e["response_status"] < 400]
 BODIES = [e for e in METERED if e not in STREAMS]
 SEEDS = [0, 1, 2]
@@ -123,9 +123,10 @@ def expected_facts(entry: dict[str, Any]) -> dict[str, Any]:
                 "eval_duration_ns", "prompt_eval_duration_ns"):
         if key in exp:
             out[key] = exp[key]
-    if isinstance(fmt, AnthropicMessages) and "input_tokens" in exp:
-        # Anthropic reports input without the cache; the columns count all input.
-        out["prompt_tokens"] = exp["input_tokens"] + exp["cache_read_tokens"] + exp["cache_creation_tokens"]
+    if "cache_read_tokens" in exp and "input_tokens" in exp:
+        # Anthropic (and Bedrock) report input without the cache; the columns count all input.
+        cache = (exp["cache_read_tokens"] or 0) + (exp["cache_creation_tokens"] or 0)
+        out["prompt_tokens"] = exp["input_tokens"] + cache
         out["cached_tokens"] = exp["cache_read_tokens"]
         out["cache_creation_tokens"] = exp["cache_creation_tokens"]
         out["reasoning_tokens"] = None  # Anthropic does not report thinking apart
@@ -139,6 +140,8 @@ def expected_facts(entry: dict[str, Any]) -> dict[str, Any]:
         out["text_events"] = exp["content_chunks"]
     if "done_sentinel" in exp:
         out["terminated"] = exp["done_sentinel"]
+    if "model_from_url" in exp and "model" not in exp:
+        out["model"] = None  # Bedrock Converse names the model only in the URL
     return out
 
 
@@ -198,16 +201,17 @@ def test_generated_content_events_include_reasoning_and_tool_output(entry):
 
 
 def test_every_fixture_is_covered_by_a_test_here():
-    covered = set(_ids(STREAMS)) | set(_ids(BODIES)) | set(_ids(NOT_GENERATIONS)) | set(_ids(BEDROCK))
+    covered = set(_ids(STREAMS)) | set(_ids(BODIES)) | set(_ids(NOT_GENERATIONS))
     on_disk = {p.name for p in FIXTURES.iterdir() if p.name not in ("index.json", "INDEX.md")}
     assert covered == on_disk == set(_ids(ENTRIES))
-    assert len(METERED) == len(ENTRIES) - len(BEDROCK) - len(NOT_GENERATIONS) == 49
+    assert len(METERED) == len(ENTRIES) - len(NOT_GENERATIONS) == 51
 
 
 def test_each_format_meets_its_own_fixtures():
     chosen = {type(_format_for(e)) for e in METERED}
     assert chosen == {OpenAIChat, OpenAICompletions, OpenAIResponses, OpenAIEmbeddings,
-                      AnthropicMessages, GeminiGenerateContent, OllamaChat, OllamaGenerate}
+                      AnthropicMessages, GeminiGenerateContent, OllamaChat, OllamaGenerate,
+                      BedrockConverse, BedrockInvokeAnthropic}
 
 
 @pytest.mark.parametrize("entry", NOT_GENERATIONS, ids=_ids(NOT_GENERATIONS))
@@ -216,6 +220,23 @@ def test_count_tokens_is_not_recognised_as_a_call(entry):
     assert recognise(_path(entry), {"messages": [], **entry["request"]["stream_flags"]}) is None
 
 
+BEDROCK = [e for e in ENTRIES if e["provider"] == "aws-bedrock"]
+
+
 @pytest.mark.parametrize("entry", BEDROCK, ids=_ids(BEDROCK))
-def test_bedrock_event_streams(entry):
-    pytest.skip("AWS Bedrock event streams are not metered (the issue's stretch goal)")
+def test_bedrock_model_is_the_url_encoded_id_in_the_path(entry):
+    fmt = _format_for(entry)
+    fields = fmt.request_fields(_path(entry), _request_body(entry, fmt))
+    assert fields["request_model"] == entry["expected"]["model_from_url"]
+    assert fields["is_streaming"] is True
+
+
+@pytest.mark.parametrize("entry", BEDROCK, ids=_ids(BEDROCK))
+def test_bedrock_frame_with_a_bad_crc_makes_the_stream_malformed(entry):
+    body = bytearray(_wire_body(entry))
+    body[len(body) // 2] ^= 0x01
+    meter = StreamMeter(_format_for(entry), _content_type(entry), None)
+    meter.feed(bytes(body))
+    meter.close()
+    assert meter.facts.malformed_events == 1
+    assert meter.facts.events < entry["expected"]["events"]

@@ -274,3 +274,60 @@ def test_finish_category_is_error_for_any_failed_call_and_none_without_a_reason(
     assert finish_category("stop", failed=True) == "error"
     assert finish_category(None, failed=True) == "error"
     assert finish_category(None) is None
+
+
+# --- AWS Bedrock (event streams) --------------------------------------------------------------------
+
+
+def bedrock_stream(*frames: tuple[dict, dict]) -> bytes:
+    from tests.test_wire_eventstream import frame
+
+    return b"".join(frame(headers, json.dumps(payload).encode()) for headers, payload in frames)
+
+
+def event(kind: str) -> dict:
+    return {":event-type": kind, ":content-type": "application/json", ":message-type": "event"}
+
+
+CONVERSE_PATH = "/model/us.amazon.nova-micro-v1%3A0/converse-stream"
+
+
+def test_bedrock_converse_stream_reads_text_stop_reason_and_usage_with_the_cache_added():
+    from addon.formats.bedrock import BedrockConverse
+
+    body = bedrock_stream(
+        (event("messageStart"), {"role": "assistant", "p": "abc"}),
+        (event("contentBlockDelta"), {"contentBlockIndex": 0, "delta": {"text": "Hi"}, "p": "abcdef"}),
+        (event("messageStop"), {"stopReason": "max_tokens"}),
+        (event("metadata"), {"usage": {"inputTokens": 13, "outputTokens": 2, "cacheReadInputTokens": 100,
+                                       "cacheWriteInputTokens": 7, "totalTokens": 122}, "metrics": {"latencyMs": 5}}))
+    fmt = recognise(CONVERSE_PATH, {"messages": []})
+    assert isinstance(fmt, BedrockConverse) and CONVERSE_PATH.endswith(CANDIDATE_SUFFIXES)
+    assert fmt.request_fields(CONVERSE_PATH, {"messages": [], "inferenceConfig": {"maxTokens": 9}})["request_model"] == "us.amazon.nova-micro-v1:0"
+    framing = stream_framing(fmt, "application/vnd.amazon.eventstream", status=200, requested_stream=True)
+    meter = StreamMeter(fmt, "application/vnd.amazon.eventstream", None, framing)
+    assert [meter.feed(body[i : i + 1]) for i in range(len(body))].count(True) == 1
+    meter.close()
+    facts = meter.facts
+    assert (facts.prompt_tokens, facts.cached_tokens, facts.cache_creation_tokens, facts.completion_tokens) == (120, 100, 7, 2)
+    assert (facts.finish_reason, facts.terminated, facts.events, facts.text_events) == ("max_tokens", True, 4, 1)
+
+
+def test_bedrock_exception_frame_in_a_200_stream_fails_the_call():
+    from addon.formats.bedrock import BedrockConverse
+
+    body = bedrock_stream((event("messageStart"), {"role": "assistant"}),
+                          ({":exception-type": "modelStreamErrorException", ":message-type": "exception"}, {"message": "Model failed"}))
+    meter = StreamMeter(BedrockConverse(), "application/vnd.amazon.eventstream", None)
+    meter.feed(body)
+    meter.close()
+    assert (meter.facts.error_type, meter.facts.error_message) == ("modelStreamErrorException", "Model failed")
+
+
+def test_bedrock_invoke_chunk_that_is_not_base64_json_is_malformed():
+    from addon.formats.bedrock import BedrockInvokeAnthropic
+
+    meter = StreamMeter(BedrockInvokeAnthropic(), "application/vnd.amazon.eventstream", None)
+    meter.feed(bedrock_stream((event("chunk"), {"bytes": "not base64!"})))
+    meter.close()
+    assert meter.facts.malformed_events == 1

@@ -46,6 +46,7 @@ def test_well_known_host_names_its_provider(host, provider):
         ("my-project.services.ai.azure.com", "azure-openai"),
         ("us-central1-aiplatform.googleapis.com", "vertex-ai"),
         ("europe-west4-aiplatform.googleapis.com", "vertex-ai"),
+        ("bedrock-runtime.us-east-1.amazonaws.com", "aws-bedrock"),
         ("My-Resource.OpenAI.Azure.com", "azure-openai"),
     ],
 )

@@ -6,6 +6,7 @@ from typing import Any
 
 from .anthropic_messages import AnthropicMessages
 from .base import ResponseFacts, WireFormat
+from .bedrock import BedrockConverse, BedrockInvokeAnthropic
 from .gemini import STREAM as GEMINI_STREAM, GeminiGenerateContent
 from .ollama import OllamaChat, OllamaGenerate
 from .openai_chat import OpenAIChat, OpenAICompletions
@@ -24,12 +25,14 @@ FORMATS: tuple[WireFormat, ...] = (
     GeminiGenerateContent(),
     OllamaChat(),
     OllamaGenerate(),
+    BedrockConverse(),
+    BedrockInvokeAnthropic(),
 )
 
 # Requests whose path ends with one of these are parsed to see whether they are LLM calls;
 # every other request passes through without its body being looked at.
 CANDIDATE_SUFFIXES: tuple[str, ...] = tuple(dict.fromkeys(
-    [fmt.path_suffix for fmt in FORMATS] + [GEMINI_STREAM]
+    [fmt.path_suffix for fmt in FORMATS] + [GEMINI_STREAM, "/converse", "/invoke"]
 ))
 
 
