@@ -108,7 +108,7 @@ def ca_path(confdir: str) -> Path:
 def trust_vars(ca: Path) -> list[Var]:
     value = str(ca)
     return [
-        Var("SSL_CERT_FILE", value, "Python: ssl, httpx, the openai and anthropic SDKs (replaces the default CA list)"),
+        Var("SSL_CERT_FILE", value, "Python: ssl, httpx, the openai and anthropic SDKs (httpx then trusts this file instead of its own list)"),
         Var("REQUESTS_CA_BUNDLE", value, "Python requests"),
         Var("NODE_EXTRA_CA_CERTS", value, "Node (added to its CA list)"),
         Var("CURL_CA_BUNDLE", value, "curl"),
@@ -172,7 +172,8 @@ def local_limits(machine: Machine) -> list[str]:
     ]
     lacking = []
     if machine.mitmproxy is None or _version(machine.mitmproxy) < LOCAL_MIN_MITMPROXY:
-        lacking.append(f"mitmproxy {machine.mitmproxy or 'not installed'} is older than 11.1")
+        lacking.append(f"mitmproxy {machine.mitmproxy or 'not installed'} is older than 11.1 "
+                       "(an install on Python 3.12 or later gets mitmproxy 12)")
     if _version(machine.kernel) < LOCAL_MIN_KERNEL:
         lacking.append(f"Linux {machine.kernel} is older than 6.8")
     if not machine.sudo:

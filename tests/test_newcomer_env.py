@@ -171,8 +171,9 @@ def test_local_lines_give_the_command_the_limits_and_the_ca_lines(tmp_path):
 
 def test_local_lines_say_what_this_machine_lacks(tmp_path):
     lines = env_lines("local", "bash", confdir=str(tmp_path), machine=OLD_MACHINE)
-    assert ("# This machine: mitmproxy 11.0.2 is older than 11.1; Linux 5.15.0-91-generic is older than 6.8; "
-            "no sudo on PATH: use reverse or forward mode.") in lines
+    assert ("# This machine: mitmproxy 11.0.2 is older than 11.1 (an install on Python 3.12 or later gets "
+            "mitmproxy 12); Linux 5.15.0-91-generic is older than 6.8; no sudo on PATH: use reverse or "
+            "forward mode.") in lines
 
 
 def test_local_lines_on_macos_point_at_mitmproxys_docs(tmp_path):
