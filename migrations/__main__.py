@@ -6,6 +6,7 @@
     backups    list backups with sizes and times
     restore    replace the database with a backup (a safety backup is taken first)
     verify     full integrity check and schema check
+    reprice    recompute cost_usd of stored rows (after an upgrade of the price data)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m migrations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in ("status", "upgrade", "backup", "backups", "restore", "verify"):
+    for name in ("status", "upgrade", "backup", "backups", "restore", "verify", "reprice"):
         cmd = sub.add_parser(name)
         cmd.add_argument("--db", default=None, help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
         if name in ("upgrade", "backup", "restore"):
@@ -145,6 +146,16 @@ def cmd_verify(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_reprice(args) -> int:
+    from .reprice import reprice  # imports the price data: only this command needs it
+
+    db = _open(args.location)
+    if pending(db):
+        raise UsageError("the database has pending migrations: run python -m migrations upgrade first")
+    print(f"repriced: {reprice(db)} row(s) changed cost_usd")
+    return 0
+
+
 COMMANDS = {
     "status": cmd_status,
     "upgrade": cmd_upgrade,
@@ -152,6 +163,7 @@ COMMANDS = {
     "backups": cmd_backups,
     "restore": cmd_restore,
     "verify": cmd_verify,
+    "reprice": cmd_reprice,
 }
 
 

@@ -359,3 +359,21 @@ def test_a_rebuilding_step_runs_with_a_full_backup_table_beside_it(tmp_path, mon
     con = sqlite3.connect(path)
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE '_backup_%'").fetchone()[0] == 0
     con.close()
+
+
+def test_cli_reprice_recomputes_costs_of_stored_rows(tmp_path):
+    path = tmp_path / "metrics.db"
+    upgrade(open_database(str(path)))
+    con = sqlite3.connect(path)
+    con.execute("INSERT INTO completion_requests (timestamp, success, status_code, response_time_ms, is_streaming, model, "
+                "provider, prompt_tokens, completion_tokens, cost_usd) VALUES "
+                "('2026-11-01T00:00:00.000000Z', 1, 200, 10, 0, 'gpt-4o-mini', 'openai', 1000000, 1000000, 999.0)")
+    con.commit()
+    con.close()
+    result = run_cli("reprice", "--db", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "repriced: 1 row(s) changed cost_usd" in result.stdout
+    con = sqlite3.connect(path)
+    cost = con.execute("SELECT cost_usd FROM completion_requests").fetchone()[0]
+    con.close()
+    assert cost is not None and 0 < cost < 999.0
