@@ -3,9 +3,11 @@ and the table and machine-state lines they print. Not a test helper: nothing her
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -265,4 +267,9 @@ def busy_processes(min_pct: float = 20.0) -> str:
 
 
 def scratch_dir(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"llm-bench-{name}-"))
+    """A temporary folder for databases and logs, removed at exit (the flood in writer.py alone
+    leaves hundreds of MB); set LLM_BENCH_KEEP=1 to keep it for a look at the logs."""
+    path = Path(tempfile.mkdtemp(prefix=f"llm-bench-{name}-"))
+    if not os.environ.get("LLM_BENCH_KEEP"):
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
