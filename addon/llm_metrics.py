@@ -55,6 +55,9 @@ class LLMMetrics:
         self._logged_errors: set[str] = set()
 
     def load(self, loader) -> None:
+        # mitmdump sets the root logger to DEBUG: peewee would then format every query's SQL and
+        # parameters into a log record handed to the event loop (~27 us a row, bench/profile_addon.py).
+        logging.getLogger("peewee").setLevel(logging.INFO)
         loader.add_option(
             "llm_metrics_db", str, default_location(),
             "Where rows are stored: a SQLite file path or a database URL "
