@@ -6,8 +6,11 @@ import sqlite3
 import threading
 import time
 
+import peewee
+
 from migrations import upgrade
 from storage import RowWriter, open_database
+from storage.models import CompletionRequest
 
 
 def make_row(i: int) -> dict:
@@ -90,3 +93,82 @@ def test_rows_still_unwritable_at_close_deadline_are_counted_as_dropped(tmp_path
     blocker.close()
     assert writer.dropped == 3 and writer.written == 0
     assert count(path) == 0
+
+
+def _recording_batch_sizes(writer: RowWriter) -> list[int]:
+    """Spies on the writer's real INSERT: each call is one transaction."""
+    sizes: list[int] = []
+    write = writer._insert.write
+
+    def spy(db, rows):
+        write(db, rows)
+        sizes.append(len(rows))
+
+    writer._insert.write = spy
+    return sizes
+
+
+def test_rows_arriving_within_the_window_share_one_transaction(tmp_path):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, batch_window=0.5)
+    sizes = _recording_batch_sizes(writer)
+    writer.start()
+    writer.submit(make_row(1))
+    time.sleep(0.1)  # well inside the window opened by the first row
+    writer.submit(make_row(2))
+    deadline = time.monotonic() + 5
+    while writer.written < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.close()
+    assert sizes == [2]
+    assert count(path) == 2
+
+
+def test_without_a_window_each_lone_row_is_written_at_once(tmp_path):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, batch_window=0)
+    sizes = _recording_batch_sizes(writer)
+    writer.start()
+    for i in range(3):
+        writer.submit(make_row(i))
+        deadline = time.monotonic() + 5
+        while writer.written < i + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    writer.close()
+    assert sizes == [1, 1, 1]
+
+
+def test_close_does_not_wait_out_the_window(tmp_path):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, batch_window=30)
+    writer.start()
+    writer.submit(make_row(1))
+    time.sleep(0.3)  # the writer now waits in its window for more rows
+    started = time.monotonic()
+    writer.close()
+    assert time.monotonic() - started < 5
+    assert count(path) == 1
+
+
+def test_every_column_is_stored_as_given(tmp_path):
+    path, db = fresh_db(tmp_path)
+    row = {}
+    for i, field in enumerate(f for f in CompletionRequest._meta.sorted_fields if f.name != "id"):
+        if isinstance(field, peewee.BooleanField):
+            row[field.column_name] = i % 2 == 0
+        elif isinstance(field, peewee.TextField):
+            row[field.column_name] = f"{field.column_name}-é-{i}"
+        elif isinstance(field, peewee.IntegerField):
+            row[field.column_name] = 1000 + i
+        else:
+            row[field.column_name] = i + 0.25
+    writer = RowWriter(db)
+    writer.start()
+    writer.submit(row)
+    writer.close()
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    stored = dict(con.execute("SELECT * FROM completion_requests").fetchone())
+    con.close()
+    assert stored.pop("id") == 1
+    assert stored == {k: (int(v) if isinstance(v, bool) else v) for k, v in row.items()}
