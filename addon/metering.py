@@ -7,6 +7,7 @@ carried generated content, so the caller (the addon) can stamp time to first and
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .formats import ResponseFacts, WireFormat
 from .formats.errors import error_from_body
@@ -103,7 +104,7 @@ class StreamMeter:
                 name, data = None, item
             facts.events += 1
             try:
-                obj = json.loads(data)
+                obj = _loads_utf8(data)
             except ValueError:
                 facts.malformed_events += 1
                 continue
@@ -120,6 +121,17 @@ class StreamMeter:
         except ValueError:
             return
         self._fmt.on_body(self.facts, obj)
+
+
+_json_decode = json.JSONDecoder().decode
+
+
+def _loads_utf8(data: bytes) -> Any:
+    """`json.loads(data)` for the UTF-8 every streaming API sends, without its per-call encoding
+    detection (a tenth of the metering's time per event). Errors are ValueErrors, as there."""
+    if data[:3] == b"\xef\xbb\xbf":
+        data = data[3:]  # json.loads drops a UTF-8 byte-order mark too
+    return _json_decode(data.decode("utf-8", "surrogatepass"))
 
 
 def _frame_name(frame: Frame) -> str | None:

@@ -4,6 +4,7 @@ never raise out of a decoder (a metering failure must never reach the user's tra
 from __future__ import annotations
 
 import json
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -59,6 +60,39 @@ def test_any_chunking_of_an_sse_stream_gives_the_events_of_the_whole(stream, poi
 @given(st.binary(max_size=400), st.lists(st.integers(0, 10_000), max_size=40))
 def test_any_chunking_of_arbitrary_bytes_gives_the_same_sse_events(data, points):
     assert sse_events(cut(data, points)) == sse_events([data])
+
+
+def reference_sse_events(data: bytes) -> list[tuple[str | None, bytes]]:
+    """The WHATWG event-stream algorithm written out plainly, on the whole body at once: an
+    independent check of the decoder's fast paths (LF-only lines, `data: ` lines)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = re.split(rb"\r\n|\r|\n", data)
+    if lines and lines[-1] == b"":
+        lines.pop()  # the body ended with a line ending
+    events, buffer, name = [], [], None
+    for line in [*lines, b""]:  # end of body dispatches a pending event (as `close` does)
+        if line == b"":
+            if buffer:
+                events.append((name, b"\n".join(buffer)))
+            buffer, name = [], None
+        elif line.startswith(b":"):
+            continue
+        else:
+            field, _, value = line.partition(b":")
+            value = value[1:] if value.startswith(b" ") else value
+            if field == b"data":
+                buffer.append(value)
+            elif field == b"event":
+                name = value.decode("utf-8", "replace")
+    return events
+
+
+@SETTINGS
+@given(st.one_of(sse_streams(), st.binary(max_size=400)), st.lists(st.integers(0, 10_000), max_size=40))
+def test_sse_events_equal_the_reference_algorithm(data, points):
+    got = [(e.event, e.data) for e in sse_events(cut(data, points))]
+    assert got == reference_sse_events(data)
 
 
 @SETTINGS

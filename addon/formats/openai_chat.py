@@ -49,13 +49,16 @@ class OpenAIChat:
         if event == "error" or obj.get("error"):
             found = error_from_object(obj) or (None, None)
             facts.set_error(found[0] or "stream_error", found[1])
-        self._read_common(facts, obj)
+        choices = _choices(obj)
+        self._read_common(facts, obj, choices)
         generated = text = False
-        for choice in _choices(obj):
+        for choice in choices:
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                generated = generated or any(delta.get(key) for key in _GENERATED_KEYS)
-                text = text or bool(delta.get("content"))
+                if delta.get("content"):  # the usual chunk: one look, not one per key
+                    generated = text = True
+                else:
+                    generated = generated or any(delta.get(key) for key in _GENERATED_KEYS)
             elif choice.get("text"):  # legacy completions
                 generated = text = True
         # Counted per event, however many choices (n > 1) it carries.
@@ -71,10 +74,11 @@ class OpenAIChat:
             facts.set_error(found[0] or "error", found[1])
         self._read_common(facts, obj)
 
-    def _read_common(self, facts: ResponseFacts, obj: dict[str, Any]) -> None:
+    def _read_common(self, facts: ResponseFacts, obj: dict[str, Any],
+                     choices: list[dict[str, Any]] | None = None) -> None:
         if facts.model is None:
             facts.model = non_empty_str(obj.get("model"))
-        for choice in _choices(obj):
+        for choice in _choices(obj) if choices is None else choices:
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason:
                 facts.finish_reason = reason
@@ -92,6 +96,8 @@ def _choices(obj: dict[str, Any]) -> list[dict[str, Any]]:
     choices = obj.get("choices")
     if not isinstance(choices, list):
         return []
+    if len(choices) == 1 and isinstance(choices[0], dict):
+        return choices  # the usual single choice, without building a new list
     return [c for c in choices if isinstance(c, dict)]
 
 
