@@ -138,3 +138,35 @@ def m003_provider_semantics(db: peewee.Database, migrator: SchemaMigrator) -> No
     # filled in later from the stored counts (`migrations.reprice`).
     for name, (_, field) in _M003_COLUMNS.items():
         migrator.add_column(TABLE, name, field(null=True)).run()
+
+
+# m004's table, frozen. One row per reason each time the writer stores what it had to drop.
+_DROPPED_ROWS_SQLITE = """
+CREATE TABLE IF NOT EXISTS dropped_rows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    first_dropped_at TEXT NOT NULL,
+    last_dropped_at TEXT NOT NULL,
+    row_count INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    hostname TEXT,
+    pid INTEGER
+)
+"""
+_DROPPED_ROWS_POSTGRES = _DROPPED_ROWS_SQLITE.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "SERIAL PRIMARY KEY")
+_DROPPED_ROWS_INDEX = "CREATE INDEX IF NOT EXISTS dropped_rows_last_dropped_at ON dropped_rows (last_dropped_at)"
+
+
+@step(
+    4,
+    "m004_dropped_rows",
+    "counts of rows the proxy had to drop, by reason",
+    promises=(Creates("dropped_rows", columns_of_create(_DROPPED_ROWS_SQLITE), (("last_dropped_at",),)),),
+)
+def m004_dropped_rows(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Issue #6: a row the proxy cannot store (its buffer full while the database is unwritable,
+    # or still unwritten when it stops) must be counted where reports can see it, not only in a
+    # log. Calls are never reconstructed from these counts; they only say how many are missing.
+    # Reports select by time range, by when the last row of a record was dropped.
+    sql = _DROPPED_ROWS_POSTGRES if isinstance(db, peewee.PostgresqlDatabase) else _DROPPED_ROWS_SQLITE
+    db.execute_sql(sql)
+    db.execute_sql(_DROPPED_ROWS_INDEX)

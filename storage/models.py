@@ -49,4 +49,18 @@ class CompletionRequest(peewee.Model):
         table_name = "completion_requests"
 
 
-MODELS = (CompletionRequest,)
+class DroppedRows(peewee.Model):
+    """Rows the proxy could not store: how many, why, and when, counted per reason."""
+
+    first_dropped_at = peewee.TextField()  # UTC, same form as CompletionRequest.timestamp
+    last_dropped_at = peewee.TextField()
+    row_count = peewee.IntegerField()
+    reason = peewee.TextField()  # queue_full, writer_stopped, write_failed, shutdown_deadline
+    hostname = peewee.TextField(null=True)  # the proxy process that dropped them
+    pid = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "dropped_rows"
+
+
+MODELS = (CompletionRequest, DroppedRows)

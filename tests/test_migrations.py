@@ -27,7 +27,7 @@ from migrations import (
 )
 from migrations.registry import Step, step
 from storage import open_database
-from storage.models import CompletionRequest
+from storage.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,17 +115,28 @@ EXPECTED_COLUMNS = {
         "prompt_eval_duration_ms": ("REAL", False),
         "eval_duration_ms": ("REAL", False),
     },
+    # m004
+    "dropped_rows": {
+        "id": ("INTEGER", False),
+        "first_dropped_at": ("TEXT", True),
+        "last_dropped_at": ("TEXT", True),
+        "row_count": ("INTEGER", True),
+        "reason": ("TEXT", True),
+        "hostname": ("TEXT", False),
+        "pid": ("INTEGER", False),
+    },
     "schema_version": {
         "version": ("INTEGER", False),
         "applied_at": ("TEXT", True),
         "description": ("TEXT", False),
     },
 }
-EXPECTED_PRIMARY_KEYS = {"completion_requests": ["id"], "schema_version": ["version"]}
+EXPECTED_PRIMARY_KEYS = {"completion_requests": ["id"], "dropped_rows": ["id"], "schema_version": ["version"]}
 EXPECTED_INDEXES = {  # name -> (columns in index order, unique)
     "completion_requests_timestamp": (("timestamp",), False),
     "completion_requests_model_timestamp": (("model", "timestamp"), False),
 }
+EXPECTED_DROPPED_ROWS_INDEXES = {"dropped_rows_last_dropped_at": (("last_dropped_at",), False)}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -267,6 +278,7 @@ def test_new_database_gets_exactly_the_expected_tables_and_columns(tmp_path):
 def test_new_database_gets_exactly_the_expected_indexes(tmp_path):
     path = migrated(tmp_path / "m.db")
     assert indexes(path, "completion_requests") == EXPECTED_INDEXES
+    assert indexes(path, "dropped_rows") == EXPECTED_DROPPED_ROWS_INDEXES
     assert indexes(path, "schema_version") == {}
 
 
@@ -278,18 +290,21 @@ def test_new_database_records_every_step_once(tmp_path):
         assert time.strptime(applied_at, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def test_model_and_migrated_table_have_the_same_columns(tmp_path):
+@pytest.mark.parametrize("model_class", MODELS, ids=lambda m: m._meta.table_name)
+def test_model_and_migrated_table_have_the_same_columns(tmp_path, model_class):
     path = migrated(tmp_path / "m.db")
-    table = set(columns(path, "completion_requests")) - {"id"}
-    model = {f.column_name for f in CompletionRequest._meta.sorted_fields} - {"id"}
+    table = set(columns(path, model_class._meta.table_name)) - {"id"}
+    model = {f.column_name for f in model_class._meta.sorted_fields} - {"id"}
+    assert table, "no migration creates the table"
     assert sorted(model - table) == [], "model fields no migration creates"
     assert sorted(table - model) == [], "table columns the model does not know"
 
 
-def test_model_and_migrated_table_agree_on_nullability(tmp_path):
+@pytest.mark.parametrize("model_class", MODELS, ids=lambda m: m._meta.table_name)
+def test_model_and_migrated_table_agree_on_nullability(tmp_path, model_class):
     path = migrated(tmp_path / "m.db")
-    table = {name: not notnull for name, (_, notnull) in columns(path, "completion_requests").items()}
-    model = {f.column_name: f.null for f in CompletionRequest._meta.sorted_fields if f.column_name != "id"}
+    table = {name: not notnull for name, (_, notnull) in columns(path, model_class._meta.table_name).items()}
+    model = {f.column_name: f.null for f in model_class._meta.sorted_fields if f.column_name != "id"}
     assert model == {name: table[name] for name in model}
 
 
@@ -347,6 +362,7 @@ def test_upgraded_original_database_has_the_same_schema_as_a_new_one(original_db
     for table, expected in EXPECTED_COLUMNS.items():
         assert columns(path, table) == expected, table
     assert indexes(path, "completion_requests") == EXPECTED_INDEXES
+    assert indexes(path, "dropped_rows") == EXPECTED_DROPPED_ROWS_INDEXES
 
 
 def test_upgrading_an_original_database_keeps_its_history_row(original_db):
