@@ -2,7 +2,10 @@
 
 `submit` never blocks: rows wait in a bounded queue. While the database cannot be written (locked,
 read-only, away) the current batch is retried with backoff and new rows keep queueing; when the
-queue is full a row is dropped and counted, never silently lost.
+queue is full a row is dropped and counted, never silently lost: the counts (by reason, with the
+first and last time) are stored in `dropped_rows` in the same transaction as the next batch of
+rows, so once the database is writable again they are there exactly once. Counts the database
+never took (it stayed unwritable until the proxy stopped) are only in the log.
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 import peewee
 
-from .models import CompletionRequest
+from .models import CompletionRequest, DroppedRows
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,12 @@ BATCH_WINDOW_S = 0.05
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
 _ATTEMPT_MAX_S = 10.0  # longer than any driver's own lock wait (SQLite busy_timeout is 5 s)
+
+# Why rows were dropped: the `reason` of a `dropped_rows` record.
+QUEUE_FULL = "queue_full"  # the database was too slow or unwritable for longer than the buffer holds
+WRITER_STOPPED = "writer_stopped"  # a call finished after the writer had been closed
+WRITE_ERROR = "write_error"  # writing failed with an error that is not the database's (a bug)
+UNWRITTEN_AT_SHUTDOWN = "unwritten_at_shutdown"  # still waiting for the database when the proxy stopped
 
 
 class RowWriter:
@@ -59,6 +71,11 @@ class RowWriter:
         self.dropped = 0
         self.write_errors = 0
         self.last_error: str | None = None
+        # Drops not yet stored: reason -> [rows, first and last time (epoch seconds)].
+        self._drops: dict[str, list] = {}
+        self.drops_recorded = 0  # dropped rows whose count is stored in `dropped_rows`
+        self._next_drops_attempt = 0.0
+        self._host = (socket.gethostname(), os.getpid())
 
     def start(self) -> None:
         self._thread.start()
@@ -70,8 +87,9 @@ class RowWriter:
                 self._queue.put_nowait(row)
                 return True
             except queue.Full:
-                pass
-        self._count_dropped(1)
+                self._count_dropped(1, QUEUE_FULL)
+                return False
+        self._count_dropped(1, WRITER_STOPPED)
         return False
 
     def close(self, timeout: float = 10.0) -> None:
@@ -84,16 +102,24 @@ class RowWriter:
             self._thread.join(timeout + _ATTEMPT_MAX_S)
         leftover = self._queue.qsize() + (self._in_flight if self._thread.is_alive() else 0)
         if leftover:
-            self._count_dropped(leftover)
+            self._count_dropped(leftover, UNWRITTEN_AT_SHUTDOWN)
+        self._store_drops_at_close()
 
     @property
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def _count_dropped(self, n: int) -> None:
+    def _count_dropped(self, n: int, reason: str) -> None:
+        now = time.time()
         with self._lock:
             before = self.dropped
             self.dropped += n
+            entry = self._drops.get(reason)
+            if entry is None:
+                self._drops[reason] = [n, now, now]
+            else:
+                entry[0] += n
+                entry[2] = now
         # Log the first drop and then each power of ten, so a long outage cannot flood the log.
         if before == 0 or len(str(before)) != len(str(self.dropped)):
             log.warning("llm-metrics: %d row(s) dropped so far: the database cannot keep up or is unavailable", self.dropped)
@@ -105,6 +131,8 @@ class RowWriter:
                 self._write_with_retry(batch)
             elif self._stop.is_set():
                 break
+            elif self._drops:
+                self._store_drops_when_idle()
         if not self._db.is_closed():
             self._db.close()
 
@@ -141,13 +169,14 @@ class RowWriter:
         while True:
             try:
                 self._follow_file()
-                self._insert.write(self._db, batch)
+                with self._transaction():
+                    self._insert.write(self._db, batch)
                 self.written += len(batch)
                 return
             except Exception as exc:
                 if not _is_database_error(exc):  # a bug, not an outage: retrying would not help
                     log.exception("llm-metrics: %d row(s) could not be written", len(batch))
-                    self._count_dropped(len(batch))
+                    self._count_dropped(len(batch), WRITE_ERROR)
                     return
                 self.write_errors += 1
                 if self.last_error != str(exc):
@@ -155,10 +184,85 @@ class RowWriter:
                 self.last_error = str(exc)
                 self._drop_connection()  # a server that restarted needs a new connection
             if self._deadline is not None and time.monotonic() + delay > self._deadline:
-                self._count_dropped(len(batch))
+                self._count_dropped(len(batch), UNWRITTEN_AT_SHUTDOWN)
                 return
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_S)
+
+    # -- storing drop counts ---------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One database transaction that also stores the drops counted so far: they land exactly
+        when the batch does, and go back to wait for the next one when it fails."""
+        if not self._drops:  # the usual case: the batch's own transaction is all there is
+            yield
+            return
+        with self._lock:
+            drops, self._drops = self._drops, {}
+        try:
+            with self._db.atomic():
+                yield
+                if drops:
+                    DroppedRows.insert_many(self._drop_records(drops)).execute(self._db)
+        except BaseException:
+            self._restore_drops(drops)
+            raise
+        self.drops_recorded += sum(entry[0] for entry in drops.values())
+
+    def _drop_records(self, drops: dict[str, list]) -> list[dict[str, Any]]:
+        hostname, pid = self._host
+        return [
+            {"first_dropped_at": _utc(first), "last_dropped_at": _utc(last), "row_count": n,
+             "reason": reason, "hostname": hostname, "pid": pid}
+            for reason, (n, first, last) in drops.items()
+        ]
+
+    def _restore_drops(self, drops: dict[str, list]) -> None:
+        with self._lock:
+            for reason, (n, first, last) in drops.items():
+                entry = self._drops.get(reason)
+                if entry is None:
+                    self._drops[reason] = [n, first, last]
+                else:
+                    entry[0] += n
+                    entry[1] = min(entry[1], first)
+                    entry[2] = max(entry[2], last)
+
+    def _store_drops_when_idle(self) -> None:
+        """No rows to carry the drops: store them alone, at most once per retry interval."""
+        if time.monotonic() < self._next_drops_attempt:
+            return
+        try:
+            self._follow_file()
+            with self._transaction():
+                pass
+        except Exception as exc:
+            self._next_drops_attempt = time.monotonic() + _RETRY_MAX_S
+            if _is_database_error(exc):
+                self._drop_connection()
+            else:
+                log.exception("llm-metrics: the count of dropped rows could not be stored")
+
+    def _store_drops_at_close(self) -> None:
+        """A last attempt; when the database still cannot take them, the log is their only record."""
+        if not self._drops:
+            return
+        if not self._thread.is_alive():
+            try:
+                with self._transaction():
+                    pass
+            except Exception as exc:
+                self._drop_connection()
+                log.warning("llm-metrics: the count of dropped rows could not be stored either: %s", exc)
+            finally:
+                if not self._db.is_closed():
+                    self._db.close()
+        with self._lock:
+            unstored = {reason: entry[0] for reason, entry in self._drops.items()}
+        if unstored:
+            log.warning("llm-metrics: %d dropped row(s) are counted in this log only, not in the database (%s)",
+                        sum(unstored.values()), ", ".join(f"{r}: {n}" for r, n in sorted(unstored.items())))
 
     def _follow_file(self) -> None:
         """Reopens when the SQLite file was deleted or replaced since it was opened."""
@@ -218,6 +322,11 @@ def _is_database_error(exc: Exception) -> bool:
         return True
     module = type(exc).__module__
     return module.startswith(("psycopg", "sqlite3"))
+
+def _utc(epoch_seconds: float) -> str:
+    """The form of `completion_requests.timestamp`: 2026-11-22T14:03:07.123456Z."""
+    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 def _file_identity(db: peewee.Database) -> tuple[int, int] | None:
     """(device, inode) of a SQLite file; None for other engines, or when the file is gone."""

@@ -72,6 +72,21 @@ def test_writer_batches_rows_into_postgres(pg_url):
     check.close()
 
 
+def test_writer_stores_drop_counts_in_postgres_once(pg_url):
+    db = open_database(pg_url)
+    upgrade(db)
+    writer = RowWriter(db, queue_size=2)
+    accepted = sum(writer.submit(row(i)) for i in range(5))  # not started yet: 3 dropped
+    writer.start()
+    writer.close()
+    check = open_database(pg_url)
+    assert check.execute_sql("SELECT count(*) FROM completion_requests").fetchone() == (accepted,) == (2,)
+    records = check.execute_sql("SELECT reason, row_count, first_dropped_at <= last_dropped_at FROM dropped_rows").fetchall()
+    assert records == [("queue_full", 3, True)]
+    assert (writer.dropped, writer.drops_recorded) == (3, 3)
+    check.close()
+
+
 def test_url_with_a_bad_host_fails_clearly():
     db = open_database("postgresql://postgres@127.0.0.1:1/nowhere")
     with pytest.raises(peewee.OperationalError):

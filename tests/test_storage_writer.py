@@ -1,7 +1,11 @@
-"""The background writer on real SQLite files: batches, waits out locks, counts what it drops."""
+"""The background writer on real SQLite files: batches, waits out locks, counts what it drops
+and stores those counts in `dropped_rows` once the database takes writes again."""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -80,7 +84,69 @@ def test_rows_wait_while_another_process_holds_the_lock_then_land(tmp_path):
     assert writer.write_errors >= 1 and writer.dropped == 0
 
 
-def test_rows_still_unwritable_at_close_deadline_are_counted_as_dropped(tmp_path):
+def drop_records(path) -> list[tuple]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(
+            "SELECT reason, row_count, first_dropped_at, last_dropped_at, hostname, pid FROM dropped_rows ORDER BY id"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_drops_during_a_lock_are_stored_exactly_once_when_the_database_is_writable_again(tmp_path):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, queue_size=3)
+    accepted = sum(writer.submit(make_row(i)) for i in range(5))  # not started: 2 dropped
+    blocker = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    writer.start()
+    wait_until(lambda: writer.pending == 0)  # the writer holds the 3 rows, and the 2 drops, in its attempt
+    accepted += sum(writer.submit(make_row(i)) for i in range(5, 9))  # 3 fit the queue, 1 dropped
+    wait_until(lambda: writer.write_errors >= 1)  # that attempt failed: the drops went back
+    blocker.execute("COMMIT")
+    blocker.close()
+    writer.close(timeout=30)
+    records = drop_records(path)
+    assert (accepted, writer.dropped, writer.drops_recorded) == (6, 3, 3)
+    assert count(path) == 6
+    assert sum(r[1] for r in records) == 3  # exactly once: neither lost with the failed attempt nor doubled
+    assert {r[0] for r in records} == {"queue_full"}
+    assert all(r[2] <= r[3] and r[3].endswith("Z") and len(r[3]) == 27 for r in records)
+    assert all((r[4], r[5]) == (socket.gethostname(), os.getpid()) for r in records)
+
+
+def test_drops_with_no_rows_after_them_are_stored_on_their_own(tmp_path, caplog):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db)
+    writer.start()
+    with caplog.at_level(logging.ERROR):
+        assert writer.submit(["not", "a", "row"])  # a bug, not an outage: never retried
+        wait_until(lambda: writer.drops_recorded == 1)
+    assert [r[:2] for r in drop_records(path)] == [("write_error", 1)]  # stored while the writer runs
+    writer.close()
+    assert [r[:2] for r in drop_records(path)] == [("write_error", 1)]
+    assert count(path) == 0
+
+
+def test_drops_counted_at_close_are_stored_by_reason_in_a_last_attempt(tmp_path):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, queue_size=1)  # never started: nothing is written before close
+    for i in range(3):
+        writer.submit(make_row(i))
+    writer.close(timeout=0.5)
+    assert sorted(r[:2] for r in drop_records(path)) == [("queue_full", 2), ("unwritten_at_shutdown", 1)]
+    assert (writer.dropped, writer.drops_recorded, count(path)) == (3, 3, 0)
+
+
+def test_rows_still_unwritable_at_close_deadline_are_counted_as_dropped(tmp_path, caplog):
     path, db = fresh_db(tmp_path)
     blocker = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")
@@ -88,11 +154,15 @@ def test_rows_still_unwritable_at_close_deadline_are_counted_as_dropped(tmp_path
     writer.start()
     for i in range(3):
         writer.submit(make_row(i))
-    writer.close(timeout=1)
+    with caplog.at_level(logging.WARNING):
+        writer.close(timeout=1)
     blocker.execute("COMMIT")
     blocker.close()
     assert writer.dropped == 3 and writer.written == 0
     assert count(path) == 0
+    # The database never took writes again: the count is in the log only, and says so.
+    assert drop_records(path) == [] and writer.drops_recorded == 0
+    assert "3 dropped row(s) are counted in this log only, not in the database (unwritten_at_shutdown: 3)" in caplog.text
 
 
 def _recording_batch_sizes(writer: RowWriter) -> list[int]:
