@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from . import fmt
+from .drops import Drops, drops_line, load_drops
 from .selection import TABLE, Selection
 from .source import Source
 from .totals import Totals
@@ -27,6 +28,7 @@ class Overview:
     reasoning_tokens: int
     cost_usd: float | None = None  # None: this database has no cost column
     unpriced_calls: int | None = None  # successful calls with no cost_usd
+    dropped: Drops | None = None  # None: this database has no dropped_rows table
 
     @property
     def success_rate(self) -> float | None:
@@ -54,6 +56,7 @@ class Overview:
             "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": self.cost_usd,
             "unpriced_calls": self.unpriced_calls,
+            "dropped_rows": self.dropped.as_dict() if self.dropped is not None else None,
         }
 
 
@@ -79,6 +82,7 @@ def load_overview(src: Source, selection: Selection, combos: dict[tuple, Totals]
         first, last, total.requests, total.errors, total.streamed, total.prompt_tokens, total.completion_tokens,
         total.cached_tokens, total.reasoning_tokens,
         total.cost_usd if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
+        load_drops(src, selection),
     )
 
 
@@ -92,7 +96,7 @@ def span_text(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def render_overview(o: Overview, title: str, filters: str | None = None) -> Panel:
+def render_overview(o: Overview, title: str, filters: str | None = None, *, filtered_beyond_time: bool = False) -> Panel:
     lines = [
         f"{fmt.when(o.first_utc)} → {fmt.when(o.last_utc)} UTC ({span_text(o.span_seconds)})",
         f"[bold]{fmt.count(o.requests)}[/] requests · {fmt.share(o.requests - o.errors, o.requests)} succeeded · "
@@ -106,4 +110,7 @@ def render_overview(o: Overview, title: str, filters: str | None = None) -> Pane
         lines.append(f"[italic]filters: {escape(filters)}[/]")
     if not o.requests:
         lines = [f"No calls match these filters{': ' + escape(filters) if filters else ''}."]
+    dropped = drops_line(o.dropped, filtered=filtered_beyond_time)
+    if dropped:
+        lines.insert(2 if o.requests else 1, dropped)  # beside the request counts it belongs to
     return Panel("\n".join(lines), title=title, title_align="left", expand=False)

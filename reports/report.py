@@ -76,7 +76,9 @@ class Report:
 
     def __rich__(self) -> RenderableType:
         title = f"LLM calls · {escape(self.database)}"
-        parts: list[RenderableType] = [render_overview(self.overview, title, _filters_text(self.selection))]
+        parts: list[RenderableType] = [render_overview(
+            self.overview, title, _filters_text(self.selection), filtered_beyond_time=self.selection.filters_calls,
+        )]
         if not self.overview.requests:
             return Group(*parts)
         for i, table in enumerate(self.groups):

@@ -57,6 +57,11 @@ class Selection:
     def is_everything(self) -> bool:
         return self == Selection()
 
+    @property
+    def filters_calls(self) -> bool:
+        """Filters beyond the time range: they select calls by what was stored of them."""
+        return bool(self.models or self.providers or self.hosts or self.origins or self.errors_only)
+
     def where(self, param: str, *extra: str) -> tuple[str, list]:
         """` WHERE …` (or "") and its parameters; `param` is the driver's placeholder."""
         terms: list[str] = []

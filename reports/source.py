@@ -17,6 +17,8 @@ from storage.db import BUSY_TIMEOUT_S, sqlite_path
 
 from .selection import TABLE
 
+DROPS_TABLE = "dropped_rows"
+
 START_CAPTURING = "start the proxy (python3 dev.py run) and send LLM calls through it"
 
 
@@ -33,6 +35,7 @@ class Source:
     db: peewee.Database
     location: str
     columns: frozenset[str]
+    tables: frozenset[str] = frozenset()
 
     @property
     def param(self) -> str:
@@ -41,6 +44,10 @@ class Source:
     @property
     def has_cost(self) -> bool:
         return "cost_usd" in self.columns
+
+    @property
+    def has_drops(self) -> bool:
+        return DROPS_TABLE in self.tables
 
     @property
     def is_sqlite(self) -> bool:
@@ -61,7 +68,8 @@ def open_source(location: str) -> Source:
     """Opens and checks `location`. Raises NothingYet or ReportError."""
     db = _connect_read_only(location)
     try:
-        return Source(db, location, _check(db, location))
+        tables = frozenset(db.get_tables())
+        return Source(db, location, _check(db, location, tables), tables)
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         db.close()
         raise ReportError(f"cannot read {location}: {exc}") from None
@@ -90,8 +98,8 @@ def _connect_read_only(location: str) -> peewee.Database:
     return db
 
 
-def _check(db: peewee.Database, location: str) -> frozenset[str]:
-    if TABLE not in db.get_tables():
+def _check(db: peewee.Database, location: str, tables: frozenset[str]) -> frozenset[str]:
+    if TABLE not in tables:
         raise NothingYet(f"{location} holds no LLM calls yet: {START_CAPTURING}.")
     version = current_version(db)
     if version < CURRENT_SCHEMA_VERSION:
@@ -104,6 +112,11 @@ def _check(db: peewee.Database, location: str) -> frozenset[str]:
             f"{location} is at schema version {version}, newer than this build's "
             f"{CURRENT_SCHEMA_VERSION}: upgrade llm-metrics-proxy to read it"
         )
-    if db.execute_sql(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchone() is None:
+    if db.execute_sql(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchone() is None and not _has_drops(db, tables):
         raise NothingYet(f"{location} holds no LLM calls yet: {START_CAPTURING}.")
     return frozenset(c.name for c in db.get_columns(TABLE))
+
+
+def _has_drops(db: peewee.Database, tables: frozenset[str]) -> bool:
+    """Rows were dropped: then there is something to report, even with no call stored."""
+    return DROPS_TABLE in tables and db.execute_sql(f"SELECT 1 FROM {DROPS_TABLE} LIMIT 1").fetchone() is not None

@@ -441,6 +441,7 @@ def shape(value):
 
 
 def test_json_has_exactly_the_shape_docs_report_json_md_documents(database, capsys):
+    add_drops(database[0])  # so that every list has an item to compare
     out = run_json(database[0], capsys=capsys)
     documented = documented_example()
     documented["groups"][0]["rows"][0]["key"] = {"model": "value"}  # the example shows provider/host
@@ -451,3 +452,83 @@ def test_csv_header_is_the_documented_one(database, capsys):
     assert main(["--db", database[0], "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header in DOC.read_text()
+
+
+# -- rows the proxy dropped --------------------------------------------------------------------
+
+DROPS = (  # (first, last, rows, reason)
+    ("2026-11-01T05:00:00.000000Z", "2026-11-01T05:00:09.500000Z", 40, "queue_full"),
+    ("2026-11-02T07:00:00.000000Z", "2026-11-02T07:00:01.000000Z", 3, "unwritten_at_shutdown"),
+    ("2026-11-03T09:00:00.000000Z", "2026-11-03T09:30:00.000000Z", 12, "queue_full"),
+)
+
+
+def add_drops(path: str, drops=DROPS) -> None:
+    con = sqlite3.connect(path)
+    con.executemany(
+        "INSERT INTO dropped_rows (first_dropped_at, last_dropped_at, row_count, reason, hostname, pid) "
+        "VALUES (?, ?, ?, ?, 'host-a', 4242)", drops,
+    )
+    con.commit()
+    con.close()
+
+
+def overview_lines(text: str) -> list[str]:
+    return [line.strip("│ ") for line in text.split("╰", 1)[0].splitlines()]
+
+
+@pytest.mark.parametrize("args, rows, reasons, first, last", [
+    ((), 55, {"queue_full": 52, "unwritten_at_shutdown": 3}, DROPS[0][0], DROPS[2][1]),
+    (("--since", "2026-11-02", "--until", "2026-11-03"), 3, {"unwritten_at_shutdown": 3}, DROPS[1][0], DROPS[1][1]),
+    (("--until", "2026-11-01T05:00:09.5Z"), 0, {}, None, None),  # its last row was dropped at the bound: outside
+])
+def test_dropped_rows_in_the_time_range_are_in_json_and_the_overview(database, capsys, args, rows, reasons, first, last):
+    path, _ = database
+    add_drops(path)
+    out = run_json(path, *args, capsys=capsys)["overview"]["dropped_rows"]
+    assert out == {"row_count": rows, "first_dropped_utc": first, "last_dropped_utc": last,
+                   "by_reason": [{"reason": r, "row_count": n} for r, n in reasons.items()]}
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    assert main(["--db", path, *args], console) == 0
+    text = " ".join(overview_lines(console.file.getvalue()))
+    if rows:
+        reason_text = ", ".join(f"{r} {n:,}" for r, n in reasons.items())
+        assert f"{rows:,} row(s) dropped by the proxy (never stored: {reason_text}) · last at {last[:19].replace('T', ' ')} UTC" in text
+    else:
+        assert "dropped by the proxy" not in text
+
+
+def test_without_drops_the_overview_says_nothing_of_them_and_json_counts_zero(database, capsys):
+    path, _ = database
+    assert "dropped by the proxy" not in render(path)
+    assert run_json(path, capsys=capsys)["overview"]["dropped_rows"] == {
+        "row_count": 0, "first_dropped_utc": None, "last_dropped_utc": None, "by_reason": []}
+
+
+def test_drops_ignore_call_filters_and_the_overview_says_so(database, capsys):
+    path, _ = database
+    add_drops(path)
+    assert run_json(path, "--model", "gpt-a", "--errors-only", capsys=capsys)["overview"]["dropped_rows"]["row_count"] == 55
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    assert main(["--db", path, "--model", "nope"], console) == 0
+    text = " ".join(overview_lines(console.file.getvalue()))
+    assert "No calls match these filters: model nope." in text
+    assert "55 row(s) dropped by the proxy" in text and "in this time range, whatever the other filters" in text
+
+
+def test_a_database_holding_only_drops_reports_them(tmp_path, capsys):
+    path = make_db(tmp_path / "m.db", [])
+    add_drops(path, DROPS[:1])
+    out = run_json(path, capsys=capsys)
+    assert out["overview"]["requests"] == 0 and out["overview"]["dropped_rows"]["row_count"] == 40
+    assert "40 row(s) dropped by the proxy" in render(path)
+
+
+def test_without_a_dropped_rows_table_drops_are_null_not_zero(database, capsys):
+    path, _ = database
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE dropped_rows")
+    con.commit()
+    con.close()
+    assert run_json(path, capsys=capsys)["overview"]["dropped_rows"] is None
+    assert "dropped by the proxy" not in render(path)

@@ -9,6 +9,7 @@ import random
 from migrations import upgrade
 from reports.cli import main
 from storage import CompletionRequest, open_database
+from storage.models import DroppedRows
 
 
 def rows(n: int = 400, seed: int = 11) -> list[dict]:
@@ -58,3 +59,27 @@ def test_sqlite_and_postgres_give_the_same_report_for_the_same_rows(tmp_path, pg
     lite, pg = report_json(str(tmp_path / "m.db"), capsys), report_json(pg_url, capsys)
     assert json.dumps(lite, sort_keys=True).count('"p50"') > 0
     assert lite == pg
+
+
+def test_sqlite_and_postgres_report_the_same_dropped_rows(tmp_path, pg_url, capsys):
+    drops = [
+        {"first_dropped_at": "2026-11-02T00:00:00.000000Z", "last_dropped_at": "2026-11-02T00:00:09.000000Z",
+         "row_count": 40, "reason": "queue_full", "hostname": "h", "pid": 1},
+        {"first_dropped_at": "2026-11-05T00:00:00.000000Z", "last_dropped_at": "2026-11-05T00:00:00.000000Z",
+         "row_count": 2, "reason": "unwritten_at_shutdown", "hostname": "h", "pid": 2},
+    ]
+    data = rows(50)
+    for location in (str(tmp_path / "m.db"), pg_url):
+        load(location, data)
+        db = open_database(location)
+        DroppedRows.insert_many(drops).execute(db)
+        db.close()
+    lite, pg = report_json(str(tmp_path / "m.db"), capsys), report_json(pg_url, capsys)
+    assert lite == pg
+    assert pg["overview"]["dropped_rows"] == {
+        "row_count": 42, "first_dropped_utc": "2026-11-02T00:00:00.000000Z",
+        "last_dropped_utc": "2026-11-05T00:00:00.000000Z",
+        "by_reason": [{"reason": "queue_full", "row_count": 40}, {"reason": "unwritten_at_shutdown", "row_count": 2}],
+    }
+    assert main(["--db", pg_url, "--format", "json", "--since", "2026-11-03"]) == 0
+    assert json.loads(capsys.readouterr().out)["overview"]["dropped_rows"]["row_count"] == 2
