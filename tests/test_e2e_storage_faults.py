@@ -1,16 +1,20 @@
 """Storage faults under a real mitmdump: traffic is unaffected, rows wait in the bounded buffer
-and land when the fault clears; past the buffer they are dropped and counted, never silently.
+and land when the fault clears; past the buffer they are dropped and counted, never silently:
+in the log, and in `dropped_rows` once the database is writable again, where reports show them.
 
 The faults are real: a lock held by another process, the immutable flag (read-only even for
 open descriptors), a full file system (a small tmpfs, root only), the file deleted."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +57,22 @@ def send(proxy, upstream, n: int) -> list[float]:
     return latencies
 
 
+def dropped_in_db(path) -> dict[str, int]:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return dict(con.execute("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason").fetchall())
+    finally:
+        con.close()
+
+
+def report(path, *args: str) -> str:
+    """`python -m reports` as a user runs it, piped."""
+    result = subprocess.run([sys.executable, "-m", "reports", "--db", str(path), *args],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def dropped_in_log(log: str) -> int:
     found = re.findall(r"(\d+) row\(s\) dropped", log)
     return int(found[-1]) if found else 0
@@ -75,6 +95,36 @@ def test_database_locked_for_seconds_delays_rows_not_traffic(start_proxy, upstre
     assert wait_for(proxy.db_path, 22) == 22
     proxy.stop()
     assert dropped_in_log(proxy.log()) == 0
+
+
+def test_overflow_while_locked_is_stored_as_drops_once_the_lock_is_released(start_proxy, upstream):
+    proxy = start_proxy("--set", "llm_metrics_queue_size=5")
+    send(proxy, upstream, 2)
+    assert wait_for(proxy.db_path, 2) == 2
+    blocker = sqlite3.connect(proxy.db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        latencies = send(proxy, upstream, 30)  # the buffer holds 5 (and the batch being retried)
+        assert dropped_in_log(proxy.log()) > 0
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    assert max(latencies) < 1.0, latencies
+    deadline = time.monotonic() + 30
+    while not dropped_in_db(proxy.db_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stored, drops = count_rows(proxy.db_path), dropped_in_db(proxy.db_path)
+    assert set(drops) == {"queue_full"}
+    assert stored + drops["queue_full"] == 32  # every call: stored, or counted in the database
+    text = report(proxy.db_path)
+    assert f"{stored} requests" in text
+    assert f"{drops['queue_full']} row(s) dropped by the proxy (never stored: queue_full {drops['queue_full']})" in text
+    overview = json.loads(report(proxy.db_path, "--format", "json"))["overview"]
+    assert overview["dropped_rows"]["row_count"] == drops["queue_full"]
+    proxy.stop()
+    assert dropped_in_log(proxy.log()) == drops["queue_full"]
+    assert dropped_in_db(proxy.db_path) == drops  # stored once, not again at exit
+    assert "counted in this log only" not in proxy.log()
 
 
 def count_rows_unlocked(con) -> int:
@@ -160,3 +210,4 @@ def test_full_file_system_holds_rows_and_overflow_is_dropped_and_counted(start_p
     dropped = dropped_in_log(proxy.log())
     assert dropped > 0  # the overflow was counted...
     assert stored + dropped == 42  # ...and every row is either stored or counted
+    assert sum(dropped_in_db(db).values()) == dropped  # in the database too, once there was room
