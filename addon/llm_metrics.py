@@ -105,14 +105,13 @@ class LLMMetrics:
 
     def done(self) -> None:
         now = time.perf_counter()
-        for flow_id, call in list(self.inflight.items()):
-            self._finish(call, call.meter.facts if call.meter else None, None, now,
-                         error=("proxy_shutdown", "the proxy stopped before the call completed"))
+        for call in list(self.inflight.values()):
+            self._finish_at_shutdown(call, now)
         self.inflight.clear()
         if self.writer is not None:
             self.writer.close()
-            log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped",
-                     self.writer.written, self.location, self.writer.dropped)
+            log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped (%d counted in dropped_rows)",
+                     self.writer.written, self.location, self.writer.dropped, self.writer.drops_recorded)
             self.writer = None
         for line in self.run_totals.lines(self.unparsed):
             log.info(line)
@@ -135,6 +134,7 @@ class LLMMetrics:
             return
         call.t_headers = time.perf_counter()
         response = flow.response
+        call.status_code = response.status_code
         content_type = response.headers.get("content-type")
         framing = stream_framing(call.fmt, content_type, status=response.status_code,
                                  requested_stream=bool(call.request.get("is_streaming")))
@@ -175,6 +175,8 @@ class LLMMetrics:
         if call is None:
             return
         try:
+            if self._finish_delivered(call):
+                return
             now = time.perf_counter()
             if call.meter is not None and call.meter.close():
                 call.stamp_token(now)
@@ -250,12 +252,35 @@ class LLMMetrics:
             try:
                 if meter.feed(data) if data else meter.close():
                     call.stamp_token(time.perf_counter())
+                if call.t_end_marker is None and meter.facts.terminated:
+                    call.t_end_marker = time.perf_counter()  # this piece goes on to the client now
             except Exception as exc:
                 call.metering_failed = True
                 self._metering_error("stream", exc)
             return data
 
         return on_chunk
+
+    def _finish_delivered(self, call: Call) -> bool:
+        """A stream whose end marker already went on to the client is complete, whatever then
+        happens to its connections before the body's end arrives (the proxy stopping closes
+        them): it is recorded as the response hook would have. False for any other call."""
+        if call.t_end_marker is None or call.metering_failed:
+            return False
+        if call.meter.close():
+            call.stamp_token(call.t_end_marker)
+        self._finish(call, call.meter.facts, call.status_code, call.t_end_marker, error=_stream_incomplete(call))
+        return True
+
+    def _finish_at_shutdown(self, call: Call, now: float) -> None:
+        """A call still open when the proxy stops: complete if its stream was, else cut short."""
+        try:
+            if self._finish_delivered(call):
+                return
+            self._finish(call, call.meter.facts if call.meter else None, call.status_code, now,
+                         error=("proxy_shutdown", "the proxy stopped before the call completed"))
+        except Exception as exc:
+            self._metering_error("done", exc)
 
     def _finish(self, call: Call, facts, status: int | None, t_end: float, *, error=None) -> None:
         error_type, error_message = error if error else (None, None)

@@ -94,6 +94,8 @@ class Call:
     origin: str | None
     request: dict[str, Any]
     t_headers: float | None = None
+    status_code: int | None = None  # once the response headers arrived
+    t_end_marker: float | None = None  # when a stream's own end marker went through
     t_first_token: float | None = None
     t_last_token: float | None = None
     streamed: bool = False

@@ -157,6 +157,30 @@ def test_sigterm_during_load_keeps_every_completed_call(start_proxy, upstream):
     assert ok_rows >= len(completed)
 
 
+def test_sigterm_after_a_stream_reached_its_end_marker_records_it_complete(start_proxy, upstream):
+    """The client has every event up to `data: [DONE]`; the body's end is still held upstream
+    when the proxy is stopped, so the response hook never runs. The call is complete all the same."""
+    proxy = start_proxy("--set", "llm_metrics_log_calls=false")
+    hold = 20.0
+    upstream.scenarios["held"] = Scenario(end_delay=hold)
+    client = httpx.Client(proxy=proxy.url, timeout=30)
+    body = dict(BODY, stream=True, stream_options={"include_usage": True})
+    received = b""
+    with client.stream("POST", f"{upstream.base_url}/chat/completions", json=body,
+                       headers={"x-scenario": "held"}) as response:
+        for piece in response.iter_raw():
+            received += piece
+            if received.endswith(b"data: [DONE]\n\n"):
+                break
+        stopped = time.perf_counter()
+        assert proxy.stop() == 0
+    assert time.perf_counter() - stopped < hold / 2  # the proxy did not wait for the body's end
+    [row] = proxy.rows(1)
+    assert (row["success"], row["error_type"], row["status_code"]) == (1, None, 200)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["finish_reason"]) == (11, 6, "stop")
+    assert row["time_to_first_token_ms"] <= row["time_to_last_token_ms"] <= row["response_time_ms"]
+
+
 def test_sigkill_during_load_leaves_a_sound_database_and_the_next_start_works(start_proxy, upstream):
     proxy = start_proxy("--set", "llm_metrics_log_calls=false")
     completed: list = []

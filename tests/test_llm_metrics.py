@@ -182,6 +182,54 @@ def test_calls_in_flight_at_shutdown_are_recorded_as_such(metrics):
     assert (row["success"], row["error_type"], row["status_code"]) == (0, "proxy_shutdown", None)
 
 
+SSE_WITH_USAGE = SSE.replace(
+    b"data: [DONE]",
+    b'data: {"model":"gpt-x-1","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}\n\n'
+    b"data: [DONE]",
+)
+
+
+@pytest.mark.parametrize("pieces", [1, 7], ids=["one-piece", "split"])
+def test_stream_past_its_end_marker_at_shutdown_is_recorded_complete(metrics, pieces):
+    """The client has the whole stream; only the body's end had not arrived when the proxy stopped."""
+    flow = llm_flow()
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+    size = -(-len(SSE_WITH_USAGE) // pieces)
+    for i in range(0, len(SSE_WITH_USAGE), size):
+        flow.response.stream(SSE_WITH_USAGE[i:i + size])  # no b"" (end of body), no response hook
+    [row] = stored(metrics)
+    assert (row["success"], row["error_type"], row["status_code"]) == (1, None, 200)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["finish_reason"], row["chunk_count"]) == (7, 2, "stop", 4)
+    assert row["time_to_first_token_ms"] <= row["time_to_last_token_ms"] <= row["response_time_ms"]
+
+
+@pytest.mark.parametrize("message", ["Client disconnected.", "peer closed connection"])
+def test_connection_lost_after_the_end_marker_went_through_keeps_the_call_complete(metrics, message):
+    """What a stopping proxy does to open streams: it closes their connections first."""
+    flow = llm_flow()
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+    flow.response.stream(SSE_WITH_USAGE)
+    flow.error = tflow.terr(message)
+    metrics.error(flow)
+    [row] = stored(metrics)
+    assert (row["success"], row["error_type"], row["completion_tokens"]) == (1, None, 2)
+
+
+def test_stream_short_of_its_end_marker_at_shutdown_is_recorded_as_cut_by_the_shutdown(metrics):
+    flow = llm_flow()
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+    flow.response.stream(SSE_WITH_USAGE[: SSE_WITH_USAGE.index(b"data: [DONE]")])  # usage came, [DONE] not
+    [row] = stored(metrics)
+    assert (row["success"], row["error_type"], row["status_code"]) == (0, "proxy_shutdown", 200)
+    assert row["completion_tokens"] == 2  # what was metered is kept
+
+
 def test_non_streamed_error_body_is_parsed_from_the_decoded_content(metrics):
     flow = llm_flow(dict(CHAT, stream=False))
     run_request(metrics, flow)

@@ -38,6 +38,7 @@ class Scenario:
     error_body: bytes | None = None  # sent as-is with `status` when set
     error_content_type: str = "application/json"
     reset_after_chunks: int | None = None  # send a TCP RST after this many content chunks
+    end_delay: float = 0.0  # after `data: [DONE]`, before the body's terminating chunk
     content_encoding: str | None = None  # gzip, br or zstd: the stream is compressed, flushed per event
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -156,6 +157,7 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             if include_usage:
                 self._event({**base, "choices": [], "usage": _usage(sc)})
             self._chunk(b"data: [DONE]\n\n")
+            time.sleep(sc.end_delay)
             tail = self._compress(b"", final=True)
             if tail:
                 self._chunk(tail, raw=True)
