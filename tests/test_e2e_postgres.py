@@ -124,3 +124,41 @@ def _dropped(log: str) -> int:
 
     found = re.findall(r"(\d+) row\(s\) dropped", log)
     return int(found[-1]) if found else 0
+
+
+def pg_drops(url: str) -> dict[str, int]:
+    db = open_database(url)
+    try:
+        return {r: int(n) for r, n in db.execute_sql("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason")}
+    finally:
+        db.close()
+
+
+def test_overflow_while_the_table_is_locked_is_stored_as_drops_and_reported(start_proxy, upstream, pg_url):
+    import json
+    import sys
+
+    import psycopg
+
+    proxy = start_proxy("--set", f"llm_metrics_db={pg_url}", "--set", "llm_metrics_queue_size=5")
+    locker = psycopg.connect(pg_url)
+    locker.execute("LOCK TABLE completion_requests IN EXCLUSIVE MODE")  # inserts wait; reads do not
+    try:
+        errors: list[str] = []
+        send(proxy, upstream, 30, errors=errors)  # traffic is unaffected while the writer waits
+        assert errors == []
+        assert pg_rows(pg_url) == 0
+    finally:
+        locker.commit()
+        locker.close()
+    deadline = time.monotonic() + 30
+    while not pg_drops(pg_url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stored, drops = pg_rows(pg_url), pg_drops(pg_url)
+    assert set(drops) == {"queue_full"} and stored + drops["queue_full"] == 30
+    result = subprocess.run([sys.executable, "-m", "reports", "--db", pg_url, "--format", "json"],
+                            cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["overview"]["dropped_rows"]["row_count"] == drops["queue_full"]
+    proxy.stop()
+    assert _dropped(proxy.log()) == drops["queue_full"] and pg_drops(pg_url) == drops
