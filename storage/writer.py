@@ -40,6 +40,7 @@ _ATTEMPT_MAX_S = 10.0  # longer than any driver's own lock wait (SQLite busy_tim
 QUEUE_FULL = "queue_full"  # the database was too slow or unwritable for longer than the buffer holds
 WRITER_STOPPED = "writer_stopped"  # a call finished after the writer had been closed
 WRITE_ERROR = "write_error"  # writing failed with an error that is not the database's (a bug)
+BAD_ROW = "bad_row"  # the database refused this one row's values (e.g. a count too large for its column)
 UNWRITTEN_AT_SHUTDOWN = "unwritten_at_shutdown"  # still waiting for the database when the proxy stopped
 
 
@@ -174,9 +175,8 @@ class RowWriter:
                 self.written += len(batch)
                 return
             except Exception as exc:
-                if not _is_database_error(exc):  # a bug, not an outage: retrying would not help
-                    log.exception("llm-metrics: %d row(s) could not be written", len(batch))
-                    self._count_dropped(len(batch), WRITE_ERROR)
+                if _is_row_error(exc):  # retrying the same rows cannot help: find the one at fault
+                    self._write_each(batch, exc)
                     return
                 self.write_errors += 1
                 if self.last_error != str(exc):
@@ -188,6 +188,31 @@ class RowWriter:
                 return
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_S)
+
+    def _write_each(self, batch: list[dict[str, Any]], exc: Exception) -> None:
+        """A value in one row that the database refuses must not cost the rows beside it: they are
+        written one by one and only a row that fails alone is dropped (counted as `bad_row`)."""
+        if len(batch) == 1:
+            self._drop_bad_row(exc)
+            return
+        for i, row in enumerate(batch):
+            try:
+                with self._transaction():
+                    self._insert.write(self._db, [row])
+                self.written += 1
+            except Exception as row_exc:
+                if not _is_row_error(row_exc):  # the database went away meanwhile: wait it out
+                    self._retry_until_written(batch[i:], _RETRY_MIN_S)
+                    return
+                self._drop_bad_row(row_exc)
+
+    def _drop_bad_row(self, exc: Exception) -> None:
+        if not (_is_database_error(exc) or isinstance(exc, OverflowError)):  # a count beyond 64 bits
+            log.error("llm-metrics: a row could not be written (a bug: please report it): %r", exc)
+            self._count_dropped(1, WRITE_ERROR)
+            return
+        log.error("llm-metrics: the database refused a row, which is dropped and counted: %s", exc)
+        self._count_dropped(1, BAD_ROW)
 
     # -- storing drop counts ---------------------------------------------------------------
 
@@ -326,6 +351,20 @@ def _is_database_error(exc: Exception) -> bool:
 def _utc(epoch_seconds: float) -> str:
     """The form of `completion_requests.timestamp`: 2026-11-22T14:03:07.123456Z."""
     return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _is_row_error(exc: Exception) -> bool:
+    """The rows, not the database: a constraint or a value out of its column's range, a value the
+    driver cannot bind, or a Python error while preparing them. Anything else the database or its
+    driver raises (locked, read-only, full, disconnected, a table missing) is waited out."""
+    if not _is_database_error(exc):
+        return True
+    if isinstance(exc, (peewee.IntegrityError, peewee.DataError)):
+        return True
+    # psycopg's own subclasses (NumericValueOutOfRange, ...) are not mapped to peewee's by name.
+    if any(cls.__name__ in ("IntegrityError", "DataError") for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, peewee.ProgrammingError) and "binding parameter" in str(exc)
 
 
 def _file_identity(db: peewee.Database) -> tuple[int, int] | None:

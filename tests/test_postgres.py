@@ -87,6 +87,25 @@ def test_writer_stores_drop_counts_in_postgres_once(pg_url):
     check.close()
 
 
+def test_a_count_beyond_postgres_integer_range_costs_only_its_row(pg_url):
+    db = open_database(pg_url)
+    upgrade(db)
+    writer = RowWriter(db, batch_window=0.5)  # the three rows share one batch
+    rows = [row(i) for i in range(3)]
+    rows[1]["prompt_tokens"] = 2**31  # one past PostgreSQL's `integer`
+    for r in rows:
+        writer.submit(r)
+    writer.start()
+    writer.close()
+    check = open_database(pg_url)
+    stored = check.execute_sql("SELECT response_time_ms FROM completion_requests ORDER BY id").fetchall()
+    drops = check.execute_sql("SELECT reason, row_count FROM dropped_rows").fetchall()
+    check.close()
+    assert [r[0] for r in stored] == [rows[0]["response_time_ms"], rows[2]["response_time_ms"]]
+    assert drops == [("bad_row", 1)]
+    assert (writer.written, writer.dropped) == (2, 1)
+
+
 def test_url_with_a_bad_host_fails_clearly():
     db = open_database("postgresql://postgres@127.0.0.1:1/nowhere")
     with pytest.raises(peewee.OperationalError):

@@ -242,3 +242,39 @@ def test_every_column_is_stored_as_given(tmp_path):
     con.close()
     assert stored.pop("id") == 1
     assert stored == {k: (int(v) if isinstance(v, bool) else v) for k, v in row.items()}
+
+
+def test_a_row_the_database_refuses_costs_only_itself(tmp_path):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, batch_window=0.5)  # all five rows in one batch
+    writer.start()
+    rows = [make_row(i) for i in range(5)]
+    rows[1]["model"] = {"not": "bindable"}  # the driver cannot bind it
+    rows[3]["prompt_tokens"] = 2**70  # beyond SQLite's 64-bit INTEGER
+    for row in rows:
+        writer.submit(row)
+    writer.close()
+    assert (writer.written, writer.dropped) == (3, 2)
+    con = sqlite3.connect(path)
+    try:
+        stored = [r[0] for r in con.execute("SELECT response_time_ms FROM completion_requests ORDER BY id")]
+        drops = con.execute("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason").fetchall()
+    finally:
+        con.close()
+    assert stored == [0, 2, 4]
+    assert drops == [("bad_row", 2)]
+
+
+def test_after_a_refused_row_the_writer_goes_on_writing(tmp_path):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, batch_window=0)
+    writer.start()
+    writer.submit({**make_row(0), "model": ["x"]})
+    deadline = time.monotonic() + 5
+    while writer.dropped < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(1, 4):
+        writer.submit(make_row(i))
+    writer.close()
+    assert (writer.written, writer.dropped) == (3, 1)
+    assert count(path) == 3
