@@ -3,6 +3,7 @@ and the table and machine-state lines they print. Not a test helper: nothing her
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import os
@@ -252,6 +253,52 @@ def code_version() -> str:
     dirty = subprocess.run([*git, "status", "--porcelain", "--", "addon", "storage", "migrations"],
                            capture_output=True, text=True).stdout.splitlines()
     return f"commit {commit}" + (f" + {len(dirty)} uncommitted change(s) in addon/ storage/ migrations/" if dirty else "")
+
+
+class DropWriter:
+    """Stands in for RowWriter where a bench measures the addon without storage: takes rows,
+    writes nothing."""
+
+    written = dropped = 0
+
+    def submit(self, row) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def print_start() -> None:
+    """The lines every bench opens with: the machine and code measured, and what else is busy."""
+    print(machine_state())
+    print(f"other busy processes at start: {busy_processes()}")
+
+
+def print_end() -> None:
+    """The load at the end, to compare with the start's."""
+    print(machine_state().split(";")[0].replace("machine:", "at end:"))
+
+
+def bench_options(doc: str, quick_help: str, rounds: int | None = None, seconds: float | None = None,
+                  seconds_help: str | None = None) -> argparse.ArgumentParser:
+    """The options every bench has: `--quick` (what it does: `quick_help`), and for a bench that
+    alternates its set-ups in timed rounds, `--rounds` and `--seconds` with these defaults."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds)
+    if seconds is not None:
+        parser.add_argument("--seconds", type=float, default=seconds, help=seconds_help)
+    return parser
+
+
+def parse_options(parser: argparse.ArgumentParser, **quick: object) -> argparse.Namespace:
+    """The parsed options; with `--quick`, the values given here replace the defaults."""
+    args = parser.parse_args()
+    if args.quick:
+        for name, value in quick.items():
+            setattr(args, name, value)
+    return args
 
 
 def busy_processes(min_pct: float = 20.0) -> str:

@@ -18,7 +18,6 @@ slow passes are other processes' time, not the parser's).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import struct
@@ -26,7 +25,7 @@ import sys
 import time
 import zlib
 
-from _harness import FIXTURES, busy_processes, machine_state, table
+from _harness import FIXTURES, bench_options, parse_options, print_start, table
 
 from addon import metering
 from addon.formats import FORMATS
@@ -132,15 +131,12 @@ def layers(fixtures: dict[str, tuple[str, str]]) -> dict[str, list[tuple[str, ob
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a 5 s budget instead of 30 s")
-    args = parser.parse_args()
+    args = parse_options(bench_options(__doc__, "a 5 s budget instead of 30 s"))
     budget_s = 5.0 if args.quick else 30.0
     if not (FIXTURES / "index.json").exists():
         print(f"skipped: no recorded fixtures at {FIXTURES} (they live in the shared folder beside the repository)")
         return
-    print(machine_state())
-    print(f"other busy processes at start: {busy_processes()}")
+    print_start()
     index = {e["file"]: e for e in json.loads((FIXTURES / "index.json").read_text())}
     fixtures = streamed_fixtures(index)
     rng = random.Random(7)

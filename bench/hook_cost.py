@@ -20,14 +20,13 @@ mitmproxy itself spends about 1 ms of CPU per small request on this machine (ben
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import time
 from collections import defaultdict
 
-from _harness import busy_processes, machine_state, pct, scratch_dir, table
+from _harness import DropWriter, bench_options, parse_options, pct, print_start, scratch_dir, table
 
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
@@ -57,18 +56,6 @@ COMPLETION = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "c
                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, nice to meet."},
                                       "finish_reason": "stop"}],
                          "usage": {"prompt_tokens": 19, "completion_tokens": 7, "total_tokens": 26}}).encode()
-
-
-class _DropWriter:
-    """Stands in for RowWriter in the "hooks alone" set-up: takes rows, writes nothing."""
-
-    written = dropped = 0
-
-    def submit(self, row) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
 
 
 def _flow(body: bytes) -> http.HTTPFlow:
@@ -134,7 +121,7 @@ def measure(args) -> dict:
         for b in range(max(1, args.requests // block)):
             for setup in ("as deployed", "hooks alone") if b % 2 == 0 else ("hooks alone", "as deployed"):
                 deployed = setup == "as deployed"
-                addon.writer = real_writer if deployed else _DropWriter()
+                addon.writer = real_writer if deployed else DropWriter()
                 tctx.options.update(llm_metrics_log_calls=deployed)
                 run_block(addon, block, results[setup], loop)
         addon.writer = real_writer
@@ -181,14 +168,10 @@ def render(data: dict, args) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 calls per set-up")
+    parser = bench_options(__doc__, "2,000 calls per set-up")
     parser.add_argument("--requests", type=int, default=10_000, help="calls per set-up (half of them streamed)")
-    args = parser.parse_args()
-    if args.quick:
-        args.requests = 2_000
-    print(machine_state())
-    print(f"other busy processes at start: {busy_processes()}")
+    args = parse_options(parser, requests=2_000)
+    print_start()
     print(render(measure(args), args))
 
 

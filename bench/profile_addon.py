@@ -13,14 +13,14 @@ the most samples. C code that releases the GIL (SQLite's own work in the writer)
 
 from __future__ import annotations
 
-import argparse
 import collections
 import shutil
 import subprocess
 import sys
 import time
 
-from _harness import Proxy, Upstream, busy_processes, machine_state, run_client, scratch_dir, table
+from _harness import (Proxy, Upstream, bench_options, parse_options, print_start, run_client, scratch_dir,
+                      table)
 
 # Parts of the work, by the innermost frame that names one (frames look like `func (addon/x.py:12)`).
 PARTS = (
@@ -75,19 +75,14 @@ def parse(raw: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10 s of load")
+    parser = bench_options(__doc__, "10 s of load", seconds=30.0)
     parser.add_argument("--mode", choices=("chat", "stream"), default="chat")
-    parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="path of the py-spy binary")
-    args = parser.parse_args()
-    if args.quick:
-        args.seconds = 10.0
+    args = parse_options(parser, seconds=10.0)
     if not args.py_spy:
         print("skipped: py-spy not found (pip install py-spy, then pass --py-spy PATH)")
         return
-    print(machine_state())
-    print(f"other busy processes at start: {busy_processes()}")
+    print_start()
     upstream = Upstream()
     work = scratch_dir("profile")
     proxy = Proxy("addon", work / "addon")

@@ -15,11 +15,10 @@ threads = mostly the addon's storage writer) says where the difference comes fro
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from _harness import (Proxy, Upstream, busy_processes, loadavg, machine_state, median, pct, run_client,
-                      scratch_dir, table, wait_rows)
+from _harness import (Proxy, Upstream, bench_options, loadavg, median, parse_options, pct, print_end,
+                      print_start, run_client, scratch_dir, table, wait_rows)
 
 VARIANTS = ("direct", "bare", "addon")
 
@@ -98,21 +97,15 @@ def render(data: dict, args) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 s (about 30 s)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3.0, help="per path, concurrency and round")
+    parser = bench_options(__doc__, "2 rounds of 1 s (about 30 s)", rounds=5, seconds=3.0,
+                           seconds_help="per path, concurrency and round")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
     parser.add_argument("--upstream", choices=("lean", "tests"), default="lean",
                         help="lean: bench/_upstream.py; tests: the tests' ThreadingHTTPServer FakeUpstream")
-    args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.seconds = 2, 1.0
-    print(machine_state())
-    print(f"other busy processes at start: {busy_processes()}")
-    data = measure(args)
-    print(render(data, args))
-    print(machine_state().split(";")[0].replace("machine:", "at end:"))
+    args = parse_options(parser, rounds=2, seconds=1.0)
+    print_start()
+    print(render(measure(args), args))
+    print_end()
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ streams, this only turns `flow.response.stream` on); `mitmdump -s addon/llm_metr
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from _harness import (Proxy, Upstream, busy_processes, loadavg, machine_state, median, pct, rows_by_origin,
-                      run_client, scratch_dir, table)
+from _harness import (Proxy, Upstream, bench_options, loadavg, median, parse_options, pct, print_end,
+                      print_start, rows_by_origin, run_client, scratch_dir, table)
 
 VARIANTS = ("direct", "stream-only", "addon")
 PHASES = {
@@ -125,18 +124,12 @@ def _recorded(streams: list[dict], rows: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 short rounds (about 30 s)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per path and phase and round (scaled per phase)")
-    args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.seconds = 2, 1.5
-    print(machine_state())
-    print(f"other busy processes at start: {busy_processes()}")
-    data = measure(args)
-    print(render(data, args))
-    print(machine_state().split(";")[0].replace("machine:", "at end:"))
+    parser = bench_options(__doc__, "2 short rounds (about 30 s)", rounds=3, seconds=5.0,
+                           seconds_help="per path and phase and round (scaled per phase)")
+    args = parse_options(parser, rounds=2, seconds=1.5)
+    print_start()
+    print(render(measure(args), args))
+    print_end()
 
 
 if __name__ == "__main__":

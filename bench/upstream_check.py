@@ -10,18 +10,15 @@ many times the proxied one and the proxied figure does not change with the upstr
 
 from __future__ import annotations
 
-import argparse
 
-from _harness import Proxy, Upstream, busy_processes, machine_state, median, run_client, scratch_dir, table
+from _harness import (Proxy, Upstream, bench_options, median, parse_options, print_start, run_client,
+                      scratch_dir, table)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 s per cell instead of 3")
-    args = parser.parse_args()
+    args = parse_options(bench_options(__doc__, "1 s per cell instead of 3"))
     seconds, rounds = (1.0, 1) if args.quick else (3.0, 2)
-    print(machine_state())
-    print(f"other busy processes at start: {busy_processes()}")
+    print_start()
     ups = {impl: Upstream(impl) for impl in ("lean", "tests")}
     proxy = Proxy("bare", scratch_dir("upcheck"))
     acc: dict = {}

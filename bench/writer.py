@@ -17,13 +17,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import sys
 import time
 
-from _harness import (BENCH, Proxy, Upstream, busy_processes, loadavg, machine_state, median, pct, run_client,
-                      scratch_dir, table)
+from _harness import (BENCH, Proxy, Upstream, bench_options, loadavg, median, parse_options, pct, print_end,
+                      print_start, run_client, scratch_dir, table)
 
 from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
@@ -149,20 +148,15 @@ def part2(args) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rows, 2 short rounds (about 30 s)")
+    parser = bench_options(__doc__, "fewer rows, 2 short rounds (about 30 s)", rounds=3, seconds=5.0,
+                           seconds_help="per proxy and round in part 2")
     parser.add_argument("--rows", type=int, default=50_000, help="rows in the backlog test")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per proxy and round in part 2")
-    args = parser.parse_args()
-    if args.quick:
-        args.rows, args.rounds, args.seconds = 10_000, 2, 2.0
-    print(machine_state())
-    print(f"other busy processes at start: {busy_processes()}")
+    args = parse_options(parser, rows=10_000, rounds=2, seconds=2.0)
+    print_start()
     print(part1(args))
     print()
     print(part2(args))
-    print(machine_state().split(";")[0].replace("machine:", "at end:"))
+    print_end()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mitmproxy import ctx  # noqa: E402
 
+from _harness import DropWriter  # noqa: E402  (mitmdump puts this script's folder on sys.path)
+
 from addon.llm_metrics import LLMMetrics  # noqa: E402
 
 FLOOD_ROW = {
@@ -31,16 +33,6 @@ FLOOD_ROW = {
     "time_to_last_token_ms": 301, "tokens_per_second": 1078.652, "chunk_count": 99,
     "error_type": None, "error_message": None,
 }
-
-
-class _DropWriter:
-    written = dropped = 0
-
-    def submit(self, row) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
 
 
 class BenchLLMMetrics(LLMMetrics):
@@ -57,7 +49,7 @@ class BenchLLMMetrics(LLMMetrics):
         mode = ctx.options.bench_writer
         if mode == "drop" and self.writer is not None:
             self.writer.close()
-            self.writer = _DropWriter()
+            self.writer = DropWriter()
         elif mode == "flood":
             threading.Thread(target=self._flood, args=(self.writer,), name="bench-flood", daemon=True).start()
 

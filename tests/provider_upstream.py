@@ -12,12 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import threading
 import time
-import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.upstream import LocalServer, Served, UpstreamHandler
 
 WORDS = ("Hello", " from", " the", " fake", " upstream", ".")
 TEXT = "".join(WORDS)
@@ -32,53 +32,20 @@ OLLAMA_EVAL_NS = 1_577_990_123
 
 
 @dataclass
-class Served:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    first_content_at: float | None = None
-
-
-@dataclass
-class ProviderUpstream:
+class ProviderUpstream(LocalServer):
     first_token_delay: float = 0.0
     chunk_delay: float = 0.0
     served: list[Served] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ProviderUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def last(self) -> Served:
-        return self.served[-1]
+        self._listen(_handler_for(self))
 
 
 def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(UpstreamHandler):
         def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-            body = json.loads(raw or b"{}")
-            self.served = Served(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-            upstream.served.append(self.served)
+            self.served = self._receive(upstream)
+            body = self.served.body
             path, _, query = self.path.partition("?")
             if path.endswith("/responses"):
                 self._responses(body)
@@ -98,34 +65,10 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
         # -- writing ---------------------------------------------------------------------
 
         def _whole(self, obj: Any, status: int = 200) -> None:
-            payload = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self._send_whole(status, "application/json", json.dumps(obj).encode())
 
         def _start_stream(self, content_type: str, gzip: bool = False) -> None:
-            self.send_response(200)
-            self.send_header("content-type", content_type)
-            self.send_header("transfer-encoding", "chunked")
-            self._gzip = zlib.compressobj(wbits=16 + zlib.MAX_WBITS) if gzip else None
-            if gzip:
-                self.send_header("content-encoding", "gzip")
-            self.end_headers()
-
-        def _chunk(self, data: bytes) -> None:
-            if self._gzip is not None:
-                data = self._gzip.compress(data) + self._gzip.flush(zlib.Z_SYNC_FLUSH)
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-
-        def _end_stream(self) -> None:
-            if self._gzip is not None:
-                tail = self._gzip.flush(zlib.Z_FINISH)
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(tail), tail))
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            self._start_chunked(200, content_type, "gzip" if gzip else None)
 
         def _event(self, name: str | None, obj: dict[str, Any], eol: bytes = b"\n") -> None:
             head = b"event: %s%s" % (name.encode(), eol) if name else b""
@@ -134,10 +77,6 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
         def _content(self, i: int) -> None:
             """Waits as a model would before the i-th piece of generated content."""
             time.sleep(upstream.first_token_delay if i == 0 else upstream.chunk_delay)
-
-        def _sent_content(self) -> None:
-            if self.served.first_content_at is None:
-                self.served.first_content_at = time.perf_counter()
 
         # -- the APIs --------------------------------------------------------------------
 
@@ -159,10 +98,10 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
             for i, word in enumerate(WORDS):
                 self._content(i)
                 event("response.output_text.delta", item_id="msg_1", output_index=0, content_index=0, delta=word, logprobs=[])
-                self._sent_content()
+                self.served.content_sent()
             event("response.output_text.done", item_id="msg_1", output_index=0, content_index=0, text=TEXT, logprobs=[])
             event("response.completed", response=_response_object(model, "completed", TEXT))
-            self._end_stream()  # no [DONE]: the terminal event ends a Responses stream
+            self._end_chunked()  # no [DONE]: the terminal event ends a Responses stream
 
         def _anthropic(self, body: dict[str, Any]) -> None:
             model = "claude-3-5-sonnet-20240620"
@@ -177,12 +116,12 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
             for i, word in enumerate(WORDS):
                 self._content(i)
                 self._event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})
-                self._sent_content()
+                self.served.content_sent()
             self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
             self._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                           "usage": {"output_tokens": OUTPUT_TOKENS}})
             self._event("message_stop", {"type": "message_stop"})
-            self._end_stream()
+            self._end_chunked()
 
         def _gemini_stream(self, sse: bool) -> None:
             gzip = not sse and "gzip" in self.headers.get("accept-encoding", "")
@@ -196,8 +135,8 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
                 else:  # one array, written element by element, as Gemini lays it out
                     text = json.dumps(chunk, indent=2).encode()
                     self._chunk((b"[" if i == 0 else b"\n,\r\n") + text + (b"\n]" if i == last else b""))
-                self._sent_content()
-            self._end_stream()
+                self.served.content_sent()
+            self._end_chunked()
 
         def _ollama(self, body: dict[str, Any], chat: bool) -> None:
             model = body.get("model", "llama3")
@@ -208,9 +147,9 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
             for i, word in enumerate(WORDS):
                 self._content(i)
                 self._chunk(json.dumps(_ollama_line(model, word, chat, done=False)).encode() + b"\n")
-                self._sent_content()
+                self.served.content_sent()
             self._chunk(json.dumps(_ollama_line(model, "", chat, done=True)).encode() + b"\n")
-            self._end_stream()
+            self._end_chunked()
 
     return Handler
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from addon.formats.openai_chat import OpenAIChat, OpenAICompletions
 from addon.formats.openai_embeddings import OpenAIEmbeddings
 from addon.formats.openai_responses import OpenAIResponses
 from addon.metering import JSON_ARRAY, StreamMeter, meter_body, stream_framing
+from tests.chunking import random_pieces
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not (FIXTURES / "index.json").is_file():
@@ -76,17 +76,6 @@ def _content_type(entry: dict[str, Any]) -> str | None:
     return (entry["response_content_type"] or "").replace(" (original)", "") or None
 
 
-def _pieces(data: bytes, seed: int) -> list[bytes]:
-    """Random sizes down to 1 byte; the maximum varies per piece so runs of tiny pieces occur."""
-    rng = random.Random(seed)
-    pieces, pos = [], 0
-    while pos < len(data):
-        size = rng.randint(1, rng.choice((1, 8, 256)))
-        pieces.append(data[pos : pos + size])
-        pos += size
-    return pieces
-
-
 def _framing(entry: dict[str, Any], fmt: WireFormat) -> str | None:
     fields = fmt.request_fields(_path(entry), _request_body(entry, fmt))
     return stream_framing(fmt, _content_type(entry), status=entry["response_status"],
@@ -100,7 +89,7 @@ def _meter_stream(entry: dict[str, Any], seed: int, content_encoding: str | None
     body = _wire_body(entry)
     wire = gzip.compress(body) if content_encoding == "gzip" else body
     meter = StreamMeter(fmt, _content_type(entry), content_encoding, framing)
-    for piece in _pieces(wire, seed):
+    for piece in random_pieces(wire, seed):
         meter.feed(piece)
     meter.close()
     return meter

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from addon.formats.openai_chat import OpenAIChat, OpenAICompletions
 from addon.formats.openai_embeddings import OpenAIEmbeddings
 from addon.formats.openai_responses import OpenAIResponses
 from addon.metering import StreamMeter, meter_body
+from tests.chunking import random_pieces
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not (FIXTURES / "index.json").is_file():
@@ -82,24 +82,13 @@ def _body(entry: dict[str, Any]) -> bytes:
     return (FIXTURES / entry["file"]).read_bytes()
 
 
-def _pieces(data: bytes, seed: int) -> list[bytes]:
-    """Random sizes down to 1 byte; the maximum varies per piece so runs of tiny pieces occur."""
-    rng = random.Random(seed)
-    pieces, pos = [], 0
-    while pos < len(data):
-        size = rng.randint(1, rng.choice((1, 8, 256)))
-        pieces.append(data[pos : pos + size])
-        pos += size
-    return pieces
-
-
 def _meter_stream(
     entry: dict[str, Any], seed: int, content_encoding: str | None
 ) -> tuple[StreamMeter, list[bool]]:
     body = _body(entry)
     wire = gzip.compress(body) if content_encoding == "gzip" else body
     meter = StreamMeter(_format_for(entry), entry["response_content_type"], content_encoding)
-    results = [meter.feed(piece) for piece in _pieces(wire, seed)]
+    results = [meter.feed(piece) for piece in random_pieces(wire, seed)]
     results.append(meter.close())
     return meter, results
 
@@ -184,7 +173,7 @@ def test_feed_is_true_first_for_the_piece_completing_the_first_content_event(see
     end = _first_content_event_end(body)
     meter = StreamMeter(OpenAIChat(), entry["response_content_type"], None)
     pos = 0
-    for piece in _pieces(body, seed):
+    for piece in random_pieces(body, seed):
         generated = meter.feed(piece)
         pos += len(piece)
         if pos <= end:

@@ -12,6 +12,7 @@ import pytest
 import zstandard
 
 from addon.wire.encoding import UnsupportedEncoding, incremental_decoder
+from tests.chunking import one_byte_pieces, random_pieces
 
 # SSE-looking text plus incompressible bytes, so every coding produces a long compressed body.
 PLAIN = b'data: {"choices":[{"delta":{"content":"caf\xc3\xa9 \xf0\x9f\x98\x80"}}]}\n\n' * 40 + random.Random(
@@ -47,20 +48,6 @@ CASES = [
 ]
 
 
-def _one_byte_pieces(data: bytes) -> list[bytes]:
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-def _random_pieces(data: bytes, seed: int) -> list[bytes]:
-    rng = random.Random(seed)
-    pieces, pos = [], 0
-    while pos < len(data):
-        size = rng.randint(1, rng.choice((1, 8, 256)))
-        pieces.append(data[pos : pos + size])
-        pos += size
-    return pieces
-
-
 def _decode(content_encoding: str | None, pieces: list[bytes]) -> bytes:
     decode = incremental_decoder(content_encoding)
     return b"".join(decode(piece) for piece in pieces)
@@ -68,13 +55,13 @@ def _decode(content_encoding: str | None, pieces: list[bytes]) -> bytes:
 
 @pytest.mark.parametrize(("content_encoding", "encode"), CASES)
 def test_body_fed_one_byte_at_a_time_is_decoded_exactly(content_encoding, encode):
-    assert _decode(content_encoding, _one_byte_pieces(encode(PLAIN))) == PLAIN
+    assert _decode(content_encoding, one_byte_pieces(encode(PLAIN))) == PLAIN
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("content_encoding", "encode"), CASES)
 def test_body_fed_in_random_pieces_is_decoded_exactly(content_encoding, encode, seed):
-    assert _decode(content_encoding, _random_pieces(encode(PLAIN), seed)) == PLAIN
+    assert _decode(content_encoding, random_pieces(encode(PLAIN), seed)) == PLAIN
 
 
 def _flushing_encoder(coding: str) -> Callable[[bytes], bytes]:
@@ -96,7 +83,7 @@ def test_each_flushed_event_is_decoded_as_soon_as_its_bytes_arrive(coding):
     events = [b'data: {"n":%d}\n\n' % i for i in range(20)]
     seen = b""
     for i, event in enumerate(events):
-        seen += b"".join(decode(piece) for piece in _random_pieces(encode(event), seed=i))
+        seen += b"".join(decode(piece) for piece in random_pieces(encode(event), seed=i))
         assert seen == b"".join(events[: i + 1])
 
 
@@ -106,7 +93,7 @@ def test_zstd_body_of_several_frames_is_decoded_whole():
     expected = b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
     assert _decode("zstd", frames) == expected
     assert _decode("zstd", [b"".join(frames)]) == expected
-    assert _decode("zstd", _one_byte_pieces(b"".join(frames))) == expected
+    assert _decode("zstd", one_byte_pieces(b"".join(frames))) == expected
 
 
 @pytest.mark.parametrize("content_encoding", [None, "", "identity", "Identity", " , "])

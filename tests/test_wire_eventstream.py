@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 import struct
 import zlib
 
 import pytest
 
 from addon.wire.eventstream import EventStreamDecoder, Frame
+from tests.chunking import random_pieces
 
 
 def frame(headers: dict[str, str], payload: bytes) -> bytes:
@@ -38,13 +38,7 @@ def decode(pieces) -> tuple[list[Frame], EventStreamDecoder]:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_frames_split_anywhere_come_out_whole(seed):
-    rng = random.Random(seed)
-    pieces, pos = [], 0
-    while pos < len(STREAM):
-        size = rng.randint(1, 7)
-        pieces.append(STREAM[pos : pos + size])
-        pos += size
-    frames, decoder = decode(pieces)
+    frames, decoder = decode(random_pieces(STREAM, seed, max_size=7))
     assert [(f.headers, f.payload) for f in frames] == EVENTS
     assert decoder.corrupt is None
     json.loads(frames[1].payload)  # payload bytes (here a CR and LF) are never line-split

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
 from addon.wire.json_array import JSONArrayDecoder
+from tests.chunking import one_byte_pieces, random_pieces
 
 ELEMENTS = [
     {"candidates": [{"content": {"parts": [{"text": "brace } and bracket ] in a string"}]}}], "n": 1},
@@ -34,18 +34,12 @@ def test_whole_body_gives_every_element():
 
 
 def test_body_fed_one_byte_at_a_time_gives_every_element():
-    assert _decode([GEMINI_BODY[i : i + 1] for i in range(len(GEMINI_BODY))]) == ELEMENTS
+    assert _decode(one_byte_pieces(GEMINI_BODY)) == ELEMENTS
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_body_fed_in_random_pieces_gives_every_element(seed):
-    rng = random.Random(seed)
-    pieces, pos = [], 0
-    while pos < len(GEMINI_BODY):
-        size = rng.randint(1, 9)
-        pieces.append(GEMINI_BODY[pos : pos + size])
-        pos += size
-    assert _decode(pieces) == ELEMENTS
+    assert _decode(random_pieces(GEMINI_BODY, seed, max_size=9)) == ELEMENTS
 
 
 def test_element_is_emitted_by_the_piece_holding_its_closing_brace():

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from addon.wire.sse import Event, SSEDecoder
+from tests.chunking import one_byte_pieces
 
 EOLS = pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
 
@@ -54,7 +55,7 @@ def test_stream_split_at_every_byte_offset_gives_the_same_events(eol):
 @EOLS
 def test_stream_fed_one_byte_at_a_time_gives_the_same_events(eol):
     data = _stream(eol)
-    events, _ = _decode([data[i : i + 1] for i in range(len(data))])
+    events, _ = _decode(one_byte_pieces(data))
     assert events == EXPECTED
 
 

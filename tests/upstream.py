@@ -3,6 +3,8 @@
 A test picks the behaviour of each request with the `x-scenario` header (the SDKs send it via
 `extra_headers`); a scenario is a plain object the test builds. The server records when it sent
 the first content chunk, so tests can compare recorded time to first token with the truth.
+
+`LocalServer` and `UpstreamHandler` are the plumbing it shares with `tests.provider_upstream`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass
@@ -53,6 +55,11 @@ class Served:
     received_at: float  # perf_counter
     first_content_at: float | None = None
 
+    def content_sent(self) -> None:
+        """Called after each piece of generated content: the first one is the truth for TTFT."""
+        if self.first_content_at is None:
+            self.first_content_at = time.perf_counter()
+
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 512  # the default backlog of 5 refuses connections under load tests
@@ -66,12 +73,14 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class FakeUpstream:
-    def __init__(self, tls_dir: Path | None = None) -> None:
-        self.scenarios: dict[str, Scenario] = {"default": Scenario()}
-        self.served: list[Served] = []
-        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
+class LocalServer:
+    """A threaded HTTP server on a free port of 127.0.0.1 (TLS with a throwaway certificate when
+    given `tls_dir`), serving from a background thread inside `with`; `served` lists the requests."""
+
+    served: list[Served]
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler], tls_dir: Path | None = None) -> None:
+        self._server = _Server(("127.0.0.1", 0), handler)
         self.scheme = "http"
         if tls_dir is not None:
             cert, key = _self_signed(tls_dir)
@@ -83,10 +92,10 @@ class FakeUpstream:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
-    def base_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}/v1"
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> FakeUpstream:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -98,47 +107,90 @@ class FakeUpstream:
         return self.served[-1]
 
 
+class UpstreamHandler(BaseHTTPRequestHandler):
+    """Reading and recording a JSON request; writing a whole body, or a chunked one compressed
+    (`gzip`, `br`, `zstd`) and flushed chunk by chunk, so each arrives decodable on its own."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def _receive(self, upstream: LocalServer) -> Served:
+        received = time.perf_counter()
+        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = json.loads(raw or b"{}")
+        served = Served(self.path, {k.lower(): v for k, v in self.headers.items()}, body, received)
+        upstream.served.append(served)
+        return served
+
+    def _send_whole(self, status: int, content_type: str, payload: bytes,
+                    headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _start_chunked(self, status: int, content_type: str, encoding: str | None = None,
+                       headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("transfer-encoding", "chunked")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self._compress = _flushing_compressor(encoding)
+        if encoding:
+            self.send_header("content-encoding", encoding)
+        self.end_headers()
+
+    def _chunk(self, data: bytes, raw: bool = False) -> None:
+        if not raw:
+            data = self._compress(data)
+        if not data and not raw:
+            return
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _end_chunked(self) -> None:
+        tail = self._compress(b"", final=True)
+        if tail:
+            self._chunk(tail, raw=True)
+        self._chunk(b"", raw=True)  # the terminating zero-length chunk
+
+
+class FakeUpstream(LocalServer):
+    def __init__(self, tls_dir: Path | None = None) -> None:
+        self.scenarios: dict[str, Scenario] = {"default": Scenario()}
+        self.served: list[Served] = []
+        self._listen(_handler_for(self), tls_dir)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
 def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # keep test output clean
-            pass
-
+    class Handler(UpstreamHandler):
         def do_POST(self) -> None:
-            received = time.perf_counter()
-            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-            body = json.loads(raw or b"{}")
-            served = Served(self.path, {k.lower(): v for k, v in self.headers.items()}, body, received)
-            upstream.served.append(served)
+            served = self._receive(upstream)
+            body = served.body
             sc = upstream.scenarios[self.headers.get("x-scenario", "default")]
             if not self.path.split("?")[0].endswith("/completions"):
-                self._send_whole(501, "text/plain", b"not an LLM endpoint", sc)
+                self._send_whole(501, "text/plain", b"not an LLM endpoint", sc.extra_headers)
             elif sc.error_body is not None:
-                self._send_whole(sc.status, sc.error_content_type, sc.error_body, sc)
+                self._send_whole(sc.status, sc.error_content_type, sc.error_body, sc.extra_headers)
             elif body.get("stream"):
                 self._stream(sc, body, served)
             else:
-                self._send_whole(sc.status, "application/json", json.dumps(_completion(sc, body)).encode(), sc)
-
-        def _send_whole(self, status: int, content_type: str, payload: bytes, sc: Scenario) -> None:
-            self.send_response(status)
-            self.send_header("content-type", content_type)
-            self.send_header("content-length", str(len(payload)))
-            for name, value in sc.extra_headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
+                self._send_whole(sc.status, "application/json", json.dumps(_completion(sc, body)).encode(),
+                                 sc.extra_headers)
 
         def _stream(self, sc: Scenario, body: dict[str, Any], served: Served) -> None:
-            self.send_response(sc.status)
-            self.send_header("content-type", "text/event-stream; charset=utf-8")
-            self.send_header("transfer-encoding", "chunked")
-            self.send_header("cache-control", "no-cache")
-            self._compress = _flushing_compressor(sc.content_encoding)
-            if sc.content_encoding:
-                self.send_header("content-encoding", sc.content_encoding)
-            self.end_headers()
+            self._start_chunked(sc.status, "text/event-stream; charset=utf-8", sc.content_encoding,
+                                {"cache-control": "no-cache"})
             base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": sc.model}
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             null_usage = {"usage": None} if include_usage else {}
@@ -151,28 +203,16 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                     self._reset()
                     return
                 self._event({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}], **null_usage})
-                if served.first_content_at is None:
-                    served.first_content_at = time.perf_counter()
+                served.content_sent()
             self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": sc.finish_reason}], **null_usage})
             if include_usage:
                 self._event({**base, "choices": [], "usage": _usage(sc)})
             self._chunk(b"data: [DONE]\n\n")
             time.sleep(sc.end_delay)
-            tail = self._compress(b"", final=True)
-            if tail:
-                self._chunk(tail, raw=True)
-            self._chunk(b"", raw=True)  # the terminating zero-length chunk
+            self._end_chunked()
 
         def _event(self, obj: dict[str, Any]) -> None:
             self._chunk(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
-
-        def _chunk(self, data: bytes, raw: bool = False) -> None:
-            if not raw:
-                data = self._compress(data)
-            if not data and not raw:
-                return
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
 
         def _reset(self) -> None:
             # SO_LINGER 0 makes close() send RST instead of FIN: a hard mid-stream reset.

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ResponseFacts, as_float, as_int, non_empty_str
-from .errors import error_from_object
+from .base import ResponseFacts, as_int, non_empty_str, request_fields
+from .errors import read_error, read_stream_error
 
 # delta type -> (generated content, visible text), by the key holding the delta's payload
 _DELTAS = {
@@ -36,15 +36,8 @@ class AnthropicMessages:
         return path.endswith(self.path_suffix) and self.shape_key in body and "model" in body
 
     def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        messages = body.get(self.shape_key)
-        return {
-            "request_model": non_empty_str(body.get("model")),
-            "is_streaming": body.get("stream") is True,
-            "max_tokens": as_int(body.get("max_tokens")),
-            "temperature": as_float(body.get("temperature")),
-            "top_p": as_float(body.get("top_p")),
-            "message_count": len(messages) if isinstance(messages, list) else None,
-        }
+        return request_fields(non_empty_str(body.get("model")), body.get("stream") is True,
+                              body.get(self.shape_key), body)
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         if not isinstance(obj, dict):
@@ -52,8 +45,7 @@ class AnthropicMessages:
         kind = obj.get("type") or event
         if kind == "message_start" and isinstance(obj.get("message"), dict):
             message = obj["message"]
-            if facts.model is None:
-                facts.model = non_empty_str(message.get("model"))
+            facts.set_model(message.get("model"))
             if isinstance(message.get("usage"), dict):
                 _apply_usage(facts, message["usage"], with_output=False)
         elif kind == "content_block_delta":
@@ -73,19 +65,15 @@ class AnthropicMessages:
         elif kind == "message_stop":
             facts.terminated = True
         elif kind == "error" or event == "error":
-            found = error_from_object(obj) or (None, None)
-            facts.set_error(found[0] or "stream_error", found[1])
+            read_stream_error(facts, obj)
         return False
 
     def on_body(self, facts: ResponseFacts, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
-        found = error_from_object(obj)
-        if found is not None:
-            facts.set_error(found[0] or "error", found[1])
+        if read_error(facts, obj):
             return
-        if facts.model is None:
-            facts.model = non_empty_str(obj.get("model"))
+        facts.set_model(obj.get("model"))
         if non_empty_str(obj.get("stop_reason")):
             facts.finish_reason = obj["stop_reason"]
         for block in obj.get("content") or ():

@@ -43,6 +43,11 @@ class ResponseFacts:
             self.error_type = error_type or "error"
             self.error_message = truncate(message)
 
+    def set_model(self, value: Any) -> None:
+        """Keeps the first non-empty model: a stream repeats it (Azure's first chunk leaves it empty)."""
+        if self.model is None:
+            self.model = non_empty_str(value)
+
 
 class WireFormat(Protocol):
     """One API's request and response shape (e.g. OpenAI Chat Completions)."""
@@ -95,3 +100,20 @@ def as_float(value: Any) -> float | None:
 
 def non_empty_str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def request_fields(model: str | None, streaming: bool, messages: Any = None, settings: Any = None, *,
+                   max_tokens_keys: tuple[str, ...] = ("max_tokens",), top_p_key: str = "top_p") -> dict[str, Any]:
+    """The request columns every format fills in. `settings` is where the API keeps its sampling
+    settings (the body itself, or an object such as Gemini's `generationConfig`), read under the
+    API's own names; the first of `max_tokens_keys` that is set wins. Wrong types are unknown."""
+    settings = settings if isinstance(settings, dict) else {}
+    max_tokens = next((settings[key] for key in max_tokens_keys if settings.get(key) is not None), None)
+    return {
+        "request_model": model,
+        "is_streaming": streaming,
+        "max_tokens": as_int(max_tokens),
+        "temperature": as_float(settings.get("temperature")),
+        "top_p": as_float(settings.get(top_p_key)),
+        "message_count": len(messages) if isinstance(messages, list) else None,
+    }

@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from .anthropic_messages import AnthropicMessages
-from .base import ResponseFacts, as_float, as_int, non_empty_str
-from .errors import error_from_object
+from .base import ResponseFacts, as_int, non_empty_str, request_fields
+from .errors import read_error
 
 _MODEL = re.compile(r"/model/([^/]+)/")
 EXCEPTION_PREFIX = "exception:"
@@ -50,17 +50,8 @@ class BedrockConverse:
         return "/model/" in path and path.endswith(("/converse", "/converse-stream")) and self.shape_key in body
 
     def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        config = body.get("inferenceConfig")
-        config = config if isinstance(config, dict) else {}
-        messages = body.get(self.shape_key)
-        return {
-            "request_model": model_from_path(path),
-            "is_streaming": path.endswith("/converse-stream"),
-            "max_tokens": as_int(config.get("maxTokens")),
-            "temperature": as_float(config.get("temperature")),
-            "top_p": as_float(config.get("topP")),
-            "message_count": len(messages) if isinstance(messages, list) else None,
-        }
+        return request_fields(model_from_path(path), path.endswith("/converse-stream"), body.get(self.shape_key),
+                              body.get("inferenceConfig"), max_tokens_keys=("maxTokens",), top_p_key="topP")
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         if not isinstance(obj, dict) or _read_exception(facts, event, obj):
@@ -87,9 +78,9 @@ class BedrockConverse:
         if not isinstance(obj, dict):
             return
         if "output" not in obj and "usage" not in obj:
-            found = error_from_object(obj) or (None, obj.get("message") or obj.get("Message"))
-            if found[1] is not None:
-                facts.set_error(found[0] or "bedrock_error", found[1])
+            message = obj.get("message") or obj.get("Message")
+            if not read_error(facts, obj, "bedrock_error") and message is not None:
+                facts.set_error("bedrock_error", message)
             return
         facts.finish_reason = non_empty_str(obj.get("stopReason"))
         if isinstance(obj.get("usage"), dict):

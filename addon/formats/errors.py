@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from .base import truncate
+from .base import ResponseFacts, truncate
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
@@ -30,6 +30,22 @@ def error_from_object(obj: Any) -> tuple[str | None, str | None] | None:
     if obj.get("object") == "error" or obj.get("type") == "error":
         return _kind(obj), _message(obj)
     return None
+
+
+def read_error(facts: ResponseFacts, obj: Any, default_type: str = "error") -> bool:
+    """Records `obj`'s error envelope, if it is one (typed `default_type` when it names no
+    type); True when it was."""
+    found = error_from_object(obj)
+    if found is None:
+        return False
+    facts.set_error(found[0] or default_type, found[1])
+    return True
+
+
+def read_stream_error(facts: ResponseFacts, obj: Any) -> None:
+    """An event the stream itself marks as an error fails the call, whatever its shape."""
+    if not read_error(facts, obj, "stream_error"):
+        facts.set_error("stream_error", None)
 
 
 def _kind(err: dict[str, Any]) -> str | None:

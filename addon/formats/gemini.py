@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from .base import ResponseFacts, as_float, as_int, non_empty_str
-from .errors import error_from_object
+from .base import ResponseFacts, as_int, non_empty_str, request_fields
+from .errors import read_error
 
 GENERATE = ":generateContent"
 STREAM = ":streamGenerateContent"
@@ -43,16 +43,8 @@ class GeminiGenerateContent:
 
     def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         config = body.get("generationConfig") or body.get("generation_config")
-        config = config if isinstance(config, dict) else {}
-        contents = body.get(self.shape_key)
-        return {
-            "request_model": model_from_path(path),
-            "is_streaming": path.endswith(STREAM),
-            "max_tokens": as_int(config.get("maxOutputTokens")),
-            "temperature": as_float(config.get("temperature")),
-            "top_p": as_float(config.get("topP")),
-            "message_count": len(contents) if isinstance(contents, list) else None,
-        }
+        return request_fields(model_from_path(path), path.endswith(STREAM), body.get(self.shape_key), config,
+                              max_tokens_keys=("maxOutputTokens",), top_p_key="topP")
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         if not isinstance(obj, dict):
@@ -74,12 +66,9 @@ class GeminiGenerateContent:
     def on_body(self, facts: ResponseFacts, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
-        found = error_from_object(obj)
-        if found is not None:
-            facts.set_error(found[0] or "error", found[1])
+        if read_error(facts, obj):
             return
-        if facts.model is None:
-            facts.model = non_empty_str(obj.get("modelVersion"))
+        facts.set_model(obj.get("modelVersion"))
         for candidate in _list(obj.get("candidates")):
             if non_empty_str(candidate.get("finishReason")):
                 facts.finish_reason = candidate["finishReason"]

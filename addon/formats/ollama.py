@@ -12,31 +12,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ResponseFacts, as_float, as_int, non_empty_str
-from .errors import error_from_object
+from .base import ResponseFacts, as_int, non_empty_str, request_fields
+from .errors import read_error
 
 
 class OllamaChat:
     operation = "chat"
     path_suffix = "/api/chat"
     shape_key = "messages"
+    messages_key: str | None = "messages"
     array_streams = False
 
     def matches(self, path: str, body: dict[str, Any]) -> bool:
         return path.endswith(self.path_suffix) and self.shape_key in body and "model" in body
 
     def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        options = body.get("options")
-        options = options if isinstance(options, dict) else {}
-        items = body.get(self.shape_key)
-        return {
-            "request_model": non_empty_str(body.get("model")),
-            "is_streaming": body.get("stream") is not False,
-            "max_tokens": as_int(options.get("num_predict")),
-            "temperature": as_float(options.get("temperature")),
-            "top_p": as_float(options.get("top_p")),
-            "message_count": len(items) if isinstance(items, list) else None,
-        }
+        messages = body.get(self.messages_key) if self.messages_key else None
+        return request_fields(non_empty_str(body.get("model")), body.get("stream") is not False, messages,
+                              body.get("options"), max_tokens_keys=("num_predict",))
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         if not isinstance(obj, dict):
@@ -50,12 +43,9 @@ class OllamaChat:
     def on_body(self, facts: ResponseFacts, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
-        found = error_from_object(obj)
-        if found is not None:
-            facts.set_error(found[0] or "ollama_error", found[1])
+        if read_error(facts, obj, "ollama_error"):
             return
-        if facts.model is None:
-            facts.model = non_empty_str(obj.get("model"))
+        facts.set_model(obj.get("model"))
         message = obj.get("message")
         if isinstance(message, dict) and message.get("tool_calls"):
             facts.tool_calls = True
@@ -81,11 +71,7 @@ class OllamaGenerate(OllamaChat):
     operation = "text_completion"
     path_suffix = "/api/generate"
     shape_key = "prompt"
-
-    def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        fields = super().request_fields(path, body)
-        fields["message_count"] = None  # a prompt is not a list of messages
-        return fields
+    messages_key = None  # a prompt is not a list of messages
 
     def _output(self, obj: dict[str, Any]) -> tuple[bool, bool]:
         return bool(obj.get("response")), bool(obj.get("thinking"))

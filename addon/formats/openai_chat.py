@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from .azure import requested_model
-from .base import ResponseFacts, as_float, as_int, non_empty_str
-from .errors import error_from_object
+from .base import ResponseFacts, as_int, non_empty_str, request_fields
+from .errors import read_error, read_stream_error
 
 # Delta keys that carry generated output. Reasoning and tool-call deltas count for time to
 # first token: the model is producing tokens, the user is just not shown them as text.
@@ -24,31 +24,22 @@ class OpenAIChat:
     operation = "chat"
     path_suffix = "/chat/completions"
     shape_key = "messages"
+    messages_key: str | None = "messages"
     array_streams = False
 
     def matches(self, path: str, body: dict[str, Any]) -> bool:
         return path.endswith(self.path_suffix) and self.shape_key in body
 
     def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        messages = body.get(self.shape_key)
-        max_tokens = body.get("max_tokens")
-        if max_tokens is None:
-            max_tokens = body.get("max_completion_tokens")
-        return {
-            "request_model": requested_model(path, body),
-            "is_streaming": body.get("stream") is True,
-            "max_tokens": as_int(max_tokens),
-            "temperature": as_float(body.get("temperature")),
-            "top_p": as_float(body.get("top_p")),
-            "message_count": len(messages) if isinstance(messages, list) else None,
-        }
+        messages = body.get(self.messages_key) if self.messages_key else None
+        return request_fields(requested_model(path, body), body.get("stream") is True, messages, body,
+                              max_tokens_keys=("max_tokens", "max_completion_tokens"))
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         if not isinstance(obj, dict):
             return False
         if event == "error" or obj.get("error"):
-            found = error_from_object(obj) or (None, None)
-            facts.set_error(found[0] or "stream_error", found[1])
+            read_stream_error(facts, obj)
         choices = _choices(obj)
         self._read_common(facts, obj, choices)
         generated = text = False
@@ -69,14 +60,12 @@ class OpenAIChat:
     def on_body(self, facts: ResponseFacts, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
-        found = error_from_object(obj)
-        if found is not None:
-            facts.set_error(found[0] or "error", found[1])
+        read_error(facts, obj)
         self._read_common(facts, obj)
 
     def _read_common(self, facts: ResponseFacts, obj: dict[str, Any],
                      choices: list[dict[str, Any]] | None = None) -> None:
-        if facts.model is None:
+        if facts.model is None:  # facts.set_model, inline: this runs once per chunk
             facts.model = non_empty_str(obj.get("model"))
         for choice in _choices(obj) if choices is None else choices:
             reason = choice.get("finish_reason")
@@ -87,7 +76,7 @@ class OpenAIChat:
             groq = obj.get("x_groq")
             usage = groq.get("usage") if isinstance(groq, dict) else None
         if isinstance(usage, dict):
-            _apply_usage(facts, usage)
+            apply_usage(facts, usage)
         elif isinstance(obj.get("timings"), dict) and facts.prompt_tokens is None:
             _apply_llama_cpp_timings(facts, obj["timings"])
 
@@ -101,19 +90,22 @@ def _choices(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in choices if isinstance(c, dict)]
 
 
-def _apply_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
-    """Usage is cumulative wherever it repeats: the last block replaces, never adds."""
-    facts.prompt_tokens = as_int(usage.get("prompt_tokens"))
-    facts.completion_tokens = as_int(usage.get("completion_tokens"))
+def apply_usage(facts: ResponseFacts, usage: dict[str, Any], input_key: str = "prompt_tokens",
+                output_key: str = "completion_tokens") -> None:
+    """OpenAI's usage block, under Chat's names or the Responses API's (`input_tokens`,
+    `output_tokens`), each with its `…_details`. Usage is cumulative wherever it repeats: the last
+    block replaces, never adds."""
+    facts.prompt_tokens = as_int(usage.get(input_key))
+    facts.completion_tokens = as_int(usage.get(output_key))
     facts.total_tokens = as_int(usage.get("total_tokens"))
-    prompt_details = usage.get("prompt_tokens_details")
-    cached = prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
-    if cached is None:
-        cached = usage.get("prompt_cache_hit_tokens")  # DeepSeek's own name
+    input_details = usage.get(input_key + "_details")
+    cached = input_details.get("cached_tokens") if isinstance(input_details, dict) else None
+    if cached is None and input_key == "prompt_tokens":
+        cached = usage.get("prompt_cache_hit_tokens")  # DeepSeek's own name, on Chat only
     facts.cached_tokens = as_int(cached)
-    completion_details = usage.get("completion_tokens_details")
-    if isinstance(completion_details, dict):
-        facts.reasoning_tokens = as_int(completion_details.get("reasoning_tokens"))
+    output_details = usage.get(output_key + "_details")
+    if isinstance(output_details, dict):
+        facts.reasoning_tokens = as_int(output_details.get("reasoning_tokens"))
     else:
         facts.reasoning_tokens = None
 
@@ -137,8 +129,4 @@ class OpenAICompletions(OpenAIChat):
     operation = "text_completion"
     path_suffix = "/completions"
     shape_key = "prompt"
-
-    def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        fields = super().request_fields(path, body)
-        fields["message_count"] = None  # a prompt is not a list of messages
-        return fields
+    messages_key = None  # a prompt is not a list of messages

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from .azure import requested_model
-from .base import ResponseFacts, as_int, non_empty_str
-from .errors import error_from_object
+from .base import ResponseFacts, as_int, request_fields
+from .errors import read_error
 
 
 class OpenAIEmbeddings:
@@ -21,14 +21,7 @@ class OpenAIEmbeddings:
         return path.endswith(self.path_suffix) and self.shape_key in body
 
     def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "request_model": requested_model(path, body),
-            "is_streaming": False,
-            "max_tokens": None,
-            "temperature": None,
-            "top_p": None,
-            "message_count": None,
-        }
+        return request_fields(requested_model(path, body), False)  # no sampling settings
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         self.on_body(facts, obj)  # no API streams embeddings; read one anyway
@@ -37,11 +30,8 @@ class OpenAIEmbeddings:
     def on_body(self, facts: ResponseFacts, obj: Any) -> None:
         if not isinstance(obj, dict):
             return
-        found = error_from_object(obj)
-        if found is not None:
-            facts.set_error(found[0] or "error", found[1])
-        if facts.model is None:
-            facts.model = non_empty_str(obj.get("model"))
+        read_error(facts, obj)
+        facts.set_model(obj.get("model"))
         usage = obj.get("usage")
         if isinstance(usage, dict):
             facts.prompt_tokens = as_int(usage.get("prompt_tokens"))

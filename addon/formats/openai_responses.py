@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from .azure import requested_model
-from .base import ResponseFacts, as_float, as_int, non_empty_str
-from .errors import error_from_object
+from .base import ResponseFacts, non_empty_str, request_fields
+from .errors import read_error, read_stream_error
+from .openai_chat import apply_usage
 
 _TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 # Deltas of generated output. Reasoning, refusals and tool arguments count for time to first
@@ -44,23 +45,15 @@ class OpenAIResponses:
         return path.endswith(self.path_suffix) and ("input" in body or "prompt" in body)
 
     def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        items = body.get("input")
-        return {
-            "request_model": requested_model(path, body),
-            "is_streaming": body.get("stream") is True,
-            "max_tokens": as_int(body.get("max_output_tokens")),
-            "temperature": as_float(body.get("temperature")),
-            "top_p": as_float(body.get("top_p")),
-            "message_count": len(items) if isinstance(items, list) else None,
-        }
+        return request_fields(requested_model(path, body), body.get("stream") is True, body.get("input"), body,
+                              max_tokens_keys=("max_output_tokens",))
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         if not isinstance(obj, dict):
             return False
         kind = obj.get("type") or event
         if kind == "error" or event == "error":
-            found = error_from_object(obj if "error" in obj else {"error": obj}) or (None, None)
-            facts.set_error(found[0] or "stream_error", found[1])
+            read_stream_error(facts, obj if "error" in obj else {"error": obj})
             return False
         response = obj.get("response")
         if isinstance(response, dict):
@@ -85,13 +78,10 @@ class OpenAIResponses:
         if obj.get("object") == "response" or "output" in obj or "status" in obj:
             self._read_response(facts, obj, final=True)
             return
-        found = error_from_object(obj)
-        if found is not None:
-            facts.set_error(found[0] or "error", found[1])
+        read_error(facts, obj)
 
     def _read_response(self, facts: ResponseFacts, response: dict[str, Any], *, final: bool) -> None:
-        if facts.model is None:
-            facts.model = non_empty_str(response.get("model"))
+        facts.set_model(response.get("model"))
         if not final:
             return
         status = non_empty_str(response.get("status"))
@@ -105,22 +95,9 @@ class OpenAIResponses:
                 facts.tool_calls = True
         error = response.get("error")
         if isinstance(error, dict):
-            found = error_from_object({"error": error}) or (None, None)
-            facts.set_error(found[0] or "response_failed", found[1])
+            read_error(facts, {"error": error}, "response_failed")
         elif status == "failed":
             facts.set_error("response_failed", "the response ended with status failed")
         usage = response.get("usage")
         if isinstance(usage, dict):
-            apply_responses_usage(facts, usage)
-
-
-def apply_responses_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
-    facts.prompt_tokens = as_int(usage.get("input_tokens"))
-    facts.completion_tokens = as_int(usage.get("output_tokens"))
-    facts.total_tokens = as_int(usage.get("total_tokens"))
-    input_details = usage.get("input_tokens_details")
-    facts.cached_tokens = as_int(input_details.get("cached_tokens")) if isinstance(input_details, dict) else None
-    output_details = usage.get("output_tokens_details")
-    facts.reasoning_tokens = (
-        as_int(output_details.get("reasoning_tokens")) if isinstance(output_details, dict) else None
-    )
+            apply_usage(facts, usage, "input_tokens", "output_tokens")
