@@ -12,7 +12,8 @@ from . import fmt
 from .layout import Column, FitTable
 from .indexes import RUN_KEYS
 from .percentiles import (
-    MAX_RUNS_PER_GROUP, merged_values_at_ranks, nearest_rank, ranked_pass, run_samples, runs_serve_ranks, streams_from_index,
+    MAX_RUNS_PER_GROUP, merged_values_at_ranks, nearest_rank, ranked_in_memory, ranked_pass, run_samples,
+    runs_serve_ranks, streams_from_index,
 )
 from .selection import Selection
 from .source import Source
@@ -29,6 +30,9 @@ DIMENSIONS = {
     "day": "substr(timestamp, 1, 10)",
 }
 DEFAULT_GROUPINGS: tuple[tuple[str, ...], ...] = (("model",), ("provider", "host"), ("origin",))
+# Up to this many selected calls, percentiles without index runs are sorted in memory from one
+# read of the rows (a day of a million-call month: 33k); beyond it, streamed by sorted passes.
+IN_MEMORY_MAX_CALLS = 250_000
 TIME_DIMENSIONS = {"hour", "day"}  # their tables run in time order; the others, most calls first
 
 
@@ -106,19 +110,27 @@ def load_groups(
     positions = [[list(keys).index(e) for e in dims] for dims in exprs]
     totals = [merge(combos, pos) for pos in positions]
     found: list[dict[str, dict]] = [{} for _ in groupings]
-    samples = None
-    for metric in METRICS:
-        wanted = [_wanted(t, metric) for t in totals]
-        runs = [_runs(combos, pos, metric) for pos in positions]
-        if _runs_usable(src, selection, keys, metric, runs):
-            if samples is None:  # one sample serves every metric
-                samples = run_samples(src, keys, [m.column for m in METRICS])
-            counts = [{k: _count(t[k], metric) for k in w} for t, w in zip(totals, wanted)]
-            values = merged_values_at_ranks(src, keys, metric.column, runs, wanted, counts, samples[metric.column])
-        else:
-            values = ranked_pass(src, selection, exprs, metric.column, wanted)
+    wanted = {metric: [_wanted(t, metric) for t in totals] for metric in METRICS}
+    runs = {metric: [_runs(combos, pos, metric) for pos in positions] for metric in METRICS}
+    walked = [m for m in METRICS if _runs_usable(src, selection, keys, m, runs[m])]
+    if walked:  # one sample serves every metric
+        samples = run_samples(src, keys, [m.column for m in METRICS])
+    for metric in walked:
+        counts = [{k: _count(t[k], metric) for k in w} for t, w in zip(totals, wanted[metric])]
+        values = merged_values_at_ranks(src, keys, metric.column, runs[metric], wanted[metric], counts, samples[metric.column])
         for per_grouping, v in zip(found, values):
             per_grouping[metric.field] = v
+    rest = [m for m in METRICS if m not in walked]
+    if rest and sum(c.requests for c in combos.values()) <= IN_MEMORY_MAX_CALLS:
+        per_metric = ranked_in_memory(src, selection, exprs, [m.column for m in rest], [wanted[m] for m in rest])
+        for metric, values in zip(rest, per_metric):
+            for per_grouping, v in zip(found, values):
+                per_grouping[metric.field] = v
+    else:
+        for metric in rest:
+            values = ranked_pass(src, selection, exprs, metric.column, wanted[metric])
+            for per_grouping, v in zip(found, values):
+                per_grouping[metric.field] = v
     return [_table(src, dims, t, f) for dims, t, f in zip(groupings, totals, found)]
 
 

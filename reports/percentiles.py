@@ -68,6 +68,39 @@ def ranked_pass(
     return [{key: group[2] for key, group in state.items()} for state in states]
 
 
+def ranked_in_memory(
+    src: Source, selection: Selection, groupings: Sequence[Sequence[str]], values: Sequence[str], wanted: Sequence[Sequence[Wanted]]
+) -> list[list[Found]]:
+    """`ranked_pass` for every value at once, for a selection small enough to hold (a day of a
+    busy proxy): one query reads the keys and values, each group's values are sorted here.
+    `wanted[m][i]`: value m, grouping i; returns found values in the same shape."""
+    exprs = list(dict.fromkeys(e for grouping in groupings for e in grouping))
+    where, params = selection.where(src.param)
+    positions = [[exprs.index(e) for e in grouping] for grouping in groupings]
+    # value -> grouping -> group key -> values
+    lists: list[list[dict]] = [[{} for _ in groupings] for _ in values]
+    combos: dict[tuple, list] = {}  # each combination of keys seen -> its group in every grouping
+    for row in src.db.execute_sql(f"SELECT {', '.join([*exprs, *values])} FROM {TABLE}{where}", params):
+        combo = row[: len(exprs)]
+        groups = combos.get(combo)
+        if groups is None:
+            groups = combos[combo] = [tuple(combo[i] for i in pos) for pos in positions]
+        for m, v in enumerate(row[len(exprs):]):
+            if v is not None:
+                for by_group, key in zip(lists[m], groups):
+                    by_group.setdefault(key, []).append(v)
+    found: list[list[Found]] = []
+    for per_value, wanted_per_grouping in zip(lists, wanted):
+        found.append([])
+        for by_group, w in zip(per_value, wanted_per_grouping):
+            at: Found = {}
+            for key, ranks in w.items():
+                ordered = sorted(by_group.get(key, ()))
+                at[key] = {rank: ordered[rank - 1] for rank in ranks if rank <= len(ordered)}
+            found[-1].append(at)
+    return found
+
+
 # SQLite's default limit on the arms of one compound SELECT (SQLITE_MAX_COMPOUND_SELECT).
 MAX_RUNS_PER_GROUP = 500
 SAMPLE_EVERY = 32  # 1 row in SAMPLE_EVERY is in the sample that bounds are taken from
