@@ -79,16 +79,22 @@ def ranked_in_memory(
     positions = [[exprs.index(e) for e in grouping] for grouping in groupings]
     # value -> grouping -> group key -> values
     lists: list[list[dict]] = [[{} for _ in groupings] for _ in values]
-    combos: dict[tuple, list] = {}  # each combination of keys seen -> its group in every grouping
+    # Each combination of keys seen -> per value, the lists of its group in every grouping, so a
+    # row costs one dict lookup and an append per value and grouping.
+    combos: dict[tuple, list[list[list]]] = {}
+    width = len(exprs)
     for row in src.db.execute_sql(f"SELECT {', '.join([*exprs, *values])} FROM {TABLE}{where}", params):
-        combo = row[: len(exprs)]
-        groups = combos.get(combo)
-        if groups is None:
-            groups = combos[combo] = [tuple(combo[i] for i in pos) for pos in positions]
-        for m, v in enumerate(row[len(exprs):]):
+        combo = row[:width]
+        targets = combos.get(combo)
+        if targets is None:
+            keys = [tuple(combo[i] for i in pos) for pos in positions]
+            targets = combos[combo] = [
+                [by_group.setdefault(key, []) for by_group, key in zip(per_value, keys)] for per_value in lists
+            ]
+        for v, into in zip(row[width:], targets):
             if v is not None:
-                for by_group, key in zip(lists[m], groups):
-                    by_group.setdefault(key, []).append(v)
+                for values_of_group in into:
+                    values_of_group.append(v)
     found: list[list[Found]] = []
     for per_value, wanted_per_grouping in zip(lists, wanted):
         found.append([])
