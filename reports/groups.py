@@ -11,10 +11,8 @@ from rich.text import Text
 from . import fmt
 from .layout import Column, FitTable
 from .indexes import RUN_KEYS
-from .percentiles import (
-    MAX_RUNS_PER_GROUP, merged_values_at_ranks, nearest_rank, ranked_in_memory, ranked_pass, run_samples,
-    runs_serve_ranks, streams_from_index,
-)
+from .percentiles import nearest_rank, ranked_in_memory, ranked_pass
+from .runs import MAX_RUNS_PER_GROUP, merged_values_at_ranks, run_samples, runs_serve_ranks, streams_from_index
 from .selection import Selection
 from .source import Source
 from .totals import Totals, merge, totals_sql

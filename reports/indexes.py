@@ -6,13 +6,13 @@ SQLite must sort (it has no hash aggregation and no percentile function) and the
 takes several seconds; with them it reads index runs in order (numbers: `python bench/reports.py`).
 
 The report never creates or requires them: it opens the database read-only, and before using
-one it asks SQLite's query planner whether the index serves the query (`reports.percentiles.
+one it asks SQLite's query planner whether the index serves the query (`reports.runs.
 streams_from_index`), so a database without them gets the same numbers, only slower. The step
 freezes its own SQL; this module only names what the report relies on:
 
 - RUN_KEYS lead every value index: each combination of them (a "run") is one contiguous range of
   the index, sorted by the value. A report group (a model, a provider/host, an origin) is a few
-  runs, which SQLite merges in order without sorting (`reports.percentiles`).
+  runs, which SQLite merges in order without sorting (`reports.runs`).
 - `report_calls` holds the run keys, then `response_time_ms`, then every column the counts and
   sums need: the totals per run in one ordered pass, the latency runs, the slowest calls.
 - `report_ttft` and `report_tps` are the runs of time to first token and tokens/s, only for

@@ -10,7 +10,7 @@ from rich.text import Text
 from . import fmt
 from .layout import Column, FitTable
 from .indexes import RUN_KEYS
-from .percentiles import runs_serve_ranks
+from .runs import runs_serve_ranks
 from .selection import TABLE, Selection
 from .source import Source
 

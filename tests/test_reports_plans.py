@@ -10,11 +10,12 @@ from datetime import datetime, timezone
 import pytest
 
 import reports.groups
-import reports.percentiles
+import reports.runs
 from reports.groups import DEFAULT_GROUPINGS, LATENCY, TOKENS_PER_SECOND, TTFT, reads_indexes_only
 from reports.indexes import REPORT_INDEXES, RUN_KEYS
-from reports.percentiles import MAX_RUNS_PER_GROUP, SAMPLE_BLOCK, SAMPLE_EVERY, nearest_rank, runs_serve_ranks
+from reports.percentiles import nearest_rank
 from reports.report import load_report
+from reports.runs import MAX_RUNS_PER_GROUP, SAMPLE_BLOCK, SAMPLE_EVERY, runs_serve_ranks
 from reports.selection import Selection, parse_when
 from reports.source import open_source
 from reports.totals import totals_sql
@@ -91,13 +92,13 @@ def many_rows(n: int, seed: int) -> list[dict]:
 
 def walks(monkeypatch) -> list:
     """Records every rank walk's plan (the real function still runs)."""
-    seen, real = [], reports.percentiles._walk
+    seen, real = [], reports.runs._walk
 
     def recording(src, keys, value, plan):
         seen.append(plan)
         return real(src, keys, value, plan)
 
-    monkeypatch.setattr(reports.percentiles, "_walk", recording)
+    monkeypatch.setattr(reports.runs, "_walk", recording)
     return seen
 
 
