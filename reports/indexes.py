@@ -20,8 +20,11 @@ freezes its own SQL; this module only names what the report relies on:
 - `report_errors` holds the failed calls only, for the errors section and the timeline.
 
 Why one index per value over all run keys, not one per grouping and value: a value-ordered index
-puts each new row on a random page, which the writer pays for on every insert (about 60 us a row
-on a million-row file, bench/reports.py --inserts), so the report gets three of them, not nine.
+puts each new row on a random page, which the writer pays for on every insert (appending to a
+million-call file with these, plain executemany does 5,900 rows/s instead of 39,000:
+`python bench/reports.py --inserts`), so the report gets three of them, not nine. Walking a
+merge of runs costs more than walking one index; `reports.runs` keeps most of each walk inside
+single runs, so the default view over a million calls still takes about 1.5 s (docs/benchmarks.md).
 """
 
 RUN_KEYS: tuple[str, ...] = ("model", "provider", "host", "origin")
