@@ -10,7 +10,9 @@ from rich.text import Text
 
 from . import fmt
 from .layout import Column, FitTable
-from .percentiles import indexed_values_at_ranks, index_serves_ranks, nearest_rank, ranked_pass, streams_from_index
+from .indexes import RUN_KEYS
+from .percentiles import nearest_rank, ranked_in_memory, ranked_pass
+from .runs import MAX_RUNS_PER_GROUP, merged_values_at_ranks, run_samples, runs_serve_ranks, streams_from_index
 from .selection import Selection
 from .source import Source
 from .totals import Totals, merge, totals_sql
@@ -26,6 +28,9 @@ DIMENSIONS = {
     "day": "substr(timestamp, 1, 10)",
 }
 DEFAULT_GROUPINGS: tuple[tuple[str, ...], ...] = (("model",), ("provider", "host"), ("origin",))
+# Up to this many selected calls, percentiles without index runs are sorted in memory from one
+# read of the rows (a day of a million-call month: 33k); beyond it, streamed by sorted passes.
+IN_MEMORY_MAX_CALLS = 250_000
 TIME_DIMENSIONS = {"hour", "day"}  # their tables run in time order; the others, most calls first
 
 
@@ -92,24 +97,38 @@ def key_value(dim: str, raw: str | None) -> str | None:
 
 
 def load_groups(
-    src: Source, selection: Selection, groupings: Sequence[tuple[str, ...]], combos: dict[tuple, Totals]
+    src: Source,
+    selection: Selection,
+    groupings: Sequence[tuple[str, ...]],
+    keys: Sequence[str],
+    combos: dict[tuple, Totals],
 ) -> list[GroupTable]:
-    """One table per grouping. `combos` are the totals per combination of `combo_keys(groupings)`."""
+    """One table per grouping. `combos` are the totals per combination of `keys` (see `totals_keys`)."""
     exprs = [tuple(DIMENSIONS[d] for d in dims) for dims in groupings]
-    keys = combo_keys(groupings)
-    totals = [merge(combos, [keys.index(e) for e in dims]) for dims in exprs]
+    positions = [[list(keys).index(e) for e in dims] for dims in exprs]
+    totals = [merge(combos, pos) for pos in positions]
     found: list[dict[str, dict]] = [{} for _ in groupings]
-    for metric in METRICS:
-        wanted = [_wanted(t, metric) for t in totals]
-        if _ranks_from_indexes(src, selection, exprs, metric):
-            values = [
-                indexed_values_at_ranks(src, dims, metric.column, w, {k: _count(t[k], metric) for k in w})
-                for dims, w, t in zip(exprs, wanted, totals)
-            ]
-        else:
-            values = ranked_pass(src, selection, exprs, metric.column, wanted)
+    wanted = {metric: [_wanted(t, metric) for t in totals] for metric in METRICS}
+    runs = {metric: [_runs(combos, pos, metric) for pos in positions] for metric in METRICS}
+    walked = [m for m in METRICS if _runs_usable(src, selection, keys, m, runs[m])]
+    if walked:  # one sample serves every metric
+        samples = run_samples(src, keys, [m.column for m in METRICS])
+    for metric in walked:
+        counts = [{k: _count(t[k], metric) for k in w} for t, w in zip(totals, wanted[metric])]
+        values = merged_values_at_ranks(src, keys, metric.column, runs[metric], wanted[metric], counts, samples[metric.column])
         for per_grouping, v in zip(found, values):
             per_grouping[metric.field] = v
+    rest = [m for m in METRICS if m not in walked]
+    if rest and sum(c.requests for c in combos.values()) <= IN_MEMORY_MAX_CALLS:
+        per_metric = ranked_in_memory(src, selection, exprs, [m.column for m in rest], [wanted[m] for m in rest])
+        for metric, values in zip(rest, per_metric):
+            for per_grouping, v in zip(found, values):
+                per_grouping[metric.field] = v
+    else:
+        for metric in rest:
+            values = ranked_pass(src, selection, exprs, metric.column, wanted[metric])
+            for per_grouping, v in zip(found, values):
+                per_grouping[metric.field] = v
     return [_table(src, dims, t, f) for dims, t, f in zip(groupings, totals, found)]
 
 
@@ -118,19 +137,39 @@ def combo_keys(groupings: Sequence[tuple[str, ...]]) -> list[str]:
     return list(dict.fromkeys(DIMENSIONS[d] for dims in groupings for d in dims))
 
 
+def totals_keys(src: Source, selection: Selection, groupings: Sequence[tuple[str, ...]]) -> list[str]:
+    """What to count and sum by: the index's run keys when SQLite reads a whole table's totals
+    from that index in order and every grouping is made of runs, else the groupings' own keys."""
+    keys = combo_keys(groupings)
+    if not (src.is_sqlite and selection.is_everything and set(keys) <= set(RUN_KEYS)):
+        return keys
+    sql, params = totals_sql(src, selection, RUN_KEYS)
+    return list(RUN_KEYS) if streams_from_index(src, sql, params) else keys
+
+
 def reads_indexes_only(src: Source, selection: Selection, groupings: Sequence[tuple[str, ...]]) -> bool:
     """Whether this report reads SQLite's indexes only: totals in one ordered index scan and
-    every percentile by index lookups (what the benchmark and tests check)."""
-    exprs = [tuple(DIMENSIONS[d] for d in dims) for dims in groupings]
-    sql, params = totals_sql(src, selection, combo_keys(groupings))
-    return streams_from_index(src, sql, params) and all(_ranks_from_indexes(src, selection, exprs, m) for m in METRICS)
+    every percentile by walks through merged index runs (what the benchmark and tests check)."""
+    keys = totals_keys(src, selection, groupings)
+    return keys == list(RUN_KEYS) and all(runs_serve_ranks(src, keys, m.column) for m in METRICS)
 
 
-def _ranks_from_indexes(src: Source, selection: Selection, exprs, metric: Metric) -> bool:
-    """SQLite, whole table, and an index on (keys…, column) for every grouping."""
+def _runs(combos: dict[tuple, Totals], positions: Sequence[int], metric: Metric) -> dict[tuple, list[tuple]]:
+    """Group key -> the combinations in it that have values of `metric`."""
+    runs: dict[tuple, list[tuple]] = {}
+    for key, group in combos.items():
+        if _count(group, metric):
+            runs.setdefault(tuple(key[i] for i in positions), []).append(key)
+    return runs
+
+
+def _runs_usable(src: Source, selection: Selection, keys, metric: Metric, runs: list[dict]) -> bool:
+    """SQLite, whole table, totals by run, an index serving runs of this metric, and no group of
+    more runs than one merge takes."""
     return (
-        src.is_sqlite and selection.is_everything
-        and all(index_serves_ranks(src, dims, metric.column) for dims in exprs)
+        src.is_sqlite and selection.is_everything and list(keys) == list(RUN_KEYS)
+        and all(len(members) <= MAX_RUNS_PER_GROUP for r in runs for members in r.values())
+        and runs_serve_ranks(src, keys, metric.column)
     )
 
 

@@ -1,39 +1,33 @@
-"""The indexes that let the report read a large SQLite table without sorting it.
+"""What the report expects of the indexes that migration m005 (`m005_report_indexes`) creates.
 
 The report works without them, exactly, and stays fast on time-limited views (`--since 24h`
 uses the timestamp index every database has). Over a whole table of a million calls, though,
 SQLite must sort (it has no hash aggregation and no percentile function) and the default view
-takes several seconds; with these it takes about a second (numbers: `python bench/reports.py`).
+takes several seconds; with them it reads index runs in order (numbers: `python bench/reports.py`).
 
-The report never creates them: it opens the database read-only. They are listed here for the
-migration that adds them, and for the benchmark and tests, which create them on their own copies.
-What each serves:
+The report never creates or requires them: it opens the database read-only, and before using
+one it asks SQLite's query planner whether the index serves the query (`reports.runs.
+streams_from_index`), so a database without them gets the same numbers, only slower. The step
+freezes its own SQL; this module only names what the report relies on:
 
-- `report_totals` covers every count and sum per (model, provider, host, origin): the overview and
-  all three per-group tables in one pass over the index, in key order, with no sort.
-- `report_<grouping>_<column>` holds one grouping's values in order, so each percentile is one
-  `LIMIT 1 OFFSET k` step inside one group's part of the index (and the slowest calls are the
-  top of each model's part). TTFT and tokens/s exist only for streamed calls: partial indexes.
-- `report_errors` holds the failed calls only (a few percent), for the errors section and the
-  timeline's error counts, which would otherwise read every row (`success` is in it so that
-  SQLite needs nothing else).
+- RUN_KEYS lead every value index: each combination of them (a "run") is one contiguous range of
+  the index, sorted by the value. A report group (a model, a provider/host, an origin) is a few
+  runs, which SQLite merges in order without sorting (`reports.runs`).
+- `report_calls` holds the run keys, then `response_time_ms`, then every column the counts and
+  sums need: the totals per run in one ordered pass, the latency runs, the slowest calls.
+- `report_ttft` and `report_tps` are the runs of time to first token and tokens/s, only for
+  the streamed calls that have them (partial indexes).
+- `report_errors` holds the failed calls only, for the errors section and the timeline.
+
+Why one index per value over all run keys, not one per grouping and value: a value-ordered index
+puts each new row on a random page, which the writer pays for on every insert (appending to a
+million-call file with these, plain executemany does 5,900 rows/s instead of 39,000:
+`python bench/reports.py --inserts`), so the report gets three of them, not nine. Walking a
+merge of runs costs more than walking one index; `reports.runs` keeps most of each walk inside
+single runs, so the default view over a million calls still takes about 1.5 s (docs/benchmarks.md).
 """
 
-_GROUPINGS = (("model", "model"), ("provider_host", "provider, host"), ("origin", "origin"))
+RUN_KEYS: tuple[str, ...] = ("model", "provider", "host", "origin")
 
-RECOMMENDED_INDEXES: tuple[str, ...] = (
-    "CREATE INDEX IF NOT EXISTS report_totals ON completion_requests (model, provider, host, origin, "
-    "success, is_streaming, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, "
-    "time_to_first_token_ms, tokens_per_second, cost_usd)",
-    *(
-        f"CREATE INDEX IF NOT EXISTS report_{name}_{short} ON completion_requests ({keys}, {column}){where}"
-        for name, keys in _GROUPINGS
-        for short, column, where in (
-            ("latency", "response_time_ms", ""),
-            ("ttft", "time_to_first_token_ms", " WHERE time_to_first_token_ms IS NOT NULL"),
-            ("tps", "tokens_per_second", " WHERE tokens_per_second IS NOT NULL"),
-        )
-    ),
-    "CREATE INDEX IF NOT EXISTS report_errors ON completion_requests (status_code, error_type, timestamp, success) "
-    "WHERE NOT success",
-)
+REPORT_INDEXES: tuple[str, ...] = ("report_calls", "report_ttft", "report_tps", "report_errors")
+"""Their names (for the benchmark and tests, which drop them on copies to compare)."""

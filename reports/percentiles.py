@@ -9,10 +9,9 @@ Every percentile is therefore "the value at rank k in group g", and two function
 - `ranked_pass` (portable SQL): one query reads the column sorted, with the group keys beside
   it, and counts ranks for any number of groupings at once while the rows stream past; nothing
   is kept but a counter per group and the values found.
-- `indexed_values_at_ranks` (the SQLite-specific part): when an index on (group…, value) holds
-  the whole table, each rank is one `LIMIT 1 OFFSET k` step inside that index, in milliseconds,
-  where a sort of a million rows would take a second (SQLite has no percentile function and
-  sorts slowly).
+- `ranked_in_memory`: the same for a selection small enough to hold, from one read of its rows.
+- `reports.runs.merged_values_at_ranks` (the SQLite-specific part): walks through the index runs
+  that migration m005 adds, for a whole table.
 """
 
 from __future__ import annotations
@@ -66,38 +65,40 @@ def ranked_pass(
     return [{key: group[2] for key, group in state.items()} for state in states]
 
 
-def _rank_sql(src: Source, dims: Sequence[str], value: str, direction: str = "") -> str:
-    match = " AND ".join(f"{d} IS {src.param}" for d in dims)  # IS: NULL-safe equality
-    return (
-        f"SELECT {value} FROM {TABLE} WHERE {match} AND {value} IS NOT NULL "
-        f"ORDER BY {value}{direction} LIMIT 1 OFFSET {src.param}"
-    )
-
-
-def index_serves_ranks(src: Source, dims: Sequence[str], value: str) -> bool:
-    """Whether SQLite answers a rank lookup of `value` per group of `dims` from an index alone."""
-    return all(
-        streams_from_index(src, _rank_sql(src, dims, value, direction), [None] * len(dims) + [0])
-        for direction in ("", " DESC")
-    )
-
-
-def streams_from_index(src: Source, sql: str, params: list) -> bool:
-    """SQLite's plan reads only indexes, in their order: no table rows, no sort."""
-    steps = [str(row[-1]) for row in src.rows("EXPLAIN QUERY PLAN " + sql, params)]
-    reads = [s for s in steps if s.startswith(("SCAN", "SEARCH"))]
-    return bool(reads) and all("COVERING INDEX" in s for s in reads) and not any("TEMP B-TREE" in s for s in steps)
-
-
-def indexed_values_at_ranks(src: Source, dims: Sequence[str], value: str, wanted: Wanted, counts: dict[Key, int]) -> Found:
-    """Whole table only (the index holds no filter columns); see `index_serves_ranks`. A rank
-    past the middle is walked to from the top, so p99 of n steps over n/100 entries, not 99n/100."""
-    ascending, descending = _rank_sql(src, dims, value), _rank_sql(src, dims, value, " DESC")
-    found: Found = {}
-    for key, ranks in wanted.items():
-        n = counts[key]
-        for rank in ranks:
-            row = src.one(ascending, [*key, rank - 1]) if rank <= n - rank else src.one(descending, [*key, n - rank])
-            if row is not None:
-                found.setdefault(key, {})[rank] = row[0]
+def ranked_in_memory(
+    src: Source, selection: Selection, groupings: Sequence[Sequence[str]], values: Sequence[str], wanted: Sequence[Sequence[Wanted]]
+) -> list[list[Found]]:
+    """`ranked_pass` for every value at once, for a selection small enough to hold (a day of a
+    busy proxy): one query reads the keys and values, each group's values are sorted here.
+    `wanted[m][i]`: value m, grouping i; returns found values in the same shape."""
+    exprs = list(dict.fromkeys(e for grouping in groupings for e in grouping))
+    where, params = selection.where(src.param)
+    positions = [[exprs.index(e) for e in grouping] for grouping in groupings]
+    # value -> grouping -> group key -> values
+    lists: list[list[dict]] = [[{} for _ in groupings] for _ in values]
+    # Each combination of keys seen -> per value, the lists of its group in every grouping, so a
+    # row costs one dict lookup and an append per value and grouping.
+    combos: dict[tuple, list[list[list]]] = {}
+    width = len(exprs)
+    for row in src.db.execute_sql(f"SELECT {', '.join([*exprs, *values])} FROM {TABLE}{where}", params):
+        combo = row[:width]
+        targets = combos.get(combo)
+        if targets is None:
+            keys = [tuple(combo[i] for i in pos) for pos in positions]
+            targets = combos[combo] = [
+                [by_group.setdefault(key, []) for by_group, key in zip(per_value, keys)] for per_value in lists
+            ]
+        for v, into in zip(row[width:], targets):
+            if v is not None:
+                for values_of_group in into:
+                    values_of_group.append(v)
+    found: list[list[Found]] = []
+    for per_value, wanted_per_grouping in zip(lists, wanted):
+        found.append([])
+        for by_group, w in zip(per_value, wanted_per_grouping):
+            at: Found = {}
+            for key, ranks in w.items():
+                ordered = sorted(by_group.get(key, ()))
+                at[key] = {rank: ordered[rank - 1] for rank in ranks if rank <= len(ordered)}
+            found[-1].append(at)
     return found

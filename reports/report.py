@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from .errors import Errors, load_errors, render_errors
-from .groups import DEFAULT_GROUPINGS, DIMENSIONS, GROUP_TABLE_NOTE, GroupTable, combo_keys, load_groups, render_group_table
+from .groups import DEFAULT_GROUPINGS, DIMENSIONS, GROUP_TABLE_NOTE, GroupTable, load_groups, render_group_table, totals_keys
+from .indexes import RUN_KEYS
 from .overview import Overview, empty_overview, load_overview, render_overview
 from .percentiles import METHOD
 from .selection import Selection, utc_text
@@ -131,23 +132,18 @@ def load_report(
     groupings = ((group_by,),) if group_by else DEFAULT_GROUPINGS
     generated = utc_text(now or datetime.now(timezone.utc))
     with src.db.atomic():
-        combos = load_totals(src, selection, combo_keys(groupings))
+        keys = totals_keys(src, selection, groupings)
+        combos = load_totals(src, selection, keys)
         overview = load_overview(src, selection, combos)
         if not overview.requests:
             return empty_report(src.location, selection, src.has_cost, generated, overview)
         return Report(
             src.location, generated, selection, src.has_cost, overview,
-            load_groups(src, selection, groupings, combos),
+            load_groups(src, selection, groupings, keys, combos),
             load_errors(src, selection, top),
             load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds),
-            load_slowest(src, selection, top, _models(groupings, combos)),
+            load_slowest(src, selection, top, combos if keys == list(RUN_KEYS) else ()),
         )
-
-
-def _models(groupings, combos: dict) -> list:
-    """Every model in the selection, when the totals were read by model."""
-    keys = combo_keys(groupings)
-    return sorted({key[keys.index("model")] for key in combos}, key=str) if "model" in keys else []
 
 
 def empty_report(

@@ -9,7 +9,8 @@ from rich.text import Text
 
 from . import fmt
 from .layout import Column, FitTable
-from .percentiles import index_serves_ranks
+from .indexes import RUN_KEYS
+from .runs import runs_serve_ranks
 from .selection import TABLE, Selection
 from .source import Source
 
@@ -31,14 +32,15 @@ _FIELDS = "timestamp, response_time_ms, model, provider, host, origin, status_co
 _ORDER = "response_time_ms DESC, timestamp DESC, id DESC"
 
 
-def load_slowest(src: Source, selection: Selection, top: int, models: Iterable[str | None] = ()) -> list[SlowCall]:
-    """The `top` slowest calls. Over a whole SQLite table with an index on (model,
-    response_time_ms), the slowest of each of `models` (every model there is) are merged instead
-    of reading every row."""
-    models = list(models)
-    if models and src.is_sqlite and selection.is_everything and index_serves_ranks(src, ("model",), "response_time_ms"):
-        sql = f"SELECT {_FIELDS} FROM {TABLE} WHERE model IS {src.param} ORDER BY {_ORDER} LIMIT {int(top)}"
-        rows = [row for model in models for row in src.rows(sql, [model])]
+def load_slowest(src: Source, selection: Selection, top: int, runs: Iterable[tuple] = ()) -> list[SlowCall]:
+    """The `top` slowest calls. Over a whole SQLite table with latencies in index runs (`runs`:
+    every combination of `reports.indexes.RUN_KEYS` there is), the slowest of each run are merged
+    instead of reading every row."""
+    runs = list(runs)
+    if runs and src.is_sqlite and selection.is_everything and runs_serve_ranks(src, RUN_KEYS, "response_time_ms"):
+        match = " AND ".join(f"{k} IS {src.param}" for k in RUN_KEYS)
+        sql = f"SELECT {_FIELDS} FROM {TABLE} WHERE {match} ORDER BY {_ORDER} LIMIT {int(top)}"
+        rows = [row for run in runs for row in src.rows(sql, list(run))]
         rows.sort(key=lambda r: (r[1], r[0], r[-1]), reverse=True)  # as _ORDER
         rows = rows[:top]
     else:

@@ -132,9 +132,21 @@ EXPECTED_COLUMNS = {
     },
 }
 EXPECTED_PRIMARY_KEYS = {"completion_requests": ["id"], "dropped_rows": ["id"], "schema_version": ["version"]}
+_RUN_KEYS = ("model", "provider", "host", "origin")
 EXPECTED_INDEXES = {  # name -> (columns in index order, unique)
     "completion_requests_timestamp": (("timestamp",), False),
     "completion_requests_model_timestamp": (("model", "timestamp"), False),
+    # m005
+    "report_calls": ((*_RUN_KEYS, "response_time_ms", "success", "is_streaming", "prompt_tokens", "completion_tokens",
+                      "cached_tokens", "reasoning_tokens", "time_to_first_token_ms", "tokens_per_second", "cost_usd"), False),
+    "report_ttft": ((*_RUN_KEYS, "time_to_first_token_ms"), False),
+    "report_tps": ((*_RUN_KEYS, "tokens_per_second"), False),
+    "report_errors": (("status_code", "error_type", "timestamp", "success"), False),
+}
+EXPECTED_PARTIAL_INDEXES = {  # name -> its WHERE clause
+    "report_ttft": "time_to_first_token_ms IS NOT NULL",
+    "report_tps": "tokens_per_second IS NOT NULL",
+    "report_errors": "NOT success",
 }
 EXPECTED_DROPPED_ROWS_INDEXES = {"dropped_rows_last_dropped_at": (("last_dropped_at",), False)}
 
@@ -280,6 +292,26 @@ def test_new_database_gets_exactly_the_expected_indexes(tmp_path):
     assert indexes(path, "completion_requests") == EXPECTED_INDEXES
     assert indexes(path, "dropped_rows") == EXPECTED_DROPPED_ROWS_INDEXES
     assert indexes(path, "schema_version") == {}
+
+
+def test_report_indexes_leave_out_the_rows_they_do_not_serve(tmp_path):
+    path = migrated(tmp_path / "m.db")
+    con = connect(path)
+    partial = {name: sql.split(" WHERE ", 1)[1] for name, sql in con.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
+    rows = [  # (success, ttft, tps): a streamed success, a plain success, a failure
+        (1, 300, 80.5), (1, None, None), (0, None, None),
+    ]
+    con.executemany(
+        "INSERT INTO completion_requests (timestamp, success, response_time_ms, is_streaming, "
+        "time_to_first_token_ms, tokens_per_second) VALUES ('2026-11-22T00:00:00.000000Z', ?, 5, 0, ?, ?)", rows)
+    entries = {
+        name: con.execute(f"SELECT count(*) FROM completion_requests INDEXED BY {name} WHERE {where}").fetchone()[0]
+        for name, where in partial.items()
+    }
+    con.close()
+    assert partial == EXPECTED_PARTIAL_INDEXES
+    assert entries == {"report_ttft": 1, "report_tps": 1, "report_errors": 1}
 
 
 def test_new_database_records_every_step_once(tmp_path):

@@ -93,6 +93,7 @@ def make_db(path, rows: list[dict], *, cost: bool | None = True) -> str:
     if cost and not has_cost:
         con.execute("ALTER TABLE completion_requests ADD COLUMN cost_usd REAL")
     if cost is False and has_cost:
+        con.execute("DROP INDEX IF EXISTS report_calls")  # it covers cost_usd (m005, after the column)
         con.execute("ALTER TABLE completion_requests DROP COLUMN cost_usd")
     for i, row in enumerate(rows):
         if cost:

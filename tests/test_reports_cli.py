@@ -18,6 +18,7 @@ from rich.console import Console
 from migrations import CURRENT_SCHEMA_VERSION, upgrade
 from reports.cli import build_parser, main, watch
 from storage import open_database
+from tests.test_migrations import ORIGINAL_COMPLETION_REQUESTS_SQL
 from tests.test_reports import make_db, make_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +117,24 @@ def test_an_older_schema_says_to_run_the_upgrade_and_exits_2(database):
         f"error: {database} is at schema version {CURRENT_SCHEMA_VERSION - 1}, older than this build's "
         f"{CURRENT_SCHEMA_VERSION}: run `python -m migrations upgrade` first\n"
     )
+
+
+def test_a_database_the_original_proxy_made_says_to_run_the_upgrade_and_is_left_untouched(tmp_path):
+    path = tmp_path / "original.db"
+    con = sqlite3.connect(path)
+    con.execute(ORIGINAL_COMPLETION_REQUESTS_SQL)  # schema version 1, with one call in it
+    con.execute("INSERT INTO completion_requests (timestamp, success, status_code, response_time_ms, is_streaming) "
+                "VALUES ('2026-11-22T00:00:00.000000Z', 1, 200, 5, 0)")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    result = run("--db", str(path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"error: {path} is at schema version 1, older than this build's {CURRENT_SCHEMA_VERSION}: "
+        "run `python -m migrations upgrade` first\n"
+    )
+    assert path.read_bytes() == before
 
 
 def test_a_newer_schema_says_so_and_exits_2(database, capsys):
