@@ -298,3 +298,21 @@ def test_connection_refused_upstream_records_a_row_without_status(proxy, upstrea
     [row] = proxy.rows(1)
     assert (row["success"], row["status_code"], row["error_type"]) == (0, None, "connection_refused")
     assert row["error_message"] and row["model"] == "gpt-fake" and row["time_to_first_byte_ms"] is None
+
+
+def test_each_call_gets_its_line_in_the_proxy_output_while_it_runs(proxy, upstream):
+    client = client_via(proxy, upstream)
+    for _ in range(3):
+        create(client)
+    for _ in create(client, stream=True, stream_options={"include_usage": True}):
+        pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # lines are flushed together within 100 ms, not at exit
+        lines = [line for line in proxy.log().splitlines() if "llm openai-compatible" in line]
+        if len(lines) == 4:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 4, proxy.log()
+    assert proxy.proc.poll() is None
+    assert sum("ttft" in line for line in lines) == 1
+    assert all(" 200 | latency " in line and "tokens " in line for line in lines), lines
