@@ -32,6 +32,7 @@ DEFAULT_BATCH_SIZE = 500
 # After the first row of a batch arrives, rows that follow within this window join its
 # transaction: at a few hundred calls/s that is one commit per window instead of one per call.
 BATCH_WINDOW_S = 0.05
+_MAX_PARAMETERS = 999  # a statement's limit in SQLite before 3.32 (PostgreSQL allows 65,535)
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
 _ATTEMPT_MAX_S = 10.0  # longer than any driver's own lock wait (SQLite busy_timeout is 5 s)
@@ -310,9 +311,11 @@ class RowWriter:
 
 
 class _Insert:
-    """One prepared INSERT run with `executemany`. peewee's `insert_many` builds a query object
-    and its SQL anew for every batch and adapts values row by row in Python; on mitmproxy's
-    process that held the GIL for about 0.3 ms per row (bench/writer.py)."""
+    """Rows go in as multi-row INSERT statements (`VALUES (...), (...), ...`), as many a statement
+    as `_MAX_PARAMETERS` allows, each size prepared once. Not peewee's `insert_many`, which
+    builds a query object and its SQL anew for every batch (about 0.3 ms a row of the GIL), and
+    not `executemany`, whose driver lets go of the GIL and takes it back for every row: with
+    mitmproxy's loop busy each of those hand-overs costs the loop a switch (bench/writer.py)."""
 
     def __init__(self, model: type[peewee.Model]) -> None:
         fields = [f for f in model._meta.sorted_fields if not isinstance(f, peewee.AutoField)]
@@ -320,24 +323,36 @@ class _Insert:
         self._names = [f.column_name for f in fields]
         # Only fields whose Python value the driver cannot take as it is get converted.
         self._adapters = [(i, f.db_value) for i, f in enumerate(fields) if isinstance(f, peewee.BooleanField)]
-        self._sql: dict[str, str] = {}
+        self._per_statement = max(1, _MAX_PARAMETERS // len(self._names))
+        self._sql: dict[tuple[str, int], str] = {}
 
     def write(self, db: peewee.Database, rows: list[dict[str, Any]]) -> None:
-        sql = self._sql.get(db.param)
-        if sql is None:
-            columns = ", ".join(f'"{name}"' for name in self._names)
-            sql = f'INSERT INTO "{self._table}" ({columns}) VALUES ({", ".join([db.param] * len(self._names))})'
-            self._sql[db.param] = sql
         names, adapters = self._names, self._adapters
-        params = []
-        for row in rows:
-            values = [row.get(name) for name in names]
-            for i, adapt in adapters:
-                values[i] = adapt(values[i])
-            params.append(values)
+        statements = []
+        step = self._per_statement
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            params: list[Any] = []
+            for row in chunk:
+                values = [row.get(name) for name in names]
+                for i, adapt in adapters:
+                    values[i] = adapt(values[i])
+                params.extend(values)
+            statements.append((self._statement(db.param, len(chunk)), params))
         with peewee.__exception_wrapper__:  # driver errors as peewee's, as insert_many raised them
             with db.atomic():
-                db.cursor().executemany(sql, params)
+                cursor = db.cursor()
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+
+    def _statement(self, param: str, n: int) -> str:
+        sql = self._sql.get((param, n))
+        if sql is None:
+            columns = ", ".join(f'"{name}"' for name in self._names)
+            row = f"({', '.join([param] * len(self._names))})"
+            sql = f'INSERT INTO "{self._table}" ({columns}) VALUES {", ".join([row] * n)}'
+            self._sql[(param, n)] = sql
+        return sql
 
 
 def _is_database_error(exc: Exception) -> bool:
