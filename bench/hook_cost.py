@@ -92,12 +92,17 @@ def one_call(addon: LLMMetrics, streamed: bool, samples) -> None:
 
 
 def run_block(addon: LLMMetrics, n: int, samples, loop) -> None:
-    for i in range(n):
-        one_call(addon, streamed=bool(i % 2), samples=samples)
-        if i % 50 == 49:
-            # mitmproxy's legacy log hook queues a callback per log line on the (not running)
-            # loop: run them now, outside the timed hooks, as the real loop would between events.
-            loop.run_until_complete(asyncio.sleep(0))
+    async def block() -> None:
+        # Hooks run on a running loop, as in mitmdump: the addon's per-call lines are then
+        # written together by a timer (one log record per 100 ms), not one record per call.
+        for i in range(n):
+            one_call(addon, streamed=bool(i % 2), samples=samples)
+            if i % 50 == 49:
+                # What the loop does between events (mitmproxy's log callbacks, the lines'
+                # timer) runs here, outside the timed hooks.
+                await asyncio.sleep(0)
+
+    loop.run_until_complete(block())
 
 
 def _log_levels_as_mitmdump() -> None:
