@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from playhouse.migrate import SqliteMigrator  # noqa: E402
 
 from migrations import STEPS, upgrade  # noqa: E402
-from reports.indexes import REPORT_INDEXES  # noqa: E402
+from reports.indexes import drop_report_indexes  # noqa: E402
 from storage import RowWriter, open_database  # noqa: E402
 
 DAYS = 30
@@ -108,14 +108,6 @@ def insert_sql(con: sqlite3.Connection) -> tuple[str, tuple[str, ...]]:
     has_cost = "cost_usd" in {row[1] for row in con.execute("PRAGMA table_info(completion_requests)")}
     columns = COLUMNS + (("cost_usd",) if has_cost else ())
     return f"INSERT INTO completion_requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", columns
-
-
-def drop_report_indexes(path: Path) -> None:
-    con = sqlite3.connect(path)
-    for name in REPORT_INDEXES:
-        con.execute(f"DROP INDEX IF EXISTS {name}")
-    con.commit()
-    con.close()
 
 
 def _rows(n: int, seed: int, has_cost: bool, days: int, count: int):

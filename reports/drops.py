@@ -52,13 +52,7 @@ def load_drops(src: Source, selection: Selection) -> Drops | None:
 
 
 def _time_range(selection: Selection, param: str) -> tuple[str, list]:
-    terms, params = [], []
-    if selection.since_utc is not None:
-        terms.append(f"last_dropped_at >= {param}")
-        params.append(selection.since_utc)
-    if selection.until_utc is not None:
-        terms.append(f"last_dropped_at < {param}")
-        params.append(selection.until_utc)
+    terms, params = selection.time_terms("last_dropped_at", param)
     return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 

@@ -27,7 +27,23 @@ merge of runs costs more than walking one index; `reports.runs` keeps most of ea
 single runs, so the default view over a million calls still takes about 1.5 s (docs/benchmarks.md).
 """
 
+from __future__ import annotations
+
+import sqlite3
+
 RUN_KEYS: tuple[str, ...] = ("model", "provider", "host", "origin")
 
 REPORT_INDEXES: tuple[str, ...] = ("report_calls", "report_ttft", "report_tps", "report_errors")
 """Their names (for the benchmark and tests, which drop them on copies to compare)."""
+
+
+def drop_report_indexes(path: str) -> None:
+    """For the benchmark and tests only (the report never writes): a copy of a migrated SQLite
+    file without these indexes, i.e. what a database before m005 held."""
+    con = sqlite3.connect(path)
+    try:
+        for name in REPORT_INDEXES:
+            con.execute(f"DROP INDEX IF EXISTS {name}")
+        con.commit()
+    finally:
+        con.close()

@@ -62,16 +62,21 @@ class Selection:
         """Filters beyond the time range: they select calls by what was stored of them."""
         return bool(self.models or self.providers or self.hosts or self.origins or self.errors_only)
 
-    def where(self, param: str, *extra: str) -> tuple[str, list]:
-        """` WHERE …` (or "") and its parameters; `param` is the driver's placeholder."""
+    def time_terms(self, column: str, param: str) -> tuple[list[str], list]:
+        """`--since`/`--until` as conditions on `column`, and their parameters."""
         terms: list[str] = []
         params: list = []
         if self.since_utc is not None:
-            terms.append(f"timestamp >= {param}")
+            terms.append(f"{column} >= {param}")
             params.append(self.since_utc)
         if self.until_utc is not None:
-            terms.append(f"timestamp < {param}")
+            terms.append(f"{column} < {param}")
             params.append(self.until_utc)
+        return terms, params
+
+    def where(self, param: str, *extra: str) -> tuple[str, list]:
+        """` WHERE …` (or "") and its parameters; `param` is the driver's placeholder."""
+        terms, params = self.time_terms("timestamp", param)
         for column, values in (
             ("model", self.models), ("provider", self.providers), ("host", self.hosts), ("origin", self.origins),
         ):

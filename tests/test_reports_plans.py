@@ -12,7 +12,7 @@ import pytest
 import reports.groups
 import reports.runs
 from reports.groups import DEFAULT_GROUPINGS, LATENCY, TOKENS_PER_SECOND, TTFT, reads_indexes_only
-from reports.indexes import REPORT_INDEXES, RUN_KEYS
+from reports.indexes import RUN_KEYS, drop_report_indexes
 from reports.percentiles import nearest_rank
 from reports.report import load_report
 from reports.runs import MAX_RUNS_PER_GROUP, SAMPLE_BLOCK, SAMPLE_EVERY, runs_serve_ranks
@@ -42,11 +42,12 @@ def _round_costs(value):
 
 def drop_indexes(path: str) -> None:
     """The migrated schema without m005's indexes: what the report reads by sorted passes."""
+    drop_report_indexes(path)
     con = sqlite3.connect(path)
-    for name in REPORT_INDEXES:
-        con.execute(f"DROP INDEX {name}")
-    con.commit()
-    con.close()
+    try:  # dropped indeed, whatever the helper's IF EXISTS would forgive
+        assert not con.execute("SELECT name FROM sqlite_master WHERE name LIKE 'report_%'").fetchall()
+    finally:
+        con.close()
 
 
 def index_plan_in_use(path: str) -> bool:
