@@ -1,8 +1,11 @@
 """Measures what docs/scaling.md quotes: writer rows/s and bytes per row, SQLite and PostgreSQL.
 
+    .venv/bin/python bench/storage_scaling.py [--rows N]
+
 Needs a PostgreSQL server at 127.0.0.1:5432 (trust auth, database `test`) for the second line.
+Its SQLite file and PostgreSQL database are scratch: both are removed at the end.
 """
-import os, sys, time, tempfile
+import argparse, os, shutil, sys, time, tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from storage import open_database, RowWriter
 from migrations import upgrade
@@ -23,16 +26,23 @@ def measure(location, n):
     t = time.perf_counter(); w.start(); w.close(timeout=600); dt = time.perf_counter() - t
     return w.written, dt
 
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--rows", type=int, default=100_000, help="rows written into each database")
+n = parser.parse_args().rows
 d = tempfile.mkdtemp()
-n = 100_000
-written, dt = measure(f"{d}/m.db", n)
-size = sum(os.path.getsize(f"{d}/{f}") for f in os.listdir(d) if f.startswith("m.db"))
-print(f"sqlite: {written} rows in {dt:.2f} s = {written/dt:,.0f} rows/s; {size/written:.0f} bytes/row on disk (WAL included)")
+try:
+    written, dt = measure(f"{d}/m.db", n)
+    size = sum(os.path.getsize(f"{d}/{f}") for f in os.listdir(d) if f.startswith("m.db"))
+    print(f"sqlite: {written} rows in {dt:.2f} s = {written/dt:,.0f} rows/s; {size/written:.0f} bytes/row on disk (WAL included)")
+finally:
+    shutil.rmtree(d, ignore_errors=True)
 import psycopg, uuid
 name = "lmp_scale_" + uuid.uuid4().hex[:8]
 with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as c: c.execute(f'CREATE DATABASE "{name}"')
-written, dt = measure(f"postgresql://postgres@127.0.0.1:5432/{name}", n)
-db = open_database(f"postgresql://postgres@127.0.0.1:5432/{name}")
-size = db.execute_sql("select pg_total_relation_size('completion_requests')").fetchone()[0]; db.close()
-print(f"postgresql: {written} rows in {dt:.2f} s = {written/dt:,.0f} rows/s; {size/written:.0f} bytes/row (table + indexes)")
-with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as c: c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+try:
+    written, dt = measure(f"postgresql://postgres@127.0.0.1:5432/{name}", n)
+    db = open_database(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    size = db.execute_sql("select pg_total_relation_size('completion_requests')").fetchone()[0]; db.close()
+    print(f"postgresql: {written} rows in {dt:.2f} s = {written/dt:,.0f} rows/s; {size/written:.0f} bytes/row (table + indexes)")
+finally:
+    with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as c: c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
