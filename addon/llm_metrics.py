@@ -300,7 +300,7 @@ class LLMMetrics:
     def _log_call_line(self, line: str) -> None:
         """Lines go out together, at most 100 ms after their call ended. Each log record costs
         about 0.3 ms of the event loop in mitmproxy's log machinery (it is handed to every
-        addon), a third of all the addon costs per call under load (bench/proxy_overhead.py)."""
+        addon), a third of all the addon costs per call under load (bench/addon_parts.py)."""
         self._call_lines.append(line)
         if len(self._call_lines) > 1:
             return  # a flush is already scheduled

@@ -73,6 +73,7 @@ class RowWriter:
         self.dropped = 0
         self.write_errors = 0
         self.last_error: str | None = None
+        self._last_row_error: str | None = None  # the last error logged for a row dropped alone
         # Drops not yet stored: reason -> [rows, first and last time (epoch seconds)].
         self._drops: dict[str, list] = {}
         self.drops_recorded = 0  # dropped rows whose count is stored in `dropped_rows`
@@ -208,12 +209,16 @@ class RowWriter:
                 self._drop_bad_row(row_exc)
 
     def _drop_bad_row(self, exc: Exception) -> None:
-        if not (_is_database_error(exc) or isinstance(exc, OverflowError)):  # a count beyond 64 bits
-            log.error("llm-metrics: a row could not be written (a bug: please report it): %r", exc)
-            self._count_dropped(1, WRITE_ERROR)
-            return
-        log.error("llm-metrics: the database refused a row, which is dropped and counted: %s", exc)
-        self._count_dropped(1, BAD_ROW)
+        refused = _is_database_error(exc) or isinstance(exc, OverflowError)  # a count beyond 64 bits
+        # Each new error once: one fault repeated on every row must not write a line per row
+        # (`_count_dropped` logs the running count).
+        if repr(exc) != self._last_row_error:
+            self._last_row_error = repr(exc)
+            if refused:
+                log.error("llm-metrics: the database refused a row, which is dropped and counted: %s", exc)
+            else:
+                log.error("llm-metrics: a row could not be written (a bug: please report it): %r", exc)
+        self._count_dropped(1, BAD_ROW if refused else WRITE_ERROR)
 
     # -- storing drop counts ---------------------------------------------------------------
 

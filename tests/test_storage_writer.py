@@ -278,3 +278,15 @@ def test_after_a_refused_row_the_writer_goes_on_writing(tmp_path):
     writer.close()
     assert (writer.written, writer.dropped) == (3, 1)
     assert count(path) == 3
+
+
+def test_the_same_refusal_on_many_rows_is_logged_once(tmp_path, caplog):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, batch_window=0.5)
+    for i in range(20):
+        writer.submit({**make_row(i), "model": {"not": "bindable"}})
+    writer.start()
+    with caplog.at_level("ERROR", logger="storage.writer"):
+        writer.close()
+    assert (writer.written, writer.dropped) == (0, 20)
+    assert len([r for r in caplog.records if "refused a row" in r.getMessage()]) == 1
