@@ -55,7 +55,7 @@ class DroppedRows(peewee.Model):
     first_dropped_at = peewee.TextField()  # UTC, same form as CompletionRequest.timestamp
     last_dropped_at = peewee.TextField()
     row_count = peewee.IntegerField()
-    reason = peewee.TextField()  # queue_full, unwritten_at_shutdown, bad_row, write_error, writer_stopped (storage.writer)
+    reason = peewee.TextField()  # queue_full, unwritten_at_shutdown, bad_row, write_error, writer_stopped, metering_lost (storage.writer)
     hostname = peewee.TextField(null=True)  # the proxy process that dropped them
     pid = peewee.IntegerField(null=True)
 

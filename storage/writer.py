@@ -43,6 +43,7 @@ WRITER_STOPPED = "writer_stopped"  # a call finished after the writer had been c
 WRITE_ERROR = "write_error"  # writing failed with an error that is not the database's (a bug)
 BAD_ROW = "bad_row"  # the database refused this one row's values (e.g. a count too large for its column)
 UNWRITTEN_AT_SHUTDOWN = "unwritten_at_shutdown"  # still waiting for the database when the proxy stopped
+METERING_LOST = "metering_lost"  # the metering process ended unexpectedly before it stored these calls
 
 
 class RowWriter:
@@ -90,9 +91,9 @@ class RowWriter:
                 self._queue.put_nowait(row)
                 return True
             except queue.Full:
-                self._count_dropped(1, QUEUE_FULL)
+                self.count_dropped(1, QUEUE_FULL)
                 return False
-        self._count_dropped(1, WRITER_STOPPED)
+        self.count_dropped(1, WRITER_STOPPED)
         return False
 
     def close(self, timeout: float = 10.0) -> None:
@@ -105,14 +106,20 @@ class RowWriter:
             self._thread.join(timeout + _ATTEMPT_MAX_S)
         leftover = self._queue.qsize() + (self._in_flight if self._thread.is_alive() else 0)
         if leftover:
-            self._count_dropped(leftover, UNWRITTEN_AT_SHUTDOWN)
+            self.count_dropped(leftover, UNWRITTEN_AT_SHUTDOWN)
         self._store_drops_at_close()
 
     @property
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def _count_dropped(self, n: int, reason: str) -> None:
+    @property
+    def unsettled(self) -> int:
+        """Rows neither written nor counted as dropped yet."""
+        return self._queue.qsize() + self._in_flight
+
+    def count_dropped(self, n: int, reason: str) -> None:
+        """Counts rows lost, here or before they reached the writer; stored with the next batch."""
         now = time.time()
         with self._lock:
             before = self.dropped
@@ -186,7 +193,7 @@ class RowWriter:
                 self.last_error = str(exc)
                 self._drop_connection()  # a server that restarted needs a new connection
             if self._deadline is not None and time.monotonic() + delay > self._deadline:
-                self._count_dropped(len(batch), UNWRITTEN_AT_SHUTDOWN)
+                self.count_dropped(len(batch), UNWRITTEN_AT_SHUTDOWN)
                 return
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_S)
@@ -211,14 +218,14 @@ class RowWriter:
     def _drop_bad_row(self, exc: Exception) -> None:
         refused = _is_database_error(exc) or isinstance(exc, OverflowError)  # a count beyond 64 bits
         # Each new error once: one fault repeated on every row must not write a line per row
-        # (`_count_dropped` logs the running count).
+        # (`count_dropped` logs the running count).
         if repr(exc) != self._last_row_error:
             self._last_row_error = repr(exc)
             if refused:
                 log.error("llm-metrics: the database refused a row, which is dropped and counted: %s", exc)
             else:
                 log.error("llm-metrics: a row could not be written (a bug: please report it): %r", exc)
-        self._count_dropped(1, BAD_ROW if refused else WRITE_ERROR)
+        self.count_dropped(1, BAD_ROW if refused else WRITE_ERROR)
 
     # -- storing drop counts ---------------------------------------------------------------
 
