@@ -2,21 +2,22 @@
 
     mitmdump -s addon/llm_metrics.py [--set llm_metrics_db=PATH_OR_URL]
 
-Hooks stay thin: they stamp times, hand bytes to the pure parsers in `addon.metering` and hand a
-finished row to the background writer in `storage`. A metering failure is logged once and
-counted; it never changes, stalls or breaks the user's traffic.
+The hooks stay thin, because they run on mitmproxy's one event loop, between the user's bytes:
+they pick out requests that may be LLM calls (by method and path, without reading the body),
+stamp times, keep references to the bytes, and hand those to the metering (`addon.engine`) in
+batches every few milliseconds. The metering runs in a process of its own (`addon.worker`) unless
+`llm_metrics_worker` is off or no process can be started; then on the loop, as it used to. A
+metering failure is logged once and counted; it never changes, stalls or breaks the user's traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 # `mitmdump -s addon/llm_metrics.py` loads this file as a script: make the project importable
 # when it was not pip-installed.
@@ -26,41 +27,39 @@ if _ROOT not in sys.path:
 
 from mitmproxy import ctx, exceptions, http  # noqa: E402
 
-from addon.formats import CANDIDATE_SUFFIXES, ResponseFacts, recognise, recognise_by_shape  # noqa: E402
-from addon import pricing  # noqa: E402
-from addon.metering import StreamMeter, meter_body, stream_framing  # noqa: E402
-from addon.record import Call, build_row, origin_from_user_agent, provider_for  # noqa: E402
-from addon.run_summary import RunTotals  # noqa: E402
-from addon.summary import format_call_line  # noqa: E402
-from addon.transport import classify_flow_error  # noqa: E402
-from migrations import DEFAULT_KEEP, upgrade  # noqa: E402
-from storage import RowWriter, default_location, enable_wal, open_database  # noqa: E402
+from addon.engine import CONFIG, END, FAIL, LOST, OPEN, SHUTDOWN, WHOLE, prepare_store, start_engine  # noqa: E402
+from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
+from addon.metering import passes_as_stream  # noqa: E402
+from addon.worker import WorkerProcess  # noqa: E402
+from migrations import DEFAULT_KEEP  # noqa: E402
+from storage import default_location  # noqa: E402
+from storage.writer import METERING_LOST  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ORIGIN_HEADER = "x-llm-metrics-origin"
-_MAX_UNPARSED_PATHS = 100
-_CALL_LINES_EVERY_S = 0.1
-_T0 = "llm_metrics_t0"  # flow.metadata key: perf_counter when the request headers arrived
+HAND_OVER_EVERY_S = 0.01
+_CANDIDATE_SUFFIXES = tuple(suffix.encode() for suffix in CANDIDATE_SUFFIXES)
 
 
 class LLMMetrics:
     def __init__(self) -> None:
-        self.writer: RowWriter | None = None
+        self.metering: WorkerProcess | InlineMetering | None = None
         self.location: str | None = None
         self.extra_hosts: dict[str, str] = {}
-        self.inflight: dict[str, Call] = {}
-        self.recorded = 0
-        self.run_totals = RunTotals()  # for the summary printed at exit
-        self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
-        self.metering_errors = 0
-        self._logged_errors: set[str] = set()
-        self._call_lines: list[str] = []  # per-call lines waiting for the next flush
+        self.origin_header: str | None = None
+        self._request_headers: dict[bytes, int] = {}
+        self._set_origin_header(DEFAULT_ORIGIN_HEADER)
+        # flow.id -> [call id, request, response headers or None, state, flow]; state: False while
+        # the call waits to be handed over whole, True once its stream is open in the metering,
+        # None when that metering process ended with it (counted as lost then)
+        self.inflight: dict[str, list] = {}
+        self._next_cid = 0
+        self._outbox: list[tuple] = []  # messages for the metering, handed over together
+        self._hand_over_scheduled = False
 
     def load(self, loader) -> None:
-        # mitmdump sets the root logger to DEBUG: peewee would then format every query's SQL and
-        # parameters into a log record handed to the event loop (~27 us a row, bench/profile_addon.py).
-        logging.getLogger("peewee").setLevel(logging.INFO)
+        logging.getLogger("peewee").setLevel(logging.INFO)  # see addon.engine.start_engine
         loader.add_option(
             "llm_metrics_db", str, default_location(),
             "Where rows are stored: a SQLite file path or a database URL "
@@ -86,119 +85,204 @@ class LLMMetrics:
             "llm_metrics_log_calls", bool, True,
             "Print a one-line summary of each captured call.",
         )
-        # Read the bundled price data now: on the first call it would stall every flow.
-        try:
-            pricing.warm()
-        except Exception as exc:  # no prices means NULL costs, never a proxy that cannot start
-            log.warning("llm-metrics: price data unavailable, cost_usd will be NULL: %r", exc)
+        loader.add_option(
+            "llm_metrics_worker", bool, True,
+            "Meter calls in a process of their own, off mitmproxy's event loop; false: in mitmproxy's process.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "llm_metrics_hosts" in updated:
             self.extra_hosts = _parse_hosts(ctx.options.llm_metrics_hosts)
+        if "llm_metrics_origin_header" in updated:
+            self._set_origin_header(ctx.options.llm_metrics_origin_header)
         if "llm_metrics_queue_size" in updated and ctx.options.llm_metrics_queue_size < 1:
             raise exceptions.OptionsError("llm_metrics_queue_size must be at least 1")
         if "llm_metrics_backup_keep" in updated and ctx.options.llm_metrics_backup_keep < 1:
             raise exceptions.OptionsError("llm_metrics_backup_keep must be at least 1")
-        if "llm_metrics_db" in updated or "llm_metrics_queue_size" in updated:
+        if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(ctx.options.llm_metrics_db or default_location())
+        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls"}:
+            self._put((CONFIG, self._settings()))
+
+    def _set_origin_header(self, name: str) -> None:
+        self.origin_header = name or None
+        # Request headers the hooks keep, by lower-case name: user agent, body encoding, origin tag
+        self._request_headers = {b"user-agent": 0, b"content-encoding": 1}
+        if self.origin_header:
+            self._request_headers[self.origin_header.lower().encode("latin-1")] = 2
 
     def running(self) -> None:
         _warn_unknown_options()
         _warn_open_proxy()
+        if isinstance(self.metering, WorkerProcess):
+            self.metering.watch()
 
     def done(self) -> None:
-        now = time.perf_counter()
-        for call in list(self.inflight.values()):
-            self._finish_at_shutdown(call, now)
+        t = time.perf_counter()
+        for cid, request, headers, state, flow in self.inflight.values():
+            # Not handed over yet, and its body came (without it, it could not be recognised)
+            if state is False and flow.request.raw_content is not None:
+                self._outbox.append((OPEN, cid, self._with_body(request, flow), headers, False))
         self.inflight.clear()
-        self._flush_call_lines()
-        if self.writer is not None:
-            self.writer.close()
-            log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped (%d counted in dropped_rows)",
-                     self.writer.written, self.location, self.writer.dropped, self.writer.drops_recorded)
-            self.writer = None
-        for line in self.run_totals.lines(self.unparsed):
-            log.info(line)
+        self._outbox.append((SHUTDOWN, t))
+        self._close_metering()
+
+    # -- hooks ---------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        flow.metadata[_T0] = time.perf_counter()
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        try:
-            call = self._recognise(flow)
-        except Exception as exc:  # never let metering touch the user's traffic
-            self._metering_error("request", exc)
+        """A POST to an LLM API's path (or to a host named in llm_metrics_hosts) is a possible
+        LLM call: its body is read only later, in the metering. One hook, not two: at low
+        concurrency each hook mitmproxy calls costs the loop about 10 us."""
+        request = flow.request
+        data = request.data  # bytes as parsed: the Request properties decode on every access
+        if data.method != b"POST":
             return
-        if call is not None:
-            self.inflight[flow.id] = call
+        try:
+            t0 = time.perf_counter()
+            host = data.host.lower()
+            path = data.path.split(b"?", 1)[0]  # a key in the query (Gemini's ?key=) is never kept
+            if not (path.endswith(_CANDIDATE_SUFFIXES) or host in self.extra_hosts):
+                return
+            path = path.decode("utf-8", "surrogateescape")
+            user_agent = encoding = origin = None
+            wanted = self._request_headers
+            for name, value in request.headers.fields:  # one pass: each Headers.get is a pass too
+                key = wanted.get(name.lower())
+                if key is not None:
+                    if key == 0:
+                        user_agent = value
+                    elif key == 1:
+                        encoding = value
+                    else:
+                        origin = value
+            if origin is not None:
+                del request.headers[self.origin_header]  # ours, not the upstream's: never forwarded
+                origin = origin.decode("utf-8", "surrogateescape")
+            self._next_cid += 1
+            self.inflight[flow.id] = [self._next_cid, [
+                t0, request.timestamp_start or time.time(), host, request.port, path, None,
+                encoding and encoding.decode("latin-1"), user_agent and user_agent.decode("utf-8", "surrogateescape"),
+                origin,
+            ], None, False, flow]
+        except Exception as exc:  # never let metering touch the user's traffic
+            _hook_error("requestheaders", exc)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        call = self.inflight.get(flow.id)
-        if call is None:
+        entry = self.inflight.get(flow.id)
+        if entry is None:
             return
-        call.t_headers = time.perf_counter()
-        response = flow.response
-        call.status_code = response.status_code
-        content_type = response.headers.get("content-type")
-        framing = stream_framing(call.fmt, content_type, status=response.status_code,
-                                 requested_stream=bool(call.request.get("is_streaming")))
-        if framing is None:
-            return
-        call.streamed = True
         try:
-            call.meter = StreamMeter(call.fmt, content_type, response.headers.get("content-encoding"), framing)
-            response.stream = self._stream_callable(call)
+            response = flow.response
+            content_type = encoding = None
+            for name, value in response.headers.fields:
+                name = name.lower()
+                if name == b"content-type":
+                    content_type = value.decode("latin-1")
+                elif name == b"content-encoding":
+                    encoding = value.decode("latin-1")
+            status = response.status_code
+            entry[2] = (time.perf_counter(), status, content_type, encoding)
+            if passes_as_stream(entry[1][4], content_type, status):
+                entry[3] = True
+                self._put((OPEN, entry[0], self._with_body(entry[1], flow), entry[2], True))
+                response.stream = self._stream_callable(entry[0])
         except Exception as exc:
-            # Still stream: buffering an event stream would be worse than not metering it.
-            self._metering_error("responseheaders", exc)
-            call.metering_failed = True
-            response.stream = True
+            _hook_error("responseheaders", exc)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        call = self.inflight.pop(flow.id, None)
-        if call is None:
+        entry = self.inflight.pop(flow.id, None)
+        if entry is None or entry[3] is None:
             return
         try:
-            now = time.perf_counter()
-            if call.meter is not None:
-                if call.meter.close():
-                    call.stamp_token(now)
-                facts = call.meter.facts
+            t = time.perf_counter()
+            response = flow.response
+            if entry[3]:
+                self._put((END, entry[0], t, response.status_code))
             else:
-                response = flow.response
-                body = response.get_content(strict=False) or b""
-                facts = meter_body(call.fmt, response.status_code,
-                                   response.headers.get("content-type"), body)
-            error = _stream_incomplete(call) if call.meter is not None else None
-            self._finish(call, facts, flow.response.status_code, now, error=error)
+                headers = entry[2] or (None, response.status_code, response.headers.get("content-type"),
+                                       response.headers.get("content-encoding"))
+                self._put((WHOLE, entry[0], self._with_body(entry[1], flow), headers, t, response.status_code,
+                           response.raw_content or b""))
+            self._handed()
         except Exception as exc:
-            self._metering_error("response", exc)
+            _hook_error("response", exc)
+
+    @staticmethod
+    def _with_body(request: list, flow: http.HTTPFlow) -> tuple:
+        """The request as handed over: with its body, which arrived after its headers."""
+        request[5] = flow.request.raw_content or b""
+        return tuple(request)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        call = self.inflight.pop(flow.id, None)
-        if call is None:
+        entry = self.inflight.pop(flow.id, None)
+        if entry is None or entry[3] is None:
             return
         try:
-            if self._finish_delivered(call):
-                return
-            now = time.perf_counter()
-            if call.meter is not None and call.meter.close():
-                call.stamp_token(now)
-            status = flow.response.status_code if flow.response is not None else None
-            error = classify_flow_error(flow.error.msg if flow.error else "", flow.response is not None)
-            self._finish(call, call.meter.facts if call.meter else None, status, now, error=error)
+            response = flow.response
+            message = flow.error.msg if flow.error else ""
+            status = response.status_code if response is not None else None
+            request, headers = (None, None) if entry[3] else (self._with_body(entry[1], flow), entry[2])
+            self._put((FAIL, entry[0], request, headers, time.perf_counter(), message, response is not None, status))
+            self._handed()
         except Exception as exc:
-            self._metering_error("error", exc)
+            _hook_error("error", exc)
 
-    # -- helpers -------------------------------------------------------------------------
+    def _stream_callable(self, cid: int):
+        put = self._outbox.append
+        now = time.perf_counter
+
+        def on_chunk(data: bytes) -> bytes:
+            # Runs for every network read of the response: must return `data` unchanged, always.
+            try:
+                put(cid)  # a piece is three bare items (addon.engine): no tuple for the GC to track
+                put(now())
+                put(data)
+                if not self._hand_over_scheduled:
+                    self._schedule_hand_over()
+            except Exception as exc:
+                _hook_error("stream", exc)
+            return data
+
+        return on_chunk
+
+    # -- handing over ----------------------------------------------------------------------
+
+    def _put(self, message: tuple) -> None:
+        self._outbox.append(message)
+        if not self._hand_over_scheduled:
+            self._schedule_hand_over()
+
+    def _handed(self) -> None:
+        if isinstance(self.metering, WorkerProcess):
+            self.metering.handed += 1
+
+    def _schedule_hand_over(self) -> None:
+        try:
+            asyncio.get_running_loop().call_later(HAND_OVER_EVERY_S, self._hand_over)
+            self._hand_over_scheduled = True
+        except RuntimeError:  # no event loop (hooks called directly): nothing would come back later
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._hand_over_scheduled = False
+        messages = self._outbox[:]
+        self._outbox.clear()  # the same list: stream callables hold it
+        if messages and self.metering is not None:
+            try:
+                self.metering.send(messages)
+            except Exception as exc:
+                _hook_error("hand-over", exc)
+
+    # -- the metering ----------------------------------------------------------------------
+
+    def _settings(self) -> dict:
+        return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls}
 
     def _open_store(self, location: str) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self._close_metering()
         keep = ctx.options.llm_metrics_backup_keep
         try:
-            db, migrated = _prepare_store(location, keep)
+            db, migrated = prepare_store(location, keep)
         except Exception as exc:
             # Logged, not raised: mitmdump then exits at start-up with this one paragraph instead
             # of the script loader's traceback.
@@ -208,147 +292,84 @@ class LLMMetrics:
             log.info("llm-metrics: schema upgraded to version %d (backup: %s)",
                      migrated.applied[-1].version, migrated.backup or "none needed, the database was empty")
         self.location = location
-        self.writer = RowWriter(db, queue_size=ctx.options.llm_metrics_queue_size,
-                                reopen=lambda: _prepare_store(location, keep)[0])
-        self.writer.start()
+        start = {"location": location, "keep_backups": keep, "queue_size": ctx.options.llm_metrics_queue_size,
+                 **self._settings()}
+        if ctx.options.llm_metrics_worker and os.name == "posix" and not getattr(sys, "frozen", False):
+            db.close()
+            try:
+                self.metering = WorkerProcess(start, on_exit=self._worker_ended)
+            except Exception as exc:
+                log.warning("llm-metrics: no metering process (%r): metering in mitmproxy's process", exc)
+        if self.metering is None:
+            self.metering = InlineMetering(start_engine(db=db if not db.is_closed() else None, **start))
+        else:
+            self.metering.watch()
         log.info("llm-metrics: recording LLM calls to %s", location)
 
-    def _recognise(self, flow: http.HTTPFlow) -> Call | None:
-        request = flow.request
-        host = request.host.lower()
-        path = request.path.split("?", 1)[0]
-        extra = host in self.extra_hosts
-        if request.method != "POST" or not (extra or path.endswith(CANDIDATE_SUFFIXES)):
-            return None
+    def _close_metering(self) -> None:
+        self._hand_over()
+        metering, self.metering = self.metering, None
+        if metering is not None:
+            metering.close()
+
+    def _worker_ended(self, code: int | None) -> None:
+        """The metering process ended while mitmproxy runs (a bug, or it was killed): metering
+        goes on here, and what it had not stored yet is counted as lost."""
+        worker = self.metering
+        streams = sum(1 for entry in self.inflight.values() if entry[3] is True)
+        lost = max(0, worker.handed - worker.settled) + streams
+        log.error("llm-metrics: the metering process ended unexpectedly (exit code %s); metering goes on in "
+                  "mitmproxy's process. Up to %d call(s) it had not stored are lost and counted as %s.",
+                  code, lost, METERING_LOST)
+        for entry in self.inflight.values():
+            if entry[3] is True:
+                entry[3] = None  # a stream it was metering: its pieces now go nowhere
         try:
-            body = json.loads(request.get_content(strict=False) or b"")
-        except ValueError:
-            body = None
-        fmt = None
-        if isinstance(body, dict):
-            fmt = recognise(path, body) or (recognise_by_shape(body) if extra else None)
-        if fmt is None:
-            self._count_unparsed(path)
-            return None
-        tag_header = ctx.options.llm_metrics_origin_header
-        origin = request.headers.get(tag_header) if tag_header else None
-        if origin is not None:
-            del request.headers[tag_header]  # ours, not the upstream's: never forwarded
-        return Call(
-            fmt=fmt,
-            started_at=request.timestamp_start or time.time(),
-            t_start=flow.metadata.get(_T0) or time.perf_counter(),
-            host=host,
-            port=request.port,
-            path=path,
-            provider=provider_for(host, request.port, self.extra_hosts),
-            origin=origin or origin_from_user_agent(request.headers.get("user-agent")),
-            request=fmt.request_fields(path, body),
-        )
-
-    def _stream_callable(self, call: Call):
-        meter = call.meter
-
-        def on_chunk(data: bytes) -> bytes:
-            # Runs for every network read of the response: must return `data` unchanged, always.
-            if call.metering_failed:
-                return data
-            try:
-                if meter.feed(data) if data else meter.close():
-                    call.stamp_token(time.perf_counter())
-                if call.t_end_marker is None and meter.facts.terminated:
-                    call.t_end_marker = time.perf_counter()  # this piece goes on to the client now
-            except Exception as exc:
-                call.metering_failed = True
-                self._metering_error("stream", exc)
-            return data
-
-        return on_chunk
-
-    def _finish_delivered(self, call: Call) -> bool:
-        """A stream whose end marker already went on to the client is complete, whatever then
-        happens to its connections before the body's end arrives (the proxy stopping closes
-        them): it is recorded as the response hook would have. False for any other call."""
-        if call.t_end_marker is None or call.metering_failed:
-            return False
-        if call.meter.close():
-            call.stamp_token(call.t_end_marker)
-        self._finish(call, call.meter.facts, call.status_code, call.t_end_marker, error=_stream_incomplete(call))
-        return True
-
-    def _finish_at_shutdown(self, call: Call, now: float) -> None:
-        """A call still open when the proxy stops: complete if its stream was, else cut short."""
-        try:
-            if self._finish_delivered(call):
-                return
-            self._finish(call, call.meter.facts if call.meter else None, call.status_code, now,
-                         error=("proxy_shutdown", "the proxy stopped before the call completed"))
+            engine = start_engine(location=self.location, keep_backups=ctx.options.llm_metrics_backup_keep,
+                                  queue_size=ctx.options.llm_metrics_queue_size, **self._settings())
         except Exception as exc:
-            self._metering_error("done", exc)
-
-    def _finish(self, call: Call, facts, status: int | None, t_end: float, *, error=None) -> None:
-        error_type, error_message = error if error else (None, None)
-        row = build_row(call, facts or ResponseFacts(), status_code=status, t_end=t_end,
-                        error_type=error_type, error_message=error_message)
-        self.recorded += 1
-        self.run_totals.add(row)
-        if self.writer is not None:
-            self.writer.submit(row)
-        if ctx.options.llm_metrics_log_calls:
-            self._log_call_line(format_call_line(row))
-
-    def _log_call_line(self, line: str) -> None:
-        """Lines go out together, at most 100 ms after their call ended. Each log record costs
-        about 0.3 ms of the event loop in mitmproxy's log machinery (it is handed to every
-        addon), a third of all the addon costs per call under load (bench/addon_parts.py)."""
-        self._call_lines.append(line)
-        if len(self._call_lines) > 1:
-            return  # a flush is already scheduled
-        try:
-            asyncio.get_running_loop().call_later(_CALL_LINES_EVERY_S, self._flush_call_lines)
-        except RuntimeError:  # no event loop (a direct call): nothing would flush later
-            self._flush_call_lines()
-
-    def _flush_call_lines(self) -> None:
-        lines, self._call_lines = self._call_lines, []
-        if lines:
-            log.info("\n".join(lines))
-
-    def _count_unparsed(self, path: str) -> None:
-        """Named in the exit summary so a user can report them; bounded in distinct paths."""
-        if path in self.unparsed or len(self.unparsed) < _MAX_UNPARSED_PATHS:
-            self.unparsed[path] = self.unparsed.get(path, 0) + 1
-        else:
-            self.unparsed["(other paths)"] = self.unparsed.get("(other paths)", 0) + 1
-
-    def _metering_error(self, where: str, exc: Exception) -> None:
-        self.metering_errors += 1
-        key = f"{where}:{type(exc).__name__}"
-        if key not in self._logged_errors:
-            self._logged_errors.add(key)
-            log.warning("llm-metrics: metering failed in %s (traffic unaffected): %r", where, exc)
+            self.metering = None
+            log.error("llm-metrics: cannot meter in mitmproxy's process either, calls are not recorded: %r", exc)
+            return
+        self.metering = InlineMetering(engine)
+        if lost:
+            engine.handle((LOST, lost, METERING_LOST))
 
 
-def _prepare_store(location: str, keep_backups: int):
-    """Opens the database and brings its schema up to date (a verified backup first), before
-    any traffic; WAL is switched on only after, so a refused upgrade changes nothing."""
-    db = open_database(location, wal=False)
-    migrated = upgrade(db, keep_backups=keep_backups)
-    enable_wal(db)
-    return db, migrated
+class InlineMetering:
+    """The metering on mitmproxy's loop (`llm_metrics_worker=false`, or no process possible)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self._flush_scheduled = False
+
+    def send(self, messages: list) -> None:
+        engine = self.engine
+        engine.handle_all(messages)
+        if engine.call_lines and not self._flush_scheduled:
+            try:
+                asyncio.get_running_loop().call_later(engine.lines_every, self._flush_lines)
+                self._flush_scheduled = True
+            except RuntimeError:  # no event loop (a direct call): nothing would flush later
+                engine.flush_lines()
+
+    def _flush_lines(self) -> None:
+        self._flush_scheduled = False
+        self.engine.flush_lines()
+
+    def close(self) -> None:
+        self.engine.close()
 
 
-def _stream_incomplete(call: Call) -> tuple[str, str] | None:
-    """A stream with events that were not JSON is broken; one that ended with neither its end
-    marker nor a finish reason was cut short."""
-    facts = call.meter.facts
-    if call.metering_failed or facts.error_type:
-        return None
-    if facts.malformed_events:  # a client SDK fails on these too, whatever came after
-        return ("malformed_stream", f"{facts.malformed_events} stream event(s) were not valid JSON")
-    if facts.terminated or facts.finish_reason:
-        return None
-    return ("incomplete_stream", "the stream ended without a finish reason or end marker")
+_logged_hook_errors: set[str] = set()
+
+
+def _hook_error(where: str, exc: Exception) -> None:
+    """Each kind once per process: a fault repeated on every flow must not flood the log."""
+    key = f"{where}:{type(exc).__name__}"
+    if key not in _logged_hook_errors:
+        _logged_hook_errors.add(key)
+        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %r", where, exc)
 
 
 def _parse_hosts(values: Sequence[str]) -> dict[str, str]:

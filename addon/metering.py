@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .formats import ResponseFacts, WireFormat
+from .formats import ARRAY_STREAM_SUFFIXES, ResponseFacts, WireFormat
 from .formats.errors import error_from_body
 from .wire.encoding import incremental_decoder
 from .wire.eventstream import EventStreamDecoder, Frame
@@ -33,6 +33,17 @@ def media_type(content_type: str | None) -> str:
 def is_stream_type(content_type: str | None) -> bool:
     mt = media_type(content_type)
     return mt in SSE_TYPES or mt in NDJSON_TYPES or mt in EVENTSTREAM_TYPES
+
+
+def passes_as_stream(path: str, content_type: str | None, status: int) -> bool:
+    """Whether the hooks pass a response to a possible LLM call on as it arrives, before the
+    request is known to be one: every event stream, and a JSON array where a Gemini stream
+    (`:streamGenerateContent` without alt=sse) may come as one. `stream_framing` then decides
+    how it is metered; it never asks for a stream where this said no."""
+    mt = media_type(content_type)
+    if mt in SSE_TYPES or mt in NDJSON_TYPES or mt in EVENTSTREAM_TYPES:
+        return True
+    return status < 400 and mt in JSON_TYPES and path.endswith(ARRAY_STREAM_SUFFIXES)
 
 
 def stream_framing(fmt: WireFormat, content_type: str | None, *, status: int, requested_stream: bool) -> str | None:

@@ -95,11 +95,14 @@ class Call:
     request: dict[str, Any]
     t_headers: float | None = None
     status_code: int | None = None  # once the response headers arrived
+    content_type: str | None = None  # of the response, once its headers arrived
+    content_encoding: str | None = None
     t_end_marker: float | None = None  # when a stream's own end marker went through
     t_first_token: float | None = None
     t_last_token: float | None = None
     streamed: bool = False
     meter: Any = None  # a StreamMeter while streaming
+    buffered: bytearray | None = None  # a body passed on as a stream but metered whole at its end
     metering_failed: bool = False
     notes: list[str] = field(default_factory=list)
 

@@ -30,7 +30,7 @@ def free_port() -> int:
 class Proxy:
     """One real mitmdump process with the addon, its own confdir and SQLite file."""
 
-    def __init__(self, workdir: Path, *extra_args: str, wait: bool = True) -> None:
+    def __init__(self, workdir: Path, *extra_args: str, wait: bool = True, new_session: bool = False) -> None:
         self.port = free_port()
         self.confdir = workdir / "confdir"
         self.db_path = workdir / "metrics.db"
@@ -50,7 +50,9 @@ class Proxy:
         ]
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+        # new_session: a process group of its own, as a terminal or a service manager starts it
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+                                     start_new_session=new_session)
         if wait:
             self.wait_ready()
 
@@ -81,6 +83,20 @@ class Proxy:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def metering_pid(self) -> int | None:
+        """The addon's metering process (addon/worker.py), a child of mitmdump."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == self.proc.pid and b"addon.worker" in cmdline:
+                return int(entry)
+        return None
+
     def rows(self, expected: int = 1, timeout: float = 10.0) -> list[dict]:
         """Rows in insertion order, waiting until at least `expected` are there."""
         deadline = time.monotonic() + timeout
@@ -100,6 +116,20 @@ class Proxy:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def process_gone(pid: int, timeout: float = 15.0) -> bool:
+    """Whether process `pid` exits within `timeout` (a zombie not yet reaped counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat[stat.rindex(")") + 2 :].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def read_rows(db_path: Path) -> list[dict]:
@@ -131,10 +161,10 @@ def tls_upstream(tmp_path):
 def start_proxy(tmp_path):
     started: list[Proxy] = []
 
-    def start(*extra_args: str, name: str = "proxy", wait: bool = True) -> Proxy:
+    def start(*extra_args: str, name: str = "proxy", wait: bool = True, new_session: bool = False) -> Proxy:
         workdir = tmp_path / name
         workdir.mkdir()
-        proxy = Proxy(workdir, *extra_args, wait=wait)
+        proxy = Proxy(workdir, *extra_args, wait=wait, new_session=new_session)
         started.append(proxy)
         return proxy
 

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.clients import httpx
+from tests.conftest import process_gone
 from tests.upstream import Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -187,11 +188,14 @@ def test_sigkill_during_load_leaves_a_sound_database_and_the_next_start_works(st
     stop = threading.Event()
     threads = _load_in_background(proxy, upstream, 8, completed, stop)
     time.sleep(3)
+    worker = proxy.metering_pid()
+    assert worker is not None
     proxy.proc.kill()
     proxy.proc.wait(10)
     stop.set()
     for t in threads:
         t.join(15)
+    assert process_gone(worker)  # after storing what it was handed (tests/test_e2e_worker.py)
     con = sqlite3.connect(proxy.db_path)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     before = con.execute("SELECT count(*) FROM completion_requests").fetchone()[0]

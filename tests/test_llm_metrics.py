@@ -1,4 +1,5 @@
-"""The addon's hooks, driven by hand in flow order with mitmproxy's own test helpers."""
+"""The addon's hooks, driven by hand in flow order with mitmproxy's own test helpers, metering in
+its own process (as deployed) and on mitmproxy's loop (`llm_metrics_worker=false`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon.llm_metrics import LLMMetrics
+from addon.llm_metrics import InlineMetering, LLMMetrics
+from addon.worker import WorkerProcess
 from tests.conftest import read_rows
 
 CHAT = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": 0.2}
@@ -22,11 +24,24 @@ SSE = (
 )
 
 
-@pytest.fixture
-def metrics(tmp_path):
+@pytest.fixture(params=[True, False], ids=["worker", "inline"])
+def metrics(tmp_path, request):
     addon = LLMMetrics()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False)
+        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
+                       llm_metrics_worker=request.param)
+        assert isinstance(addon.metering, WorkerProcess) == request.param
+        yield addon
+        addon.done()
+
+
+@pytest.fixture
+def inline(tmp_path):
+    """Metering on the loop, where a test can reach into the engine."""
+    addon = LLMMetrics()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
+                       llm_metrics_worker=False)
         yield addon
         addon.done()
 
@@ -44,7 +59,6 @@ def sse_response() -> http.Response:
 
 def run_request(addon: LLMMetrics, flow: http.HTTPFlow) -> None:
     addon.requestheaders(flow)
-    addon.request(flow)
 
 
 def stored(addon: LLMMetrics) -> list[dict]:
@@ -69,23 +83,24 @@ def test_stream_callable_returns_every_chunk_unchanged_and_records_the_call(metr
     assert row["time_to_first_token_ms"] is not None
 
 
-def test_parser_failure_inside_the_stream_is_logged_once_and_chunks_still_pass(metrics, caplog):
+def test_parser_failure_inside_the_stream_is_logged_once_and_chunks_still_pass(inline, caplog):
     flow = llm_flow()
-    run_request(metrics, flow)
+    run_request(inline, flow)
     flow.response = sse_response()
-    metrics.responseheaders(flow)
+    inline.responseheaders(flow)
 
     def broken_feed(data: bytes) -> bool:
         raise RuntimeError("parser bug")
 
-    metrics.inflight[flow.id].meter.feed = broken_feed
+    engine = inline.metering.engine
+    engine.calls[inline.inflight[flow.id][0]].meter.feed = broken_feed
     with caplog.at_level(logging.WARNING):
         assert flow.response.stream(b"data: {}\n\n") == b"data: {}\n\n"
         assert flow.response.stream(b"data: {}\n\n") == b"data: {}\n\n"
-    assert metrics.metering_errors == 1
+    assert engine.metering_errors == 1
     assert sum("metering failed in stream" in r.message for r in caplog.records) == 1
-    metrics.response(flow)
-    [row] = stored(metrics)
+    inline.response(flow)
+    [row] = stored(inline)
     assert row["status_code"] == 200  # what could be recorded, still is
 
 
@@ -95,24 +110,17 @@ def test_unsupported_content_encoding_still_streams_unparsed(metrics):
     flow.response = sse_response()
     flow.response.headers["content-encoding"] = "compress"  # Response.make would drop it
     metrics.responseheaders(flow)
-    assert flow.response.stream is True  # never left buffered
+    on_chunk = flow.response.stream
+    assert callable(on_chunk)  # never left buffered
+    assert [on_chunk(p) for p in (SSE, b"")] == [SSE, b""]
     metrics.response(flow)
     [row] = stored(metrics)
     assert row["is_streaming"] == 1 and row["error_type"] is None
 
 
-@pytest.mark.parametrize(
-    "method, path, body",
-    [
-        ("GET", "/v1/chat/completions", CHAT),
-        ("POST", "/v1/files", CHAT),
-        ("POST", "/v1/chat/completions", b"not json"),
-        ("POST", "/v1/chat/completions", {"model": "x"}),  # no messages: not a chat call
-        ("POST", "/v1/chat/completions", b"[1, 2]"),
-    ],
-)
-def test_other_traffic_is_not_recognised_and_not_touched(metrics, method, path, body):
-    flow = llm_flow(body, path=path)
+@pytest.mark.parametrize("method, path", [("GET", "/v1/chat/completions"), ("POST", "/v1/files")])
+def test_other_traffic_is_not_looked_at(metrics, method, path):
+    flow = llm_flow(path=path)
     flow.request.method = method
     before = flow.request.copy()
     run_request(metrics, flow)
@@ -123,6 +131,29 @@ def test_other_traffic_is_not_recognised_and_not_touched(metrics, method, path, 
     assert flow.request.content == before.content and flow.request.headers == before.headers
     metrics.response(flow)
     assert stored(metrics) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", {"model": "x"}, b"[1, 2]"],  # {"model": "x"}: no messages, not a chat call
+)
+def test_a_request_at_an_llm_path_that_is_no_llm_call_passes_unchanged_and_is_counted_unparsed(
+        metrics, body, caplog):
+    """The hooks do not read bodies: such a request's event stream is passed on as it arrives,
+    byte for byte, and the metering finds it is no LLM call (no row; named in the summary)."""
+    flow = llm_flow(body)
+    before = flow.request.copy()
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+    assert flow.request.content == before.content and flow.request.headers == before.headers
+    on_chunk = flow.response.stream
+    assert [on_chunk(p) for p in (SSE, b"")] == [SSE, b""]
+    metrics.response(flow)
+    with caplog.at_level(logging.INFO):
+        assert stored(metrics) == []
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "1 request looked like LLM calls but were not parsed (please report them): /v1/chat/completions (1)" in text
 
 
 def test_origin_tag_header_is_recorded_and_removed(metrics):

@@ -35,6 +35,10 @@ CANDIDATE_SUFFIXES: tuple[str, ...] = tuple(dict.fromkeys(
     [fmt.path_suffix for fmt in FORMATS] + [GEMINI_STREAM, "/converse", "/invoke"]
 ))
 
+# The only requests whose streamed response may be a plain JSON array (`array_streams`): a
+# streamed response is asked for in the path there, not the body.
+ARRAY_STREAM_SUFFIXES: tuple[str, ...] = (GEMINI_STREAM,)
+
 
 def recognise(path: str, body: dict[str, Any]) -> WireFormat | None:
     """The format of a request to `path` (query stripped) with JSON `body`, if any."""
@@ -52,4 +56,4 @@ def recognise_by_shape(body: dict[str, Any]) -> WireFormat | None:
     return None
 
 
-__all__ = ["FORMATS", "CANDIDATE_SUFFIXES", "ResponseFacts", "WireFormat", "recognise", "recognise_by_shape"]
+__all__ = ["FORMATS", "CANDIDATE_SUFFIXES", "ARRAY_STREAM_SUFFIXES", "ResponseFacts", "WireFormat", "recognise", "recognise_by_shape"]

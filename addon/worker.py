@@ -1,0 +1,378 @@
+"""The metering process: where captured calls become rows, off mitmproxy's event loop.
+
+mitmproxy runs every hook and every stream callable on one event loop, and any Python work in
+its process, on any thread, holds the same interpreter lock: what the addon spends parsing
+bodies, building rows and writing them is taken from the proxy's throughput and latency. So the
+hooks only stamp times and keep references to bytes; `WorkerProcess` hands those to a child
+process in batches over a pipe, where `addon.engine.Engine` meters them and the storage writer
+stores them. Its log records come back over a second pipe and are logged by mitmproxy as the
+addon's own.
+
+The child ignores SIGINT and SIGTERM (a terminal's Ctrl-C and a service manager's stop reach the
+whole process group): it ends when its input closes, after storing what it was given, whether
+mitmdump stopped cleanly or was killed. If it ends while mitmdump runs, the addon meters in its
+own process from then on (`LLMMetrics._worker_ended`).
+
+Frames on both pipes: a 4-byte little-endian length, then a pickled list of messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the addon meters in mitmproxy's process (LLMMetrics._open_store)
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BOOT = f"import sys; sys.path.insert(0, {ROOT!r}); from addon.worker import main; main()"
+_HEADER = 4
+_PIPE_SIZE = 1 << 20  # Linux lets a pipe hold up to /proc/sys/fs/pipe-max-size (1 MiB by default)
+_F_SETPIPE_SZ = 1031
+# While this much is waiting for the child (it meters more slowly than a stream arrives, a
+# synthetic stream of hundreds of MB/s), the hooks wait for it: memory stays bounded.
+HIGH_WATER = 4 << 20
+_STALL_S = 5.0  # a child that takes nothing for this long is hung: it is stopped
+_PROGRESS_EVERY_S = 0.5
+_READ_EVERY_S = 0.01  # how often the child reads while calls come; up to _IDLE_READ_EVERY_S when none do
+_IDLE_READ_EVERY_S = 0.05
+_CLOSE_TIMEOUT_S = 40.0  # the writer's own close waits up to 10 s, plus one database attempt
+_OUTPUT_QUEUE = 10_000  # log records waiting to go back to mitmproxy
+
+START, LOG, PROGRESS = "start", "log", "progress"
+
+
+def frame(messages: list) -> bytes:
+    payload = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(payload).to_bytes(_HEADER, "little") + payload
+
+
+class FrameReader:
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[list]:
+        buf = self._buf
+        buf.extend(data)
+        start = 0
+        while len(buf) - start >= _HEADER:
+            size = int.from_bytes(buf[start : start + _HEADER], "little")
+            end = start + _HEADER + size
+            if len(buf) < end:
+                break
+            yield pickle.loads(memoryview(buf)[start + _HEADER : end])
+            start = end
+        del buf[:start]
+
+
+class WorkerProcess:
+    """The child, seen from mitmproxy's side. `send` never blocks for long: bytes the pipe cannot
+    take yet wait here and go out when it can (up to HIGH_WATER, then the hooks wait)."""
+
+    def __init__(self, start: dict[str, Any], on_exit: Callable[[int | None], None]) -> None:
+        self._on_exit = on_exit
+        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     close_fds=True)
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout.fileno()
+        try:
+            fcntl.fcntl(self._in, _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # not Linux, or above the system's limit: the default size works, in more writes
+        os.set_blocking(self._in, False)
+        os.set_blocking(self._out, False)
+        self._pending = bytearray()
+        self._reader = FrameReader()
+        self._loop = None  # the event loop watching our pipes, once there is one
+        self.alive = True
+        self.closing = False
+        self.handed = 0  # calls handed over whole (their last message sent)
+        self.settled = 0  # of those, how many the child reported stored or counted
+        self.send([(START, start)])
+
+    # -- to the child --------------------------------------------------------------------
+
+    def send(self, messages: list) -> None:
+        if not self.alive:
+            return
+        self._pending += frame(messages)
+        self._write()
+        if self._pending and len(self._pending) > HIGH_WATER:
+            self._write_until(len(self._pending) - HIGH_WATER // 2)
+
+    def _write(self) -> None:
+        try:
+            n = os.write(self._in, self._pending)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # BrokenPipeError: the child is gone
+            self._ended()
+            return
+        del self._pending[:n]
+        if self._pending:
+            self._watch_writable()
+        elif self._loop is not None:
+            self._loop.remove_writer(self._in)
+
+    def _watch_writable(self) -> None:
+        loop = self._running_loop()
+        if loop is not None:
+            loop.add_writer(self._in, self._write)
+        else:  # nobody to come back later (hooks called without a loop): wait here
+            self._write_until(0)
+
+    def _write_until(self, remaining: int) -> None:
+        """Waits (on the hooks' thread) until at most `remaining` bytes wait; a child that takes
+        nothing for _STALL_S is hung, and stopped."""
+        deadline = time.monotonic() + _STALL_S
+        while self.alive and len(self._pending) > remaining:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.error("llm-metrics: the metering process took no data for %.0f s; stopping it", _STALL_S)
+                self.proc.kill()
+                self._ended()
+                return
+            _, writable, _ = select.select([], [self._in], [], left)
+            if writable:
+                before = len(self._pending)
+                self._write()
+                if len(self._pending) < before:
+                    deadline = time.monotonic() + _STALL_S
+            self.poll()  # the child may wait for us to read its log records
+
+    # -- from the child ------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Reads what the child sent: log records, progress, or its end."""
+        while True:
+            try:
+                data = os.read(self._out, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._ended()
+                return
+            for messages in self._reader.feed(data):
+                for message in messages:
+                    self._received(message)
+
+    def _received(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == LOG:
+            _, level, name, text = message
+            logging.getLogger(name).log(level, text)
+        elif kind == PROGRESS:
+            self.settled = message[1]
+
+    def _running_loop(self):
+        if self._loop is None:
+            try:
+                import asyncio
+
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return None
+            self._loop.add_reader(self._out, self.poll)
+        return self._loop
+
+    def watch(self) -> None:
+        """Reads the child's records as they come, once mitmproxy's loop runs."""
+        if self.alive:
+            self._running_loop()
+
+    def _ended(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self._unwatch()
+        if self.closing:
+            return
+        try:
+            code = self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = None
+        self._on_exit(code)
+
+    def _unwatch(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._out)
+            self._loop.remove_writer(self._in)
+            self._loop = None
+
+    # -- the end -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Hands over what waits, closes the child's input and waits for it to store everything,
+        logging what it says meanwhile."""
+        self.closing = True
+        self._unwatch()
+        if self.alive:
+            self._write_until(0)
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        deadline = time.monotonic() + _CLOSE_TIMEOUT_S
+        while self.alive and time.monotonic() < deadline:
+            readable, _, _ = select.select([self._out], [], [], deadline - time.monotonic())
+            if readable:
+                self.poll()
+        try:
+            code = self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("llm-metrics: the metering process did not finish within %.0f s; stopped", _CLOSE_TIMEOUT_S)
+            self.proc.kill()
+            code = self.proc.wait()
+        if code != 0:
+            log.error("llm-metrics: the metering process ended with exit code %s: up to %d call(s) it had not "
+                      "stored are lost", code, max(0, self.handed - self.settled))
+        self.alive = False
+        self.proc.stdout.close()
+
+
+# -- the child -------------------------------------------------------------------------------
+
+
+class _Output:
+    """Log records back to mitmproxy, from a thread of their own: the metering never waits for
+    mitmproxy to read them. Records past _OUTPUT_QUEUE waiting are dropped and counted."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._queue: queue.Queue = queue.Queue(maxsize=_OUTPUT_QUEUE)
+        self.lost = 0
+        self._thread = threading.Thread(target=self._run, name="llm-metrics-output", daemon=True)
+        self._thread.start()
+
+    def put(self, message: tuple) -> None:
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            self.lost += 1
+
+    def _run(self) -> None:
+        while True:
+            messages = [self._queue.get()]
+            while len(messages) < 500:
+                try:
+                    messages.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            last = messages[-1] is None
+            if last:
+                messages.pop()
+            try:
+                data = frame(messages)
+                while data:
+                    data = data[os.write(self._fd, data):]
+            except OSError:
+                return  # mitmproxy is gone: nobody to tell
+            if last:
+                return
+
+    def close(self) -> None:
+        if self.lost:
+            self.put((LOG, logging.WARNING, __name__, f"llm-metrics: {self.lost} log record(s) of the metering "
+                                                      "process were not shown (mitmproxy read them too slowly)"))
+        self._queue.put(None)
+        self._thread.join(10)
+
+
+class _ForwardHandler(logging.Handler):
+    def __init__(self, output: _Output) -> None:
+        super().__init__(logging.INFO)
+        self._output = output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self._output.put((LOG, record.levelno, record.name, text))
+        except Exception:
+            self.handleError(record)
+
+
+def main() -> None:
+    """`python -c ...` entry of the child: stdin carries messages, stdout log records back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
+    output = _Output(fd_out)
+    root = logging.getLogger()
+    root.handlers[:] = [_ForwardHandler(output)]
+    root.setLevel(logging.INFO)
+    code = 0
+    try:
+        _serve(fd_in, output)
+    except Exception:
+        log.exception("llm-metrics: the metering process failed")
+        code = 1
+    output.close()
+    os._exit(code)  # no interpreter teardown: daemon threads and atexit have nothing left to do
+
+
+def _serve(fd_in: int, output: _Output) -> None:
+    from .engine import start_engine  # after logging is set up: import-time warnings go to mitmproxy
+
+    # The child reads on its own clock, never blocked in a read: a process waiting on a pipe is
+    # woken by each write as a "sync" wake-up, which Linux tends to run on the writer's core,
+    # taking that core from mitmproxy's loop at once. Written into a pipe nobody waits on, the
+    # bytes just wait; mitmproxy's loop is never interrupted for the metering.
+    os.set_blocking(fd_in, False)
+    reader = FrameReader()
+    engine = None
+    reported = -1
+    idle_s = _READ_EVERY_S
+    next_progress = time.monotonic() + _PROGRESS_EVERY_S
+    while True:
+        got = False
+        while True:
+            try:
+                data = os.read(fd_in, 1 << 20)
+            except BlockingIOError:
+                break
+            if not data:  # mitmproxy closed our input: it stopped, or was killed
+                if engine is not None:
+                    engine.close()
+                return
+            got = True
+            for messages in reader.feed(data):
+                if engine is None:
+                    start = messages.pop(0)[1]
+                    engine = start_engine(**start)
+                engine.handle_all(messages)
+        now = time.monotonic()
+        # Quick reads while data comes; slower ones when it does not (no busy wake-ups when idle).
+        idle_s = _READ_EVERY_S if got else min(idle_s * 2, _IDLE_READ_EVERY_S)
+        wake = now + idle_s
+        if engine is not None:
+            if engine.lines_since is not None:
+                if now >= engine.lines_since + engine.lines_every:
+                    engine.flush_lines()
+                else:
+                    wake = min(wake, engine.lines_since + engine.lines_every)
+            if now >= next_progress:
+                next_progress = now + _PROGRESS_EVERY_S
+                settled = engine.settled()
+                if settled != reported:
+                    reported = settled
+                    output.put((PROGRESS, settled))
+        time.sleep(max(0.0, wake - time.monotonic()))
