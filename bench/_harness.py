@@ -102,7 +102,8 @@ class Proxy:
         return self.log_path.read_text(errors="replace")
 
     def cpu_s(self) -> float:
-        return process_cpu_s(self.proc.pid)
+        """mitmdump's CPU seconds, its metering process's included."""
+        return sum(thread_cpu_s(self.proc.pid).values())
 
     def thread_cpu_s(self) -> dict[str, float]:
         return thread_cpu_s(self.proc.pid)
@@ -138,17 +139,39 @@ def process_cpu_s(pid: int) -> float:
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds of the main thread (mitmproxy's event loop, where every hook runs) and of all
-    other threads together (in the addon, mostly the storage writer). Python 3.11 does not name
-    OS threads, so the split is by thread id."""
-    out = {"main": 0.0, "other": 0.0}
+    """CPU seconds of the main thread (mitmproxy's event loop, where every hook runs), of all
+    other threads together (a storage writer, when the addon meters in mitmproxy's process), and
+    of the process's children (the addon's metering process). Python 3.11 does not name OS
+    threads, so the split is by thread id."""
+    out = {"main": 0.0, "other": 0.0, "worker": 0.0}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             _, cpu = _stat_cpu(f"/proc/{pid}/task/{task}/stat")
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that ended between listing and reading: its CPU is lost
         out["main" if int(task) == pid else "other"] += cpu
+    for child in child_pids(pid):
+        try:
+            out["worker"] += process_cpu_s(child)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
     return out
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc/*/stat: no kernel option needed)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            children.append(int(entry))
+    return children
 
 
 def run_client(spec: dict, timeout: float = 120.0) -> dict:
@@ -255,17 +278,17 @@ def code_version() -> str:
     return f"commit {commit}" + (f" + {len(dirty)} uncommitted change(s) in addon/ storage/ migrations/" if dirty else "")
 
 
-class DropWriter:
-    """Stands in for RowWriter where a bench measures the addon without storage: takes rows,
-    writes nothing."""
-
-    written = dropped = 0
-
-    def submit(self, row) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
+# A typical row (a streamed call with cached input), for benches that need rows without calls.
+FLOOD_ROW = {
+    "timestamp": "2026-11-22T14:03:07.123456Z", "success": True, "status_code": 200, "response_time_ms": 304,
+    "model": "gpt-flood-2026-01-01", "request_model": "gpt-flood", "provider": "openai-compatible",
+    "host": "127.0.0.1", "path": "/v1/chat/completions", "origin": "flood", "is_streaming": True,
+    "max_tokens": 256, "temperature": 0.2, "top_p": None, "message_count": 3, "prompt_tokens": 1211,
+    "completion_tokens": 96, "total_tokens": 1307, "cached_tokens": 1024, "reasoning_tokens": None,
+    "finish_reason": "stop", "time_to_first_byte_ms": 41, "time_to_first_token_ms": 212,
+    "time_to_last_token_ms": 301, "tokens_per_second": 1078.652, "chunk_count": 99,
+    "error_type": None, "error_message": None,
+}
 
 
 def print_start() -> None:

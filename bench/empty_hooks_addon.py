@@ -1,4 +1,4 @@
-"""Benchmark-only: an addon with the five hooks the metrics addon uses, each doing nothing.
+"""Benchmark-only: an addon with the hooks the metrics addon uses, each doing nothing.
 
     mitmdump -s bench/empty_hooks_addon.py
 
@@ -10,9 +10,6 @@ from mitmproxy import http
 
 class EmptyHooks:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        pass
-
-    def request(self, flow: http.HTTPFlow) -> None:
         pass
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -9,8 +9,9 @@ order rotated per round so drift on a shared machine falls on all of them alike.
 is a separate process; requests/s is the median over rounds, latencies are pooled.
 
 The ratio that matters: requests/s with the addon over bare mitmdump (target >= 0.95). The proxy's
-CPU per request (from /proc, main thread = mitmproxy's event loop where every hook runs; other
-threads = mostly the addon's storage writer) says where the difference comes from.
+CPU per request (from /proc: main thread = mitmproxy's event loop where every hook runs; other
+threads; the addon's metering process, which parses, builds rows and writes them) says where the
+difference comes from.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def measure(args) -> dict:
     upstream = Upstream(args.upstream)
     work = scratch_dir("overhead")
     proxies = {v: Proxy(v, work / v) for v in VARIANTS if v != "direct"}
-    results = {(v, c): {"rps": [], "lat": [], "cpu_main": 0.0, "cpu_other": 0.0, "n": 0, "errors": 0, "unfinished": 0, "warm": 0}
+    results = {(v, c): {"rps": [], "lat": [], "cpu_main": 0.0, "cpu_other": 0.0, "cpu_worker": 0.0, "n": 0, "errors": 0, "unfinished": 0, "warm": 0}
                for v in VARIANTS for c in args.concurrency}
     try:
         warm_up = 0
@@ -60,6 +61,7 @@ def _one_run(variant, conc, proxy, upstream, args, acc) -> None:
         after = proxy.thread_cpu_s()
         acc["cpu_main"] += after["main"] - before["main"]
         acc["cpu_other"] += after["other"] - before["other"]
+        acc["cpu_worker"] += after["worker"] - before["worker"]
     acc["rps"].append(out["done"] / out["elapsed_s"])
     acc["lat"].extend(out["latency_us"])
     acc["n"] += out["done"]
@@ -77,13 +79,14 @@ def render(data: dict, args) -> str:
         for v in VARIANTS:
             a = res[(v, conc)]
             p50, p99 = pct(a["lat"], 50), pct(a["lat"], 99)
-            cpu = (f"{a['cpu_main'] * 1000 / a['n']:.2f} + {a['cpu_other'] * 1000 / a['n']:.2f}"
+            cpu = (f"{a['cpu_main'] * 1000 / a['n']:.2f} + {a['cpu_other'] * 1000 / a['n']:.2f} + "
+                   f"{a['cpu_worker'] * 1000 / a['n']:.2f}"
                    if v != "direct" and a["n"] else "-")
             rows.append([v, conc, median(a["rps"]), p50 / 1000, p99 / 1000,
                          "-" if v == "direct" else (p50 - d50) / 1000,
                          "-" if v == "direct" else (p99 - d99) / 1000, cpu, a["errors"]])
     out = [table(["path", "conc", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms",
-                  "proxy CPU ms/req (loop + other threads)", "errors"], rows,
+                  "proxy CPU ms/req (loop + other threads + metering process)", "errors"], rows,
                  title=f"Small non-streamed chat completions, {args.rounds} rounds x {args.seconds:g} s per path and concurrency")]
     out.append("")
     for conc in args.concurrency:

@@ -38,7 +38,7 @@ def measure(args) -> dict:
     upstream = Upstream()
     work = scratch_dir("streaming")
     proxies = {v: Proxy(v, work / v) for v in VARIANTS if v != "direct"}
-    acc = {(v, ph): {"eps": [], "streams": [], "cpu": 0.0, "events": 0} for v in VARIANTS for ph in PHASES}
+    acc = {(v, ph): {"eps": [], "streams": [], "cpu": 0.0, "cpu_worker": 0.0, "events": 0} for v in VARIANTS for ph in PHASES}
     try:
         for p in proxies.values():  # warm-up
             run_client({"target": p.port, "upstream_port": upstream.port, "mode": "stream", "concurrency": 4,
@@ -51,11 +51,13 @@ def measure(args) -> dict:
                     spec = {"target": proxy.port if proxy else "direct", "upstream_port": upstream.port,
                             "mode": "stream", "concurrency": conc, "seconds": args.seconds * factor,
                             "stream_headers": headers, "tag": f"{phase}-r{r}", "stagger_s": stagger}
-                    cpu0 = proxy.cpu_s() if proxy else 0.0
+                    cpu0 = proxy.thread_cpu_s() if proxy else None
                     out = run_client(spec)
                     a = acc[(v, phase)]
                     if proxy:
-                        a["cpu"] += proxy.cpu_s() - cpu0
+                        cpu1 = proxy.thread_cpu_s()
+                        a["cpu"] += cpu1["main"] + cpu1["other"] - cpu0["main"] - cpu0["other"]
+                        a["cpu_worker"] += cpu1["worker"] - cpu0["worker"]
                     a["eps"].append(out["events_in_window"] / out["elapsed_s"])
                     a["events"] += sum(s["events"] + 1 for s in out["streams"])
                     a["streams"].extend(out["streams"])
@@ -73,11 +75,12 @@ def measure(args) -> dict:
 def render(data: dict, args) -> str:
     acc, rows = data["acc"], data["rows"]
     out = []
-    thr = [[v, median(acc[(v, "throughput")]["eps"]), len(acc[(v, "throughput")]["streams"]),
-            "-" if v == "direct" or not acc[(v, "throughput")]["events"] else
-            acc[(v, "throughput")]["cpu"] * 1e6 / acc[(v, "throughput")]["events"]]
-           for v in VARIANTS]
-    out.append(table(["path", "events/s", "streams done", "proxy CPU us/event"], thr,
+    thr = []
+    for v in VARIANTS:
+        a = acc[(v, "throughput")]
+        per = (lambda key: "-" if v == "direct" or not a["events"] else a[key] * 1e6 / a["events"])
+        thr.append([v, median(a["eps"]), len(a["streams"]), per("cpu"), per("cpu_worker")])
+    out.append(table(["path", "events/s", "streams done", "mitmdump CPU us/event", "metering process CPU us/event"], thr,
                      title=f"1. Throughput: 50 concurrent streams of 100 content events, {args.rounds} rounds x {args.seconds:g} s"))
     ratios = [a / b for a, b in zip(acc[("addon", "throughput")]["eps"], acc[("stream-only", "throughput")]["eps"])]
     out.append(f"addon / streaming baseline events/s: {median(ratios):.2f} (rounds {min(ratios):.2f}..{max(ratios):.2f}; "
