@@ -29,6 +29,11 @@ def _send(proxy, upstream, n: int, stream: bool = False) -> list[int]:
                 for _ in range(n)]
 
 
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5)
+
+
 def _drops(db_path) -> dict[str, int]:
     con = sqlite3.connect(db_path)
     try:
@@ -43,6 +48,7 @@ def test_metering_runs_in_a_child_process_that_ends_with_mitmdump(start_proxy, u
     assert worker is not None
     assert _send(proxy, upstream, 3) == [200] * 3
     assert len(proxy.rows(3)) == 3
+    assert _nice(worker) == min(19, _nice(proxy.proc.pid) + 10)  # it yields the CPU to the proxy
     assert proxy.stop() == 0
     assert process_gone(worker)
     assert "3 call(s) recorded" in proxy.log()
