@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ORIGIN_HEADER = "x-llm-metrics-origin"
 HAND_OVER_EVERY_S = 0.01
+HAND_OVER_BYTES = 1 << 20  # or sooner, once stream pieces of this size wait
 _CANDIDATE_SUFFIXES = tuple(suffix.encode() for suffix in CANDIDATE_SUFFIXES)
 
 
@@ -55,7 +56,8 @@ class LLMMetrics:
         # None when that metering process ended with it (counted as lost then)
         self.inflight: dict[str, list] = {}
         self._next_cid = 0
-        self._outbox: list[tuple] = []  # messages for the metering, handed over together
+        self._outbox: list = []  # messages and stream pieces for the metering, handed over together
+        self._outbox_bytes = 0  # of stream pieces in it
         self._hand_over_scheduled = False
 
     def load(self, loader) -> None:
@@ -237,8 +239,11 @@ class LLMMetrics:
                 put(cid)  # a piece is three bare items (addon.engine): no tuple for the GC to track
                 put(now())
                 put(data)
+                self._outbox_bytes += len(data)
                 if not self._hand_over_scheduled:
                     self._schedule_hand_over()
+                elif self._outbox_bytes > HAND_OVER_BYTES:  # a fast stream: not 10 ms of it in memory
+                    self._hand_over()
             except Exception as exc:
                 _hook_error("stream", exc)
             return data
@@ -264,9 +269,10 @@ class LLMMetrics:
             self._hand_over()
 
     def _hand_over(self) -> None:
-        self._hand_over_scheduled = False
+        self._hand_over_scheduled = False  # a timer still pending finds nothing, or the next batch
         messages = self._outbox[:]
         self._outbox.clear()  # the same list: stream callables hold it
+        self._outbox_bytes = 0
         if messages and self.metering is not None:
             try:
                 self.metering.send(messages)

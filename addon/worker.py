@@ -43,9 +43,11 @@ _BOOT = f"import sys; sys.path.insert(0, {ROOT!r}); from addon.worker import mai
 _HEADER = 4
 _PIPE_SIZE = 1 << 20  # Linux lets a pipe hold up to /proc/sys/fs/pipe-max-size (1 MiB by default)
 _F_SETPIPE_SZ = 1031
-# While this much is waiting for the child (it meters more slowly than a stream arrives, a
-# synthetic stream of hundreds of MB/s), the hooks wait for it: memory stays bounded.
-HIGH_WATER = 4 << 20
+# While more than this waits for the child (it meters more slowly than a stream arrives: a
+# synthetic stream of hundreds of MB/s), each hand-over waits until HIGH_WATER // 2 of it has
+# gone: memory stays near HIGH_WATER. One frame larger than that (a 50 MB body) is not waited
+# for whole: it goes out at the pipe's pace.
+HIGH_WATER = 2 << 20
 _STALL_S = 5.0  # a child that takes nothing for this long is hung: it is stopped
 _PROGRESS_EVERY_S = 0.5
 _READ_EVERY_S = 0.01  # how often the child reads while calls come; up to _IDLE_READ_EVERY_S when none do
@@ -100,7 +102,8 @@ class WorkerProcess:
             pass  # not Linux, or above the system's limit: the default size works, in more writes
         os.set_blocking(self._in, False)
         os.set_blocking(self._out, False)
-        self._pending = bytearray()
+        self._pending = bytearray()  # frames not yet written, from self._sent on
+        self._sent = 0
         self._reader = FrameReader()
         self._loop = None  # the event loop watching our pipes, once there is one
         self.alive = True
@@ -114,37 +117,55 @@ class WorkerProcess:
     def send(self, messages: list) -> None:
         if not self.alive:
             return
-        self._pending += frame(messages)
-        self._write()
-        if self._pending and len(self._pending) > HIGH_WATER:
-            self._write_until(len(self._pending) - HIGH_WATER // 2)
+        payload = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+        self._pending += len(payload).to_bytes(_HEADER, "little")  # as frame() does, without its copy
+        self._pending += payload
+        del payload
+        self._flush()
+        if self.waiting > HIGH_WATER:
+            self._write_until(self.waiting - HIGH_WATER // 2)
 
-    def _write(self) -> None:
-        try:
-            n = os.write(self._in, self._pending)
-        except BlockingIOError:
-            n = 0
-        except OSError:  # BrokenPipeError: the child is gone
-            self._ended()
-            return
-        del self._pending[:n]
-        if self._pending:
-            self._watch_writable()
+    @property
+    def waiting(self) -> int:
+        return len(self._pending) - self._sent
+
+    def _flush(self) -> None:
+        """Writes what the pipe takes now; the rest when it can (mitmproxy's loop watches it)."""
+        self._write()
+        if self.alive and self.waiting:
+            loop = self._running_loop()
+            if loop is not None:
+                loop.add_writer(self._in, self._flush)
+            else:  # nobody to come back later (hooks called without a loop): wait here
+                self._write_until(0)
         elif self._loop is not None:
             self._loop.remove_writer(self._in)
 
-    def _watch_writable(self) -> None:
-        loop = self._running_loop()
-        if loop is not None:
-            loop.add_writer(self._in, self._write)
-        else:  # nobody to come back later (hooks called without a loop): wait here
-            self._write_until(0)
+    def _write(self) -> None:
+        """One write, as much as the pipe takes without waiting."""
+        with memoryview(self._pending) as view:
+            try:
+                n = os.write(self._in, view[self._sent :])
+            except BlockingIOError:
+                n = 0
+            except OSError:  # BrokenPipeError: the child is gone
+                n = -1
+        if n < 0:
+            self._ended()
+            return
+        self._sent += n
+        if self._sent == len(self._pending):
+            self._pending.clear()
+            self._sent = 0
+        elif self._sent > HIGH_WATER // 2:  # drop what went now and then, not on every write
+            del self._pending[: self._sent]
+            self._sent = 0
 
     def _write_until(self, remaining: int) -> None:
         """Waits (on the hooks' thread) until at most `remaining` bytes wait; a child that takes
         nothing for _STALL_S is hung, and stopped."""
         deadline = time.monotonic() + _STALL_S
-        while self.alive and len(self._pending) > remaining:
+        while self.alive and self.waiting > remaining:
             left = deadline - time.monotonic()
             if left <= 0:
                 log.error("llm-metrics: the metering process took no data for %.0f s; stopping it", _STALL_S)
@@ -153,9 +174,9 @@ class WorkerProcess:
                 return
             _, writable, _ = select.select([], [self._in], [], left)
             if writable:
-                before = len(self._pending)
+                before = self.waiting
                 self._write()
-                if len(self._pending) < before:
+                if self.waiting < before:
                     deadline = time.monotonic() + _STALL_S
             self.poll()  # the child may wait for us to read its log records
 
