@@ -63,9 +63,11 @@ _OUTPUT_QUEUE = 10_000  # log records waiting to go back to mitmproxy
 START, LOG, PROGRESS = "start", "log", "progress"
 
 
-def frame(messages: list) -> bytes:
+def add_frame(buf: bytearray, messages: list) -> None:
+    """Appends one frame to `buf`: the pickled list's length (4 bytes, little-endian), then it."""
     payload = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
-    return len(payload).to_bytes(_HEADER, "little") + payload
+    buf += len(payload).to_bytes(_HEADER, "little")
+    buf += payload
 
 
 class FrameReader:
@@ -117,10 +119,7 @@ class WorkerProcess:
     def send(self, messages: list) -> None:
         if not self.alive:
             return
-        payload = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
-        self._pending += len(payload).to_bytes(_HEADER, "little")  # as frame() does, without its copy
-        self._pending += payload
-        del payload
+        add_frame(self._pending, messages)
         self._flush()
         if self.waiting > HIGH_WATER:
             self._write_until(self.waiting - HIGH_WATER // 2)
@@ -305,9 +304,11 @@ class _Output:
             if last:
                 messages.pop()
             try:
-                data = frame(messages)
-                while data:
-                    data = data[os.write(self._fd, data):]
+                data = bytearray()
+                add_frame(data, messages)
+                with memoryview(data) as view:
+                    while view:
+                        view = view[os.write(self._fd, view):]
             except OSError:
                 return  # mitmproxy is gone: nobody to tell
             if last:

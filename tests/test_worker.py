@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from addon.engine import END, OPEN, Engine
 from addon.formats import FORMATS
 from addon.metering import passes_as_stream, stream_framing
-from addon.worker import FrameReader, frame
+from addon.worker import FrameReader, add_frame
 
 MESSAGES = st.lists(st.lists(st.one_of(st.integers(), st.floats(allow_nan=False), st.binary(max_size=300),
                                        st.tuples(st.integers(0, 6), st.text(max_size=20))), max_size=20), max_size=8)
@@ -19,7 +19,9 @@ MESSAGES = st.lists(st.lists(st.one_of(st.integers(), st.floats(allow_nan=False)
 @settings(max_examples=200, deadline=None)
 @given(MESSAGES, st.data())
 def test_frames_read_back_whole_and_in_order_however_the_pipe_splits_them(batches, data):
-    wire = b"".join(frame(batch) for batch in batches)
+    wire = bytearray()
+    for batch in batches:
+        add_frame(wire, batch)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=12)))
     reader, got = FrameReader(), []
     for start, end in zip([0, *cuts], [*cuts, len(wire)]):
