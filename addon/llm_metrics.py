@@ -5,7 +5,8 @@
 The hooks stay thin, because they run on mitmproxy's one event loop, between the user's bytes:
 they pick out requests that may be LLM calls (by method and path, without reading the body),
 stamp times, keep references to the bytes, and hand those to the metering (`addon.engine`) in
-batches every few milliseconds. The metering runs in a process of its own (`addon.worker`) unless
+batches every few milliseconds. The metering runs in a process of its own (`addon.worker`), at
+idle CPU priority while the machine has CPU to spare and at nice 10 once it has not, unless
 `llm_metrics_worker` is off or no process can be started; then on the loop, as it used to. A
 metering failure is logged once and counted; it never changes, stalls or breaks the user's traffic.
 """
@@ -59,6 +60,10 @@ class LLMMetrics:
         self._outbox: list = []  # messages and stream pieces for the metering, handed over together
         self._outbox_bytes = 0  # of stream pieces in it
         self._hand_over_scheduled = False
+        self._start: dict | None = None  # what a metering process starts with
+        # A metering process being retired (`_escalate`), and the calls whose streams it meters
+        self._retiring: WorkerProcess | None = None
+        self._retiring_cids: set[int] = set()
 
     def load(self, loader) -> None:
         logging.getLogger("peewee").setLevel(logging.INFO)  # see addon.engine.start_engine
@@ -205,7 +210,7 @@ class LLMMetrics:
                                        response.headers.get("content-encoding"))
                 self._put((WHOLE, entry[0], self._with_body(entry[1], flow), headers, t, response.status_code,
                            response.raw_content or b""))
-            self._handed()
+            self._handed(entry[0])
         except Exception as exc:
             _hook_error("response", exc)
 
@@ -225,7 +230,7 @@ class LLMMetrics:
             status = response.status_code if response is not None else None
             request, headers = (None, None) if entry[3] else (self._with_body(entry[1], flow), entry[2])
             self._put((FAIL, entry[0], request, headers, time.perf_counter(), message, response is not None, status))
-            self._handed()
+            self._handed(entry[0])
         except Exception as exc:
             _hook_error("error", exc)
 
@@ -257,9 +262,10 @@ class LLMMetrics:
         if not self._hand_over_scheduled:
             self._schedule_hand_over()
 
-    def _handed(self) -> None:
-        if isinstance(self.metering, WorkerProcess):
-            self.metering.handed += 1
+    def _handed(self, cid: int) -> None:
+        metering = self._retiring if cid in self._retiring_cids else self.metering
+        if isinstance(metering, WorkerProcess):
+            metering.handed += 1
 
     def _schedule_hand_over(self) -> None:
         try:
@@ -275,9 +281,75 @@ class LLMMetrics:
         self._outbox_bytes = 0
         if messages and self.metering is not None:
             try:
+                if isinstance(self.metering, WorkerProcess) and self.metering.starved():
+                    self._escalate()
+                if self._retiring is not None:
+                    messages = self._route(messages)
                 self.metering.send(messages)
             except Exception as exc:
                 _hook_error("hand-over", exc)
+
+    def _escalate(self) -> None:
+        """The metering process, at idle CPU priority, gets too little CPU to keep up (the machine
+        is busy with other work): new calls go to a new one at nice 10, the streams it meters
+        stay with it until they end, then it ends, after storing what it has."""
+        old = self.metering
+        old.idle = False  # whatever happens next, it is not asked again
+        try:
+            new = WorkerProcess({**self._start, **self._settings()}, on_exit=self._worker_ended, idle=False)
+        except Exception as exc:
+            log.warning("llm-metrics: the metering process gets too little CPU, and no other can start (%r)", exc)
+            return
+        new.watch()
+        old.on_exit = self._retired_ended
+        self._retiring = old
+        self._retiring_cids = {entry[0] for entry in self.inflight.values() if entry[3] is True}
+        self.metering = new
+        log.warning("llm-metrics: the metering process, at idle CPU priority, fell behind (the machine is busy); "
+                    "new calls go to one at nice 10, the %d stream(s) it meters stay with it",
+                    len(self._retiring_cids))
+        if not self._retiring_cids:
+            old.retire()
+
+    def _route(self, items: list) -> list:
+        """Of messages and stream pieces (three items each), those of the retiring process's
+        streams go to it; the rest are returned. It is retired after its last stream's end."""
+        cids, theirs, ours = self._retiring_cids, [], []
+        i, n = 0, len(items)
+        while i < n:
+            item = items[i]
+            if type(item) is tuple:
+                if item[0] in (OPEN, END, FAIL) and item[1] in cids:
+                    theirs.append(item)
+                    if item[0] != OPEN:
+                        cids.discard(item[1])
+                else:
+                    ours.append(item)
+                i += 1
+            else:
+                (theirs if item in cids else ours).extend(items[i : i + 3])
+                i += 3
+        retiring = self._retiring
+        if theirs:
+            retiring.send(theirs)
+        if not cids and not retiring.retiring:
+            retiring.retire()
+        return ours
+
+    def _retired_ended(self, code: int | None) -> None:
+        """The retired metering process exited: after storing everything (0), or not."""
+        retiring, cids = self._retiring, self._retiring_cids
+        self._retiring, self._retiring_cids = None, set()
+        if code == 0 and not cids:
+            return
+        lost = max(0, retiring.handed - retiring.settled) + len(cids)
+        for entry in self.inflight.values():
+            if entry[0] in cids:
+                entry[3] = None  # its pieces now go nowhere
+        log.error("llm-metrics: the retired metering process ended with exit code %s; up to %d call(s) it had "
+                  "not stored are lost and counted as %s.", code, lost, METERING_LOST)
+        if lost:
+            self._put((LOST, lost, METERING_LOST))
 
     # -- the metering ----------------------------------------------------------------------
 
@@ -300,6 +372,7 @@ class LLMMetrics:
         self.location = location
         start = {"location": location, "keep_backups": keep, "queue_size": ctx.options.llm_metrics_queue_size,
                  **self._settings()}
+        self._start = start
         if ctx.options.llm_metrics_worker and os.name == "posix" and not getattr(sys, "frozen", False):
             db.close()
             try:
@@ -317,19 +390,22 @@ class LLMMetrics:
         metering, self.metering = self.metering, None
         if metering is not None:
             metering.close()
+        retiring, self._retiring, self._retiring_cids = self._retiring, None, set()
+        if retiring is not None:
+            retiring.close()
 
     def _worker_ended(self, code: int | None) -> None:
         """The metering process ended while mitmproxy runs (a bug, or it was killed): metering
         goes on here, and what it had not stored yet is counted as lost."""
         worker = self.metering
-        streams = sum(1 for entry in self.inflight.values() if entry[3] is True)
+        ours = [entry for entry in self.inflight.values() if entry[3] is True and entry[0] not in self._retiring_cids]
+        streams = len(ours)
         lost = max(0, worker.handed - worker.settled) + streams
         log.error("llm-metrics: the metering process ended unexpectedly (exit code %s); metering goes on in "
                   "mitmproxy's process. Up to %d call(s) it had not stored are lost and counted as %s.",
                   code, lost, METERING_LOST)
-        for entry in self.inflight.values():
-            if entry[3] is True:
-                entry[3] = None  # a stream it was metering: its pieces now go nowhere
+        for entry in ours:
+            entry[3] = None  # a stream it was metering: its pieces now go nowhere
         try:
             engine = start_engine(location=self.location, keep_backups=ctx.options.llm_metrics_backup_keep,
                                   queue_size=ctx.options.llm_metrics_queue_size, **self._settings())

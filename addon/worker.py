@@ -8,6 +8,13 @@ process in batches over a pipe, where `addon.engine.Engine` meters them and the 
 stores them. Its log records come back over a second pipe and are logged by mitmproxy as the
 addon's own.
 
+The child runs at the lowest CPU priority Linux has (SCHED_IDLE): it gets only CPU time no other
+process wants, so even at concurrency 1 on two cores the proxy does not wait for it. A process
+cannot leave SCHED_IDLE without privileges, and on a machine busy with other work it could get no
+CPU at all: when it falls behind (`WorkerProcess.starved`), the addon hands new calls to a second
+metering process at nice 10, and the first one finishes what it has (`LLMMetrics._escalate`).
+Where SCHED_IDLE does not exist the child runs at nice 10 from the start.
+
 The child ignores SIGINT and SIGTERM (a terminal's Ctrl-C and a service manager's stop reach the
 whole process group): it ends when its input closes, after storing what it was given, whether
 mitmdump stopped cleanly or was killed. If it ends while mitmdump runs, the addon meters in its
@@ -39,7 +46,7 @@ except ImportError:  # not POSIX: the addon meters in mitmproxy's process (LLMMe
 log = logging.getLogger(__name__)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BOOT = f"import sys; sys.path.insert(0, {ROOT!r}); from addon.worker import main; main()"
+_BOOT = f"import sys; sys.path.insert(0, {ROOT!r}); from addon.worker import main; main(idle=%r)"
 _HEADER = 4
 _PIPE_SIZE = 1 << 20  # Linux lets a pipe hold up to /proc/sys/fs/pipe-max-size (1 MiB by default)
 _F_SETPIPE_SZ = 1031
@@ -54,10 +61,15 @@ _READ_EVERY_S = 0.01  # how often the child reads while calls come; up to _IDLE_
 _IDLE_READ_EVERY_S = 0.05
 _CLOSE_TIMEOUT_S = 40.0  # the writer's own close waits up to 10 s, plus one database attempt
 # The metering yields the CPU to the proxy and the user's programs: on a machine with few cores
-# its bursts otherwise delay them (at concurrency 1 on two cores, bench/addon_parts.py: 0.90 of
-# bare mitmdump's requests/s at nice 0, about 0.95 at nice 10). At nice 10 it still gets about a
-# tenth of a core against a busy process, more than a proxy's calls need (~0.2 ms each).
+# its bursts otherwise delay them. At concurrency 1 on two cores (16 alternating rounds, 2026-12-05):
+# 0.91 of bare mitmdump's requests/s at nice 10, 0.95 at SCHED_IDLE, 0.98 with no metering at
+# all. At nice 10 (where SCHED_IDLE does not exist, or once it starved) it still gets about a
+# tenth of a core against a busy process, more than a proxy's calls need (~0.1 ms each).
 _NICE = 10
+# A child at SCHED_IDLE is starved when this much waits for it, or anything has waited this long
+# (a 1 MiB pipe full, then more): well before HIGH_WATER, where the hooks would wait for it.
+_STARVED_BYTES = HIGH_WATER // 4
+_STARVED_S = 0.5
 _OUTPUT_QUEUE = 10_000  # log records waiting to go back to mitmproxy
 
 START, LOG, PROGRESS = "start", "log", "progress"
@@ -92,10 +104,11 @@ class WorkerProcess:
     """The child, seen from mitmproxy's side. `send` never blocks for long: bytes the pipe cannot
     take yet wait here and go out when it can (up to HIGH_WATER, then the hooks wait)."""
 
-    def __init__(self, start: dict[str, Any], on_exit: Callable[[int | None], None]) -> None:
-        self._on_exit = on_exit
-        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     close_fds=True)
+    def __init__(self, start: dict[str, Any], on_exit: Callable[[int | None], None], idle: bool = True) -> None:
+        self.on_exit = on_exit
+        self.idle = idle and hasattr(os, "SCHED_IDLE")  # asked to run at SCHED_IDLE; `starved` checks it did
+        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT % self.idle], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, close_fds=True)
         self._in = self.proc.stdin.fileno()
         self._out = self.proc.stdout.fileno()
         try:
@@ -106,6 +119,8 @@ class WorkerProcess:
         os.set_blocking(self._out, False)
         self._pending = bytearray()  # frames not yet written, from self._sent on
         self._sent = 0
+        self._waiting_since: float | None = None  # monotonic time since when bytes wait for the pipe
+        self.retiring = False  # its input closes once what waits is written (`retire`)
         self._reader = FrameReader()
         self._loop = None  # the event loop watching our pipes, once there is one
         self.alive = True
@@ -128,15 +143,47 @@ class WorkerProcess:
     def waiting(self) -> int:
         return len(self._pending) - self._sent
 
+    def starved(self) -> bool:
+        """Whether this child, at SCHED_IDLE, gets too little CPU to keep up: the machine is
+        busy with other work (or the child is stopped)."""
+        if not self.idle or not self.waiting or self._waiting_since is None:
+            return False
+        if self.waiting < _STARVED_BYTES and time.monotonic() - self._waiting_since < _STARVED_S:
+            return False
+        try:
+            self.idle = os.sched_getscheduler(self.proc.pid) == os.SCHED_IDLE
+        except OSError:  # gone: not starved, ended (`poll` sees it)
+            self.idle = False
+        return self.idle
+
+    def retire(self) -> None:
+        """Lets the child end without waiting for it: its input closes once what waits for the
+        pipe is written; its log records are read until it exits, then `on_exit` is called."""
+        self.retiring = True
+        if self.alive and not self.waiting:
+            self._close_input()
+
+    def _close_input(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(self._in)
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
     def _flush(self) -> None:
         """Writes what the pipe takes now; the rest when it can (mitmproxy's loop watches it)."""
         self._write()
         if self.alive and self.waiting:
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
             loop = self._running_loop()
             if loop is not None:
                 loop.add_writer(self._in, self._flush)
             else:  # nobody to come back later (hooks called without a loop): wait here
                 self._write_until(0)
+        elif self.retiring and self.alive:
+            self._close_input()
         elif self._loop is not None:
             self._loop.remove_writer(self._in)
 
@@ -156,6 +203,7 @@ class WorkerProcess:
         if self._sent == len(self._pending):
             self._pending.clear()
             self._sent = 0
+            self._waiting_since = None
         elif self._sent > HIGH_WATER // 2:  # drop what went now and then, not on every write
             del self._pending[: self._sent]
             self._sent = 0
@@ -233,7 +281,7 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = None
-        self._on_exit(code)
+        self.on_exit(code)
 
     def _unwatch(self) -> None:
         if self._loop is not None:
@@ -337,12 +385,14 @@ class _ForwardHandler(logging.Handler):
             self.handleError(record)
 
 
-def main() -> None:
+def main(idle: bool = False) -> None:
     """`python -c ...` entry of the child: stdin carries messages, stdout log records back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         os.nice(_NICE)
+        if idle:  # before any thread starts: threads inherit it
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except OSError:
         pass
     fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()

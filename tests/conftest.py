@@ -85,6 +85,12 @@ class Proxy:
 
     def metering_pid(self) -> int | None:
         """The addon's metering process (addon/worker.py), a child of mitmdump."""
+        pids = self.metering_pids()
+        return pids[0] if pids else None
+
+    def metering_pids(self) -> list[int]:
+        """Every metering process of this mitmdump, oldest first."""
+        found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -94,8 +100,8 @@ class Proxy:
             except OSError:
                 continue
             if int(stat[stat.rindex(")") + 2 :].split()[1]) == self.proc.pid and b"addon.worker" in cmdline:
-                return int(entry)
-        return None
+                found.append((int(stat[stat.rindex(")") + 2 :].split()[19]), int(entry)))  # by start time
+        return [pid for _, pid in sorted(found)]
 
     def rows(self, expected: int = 1, timeout: float = 10.0) -> list[dict]:
         """Rows in insertion order, waiting until at least `expected` are there."""

@@ -111,3 +111,62 @@ def test_a_signal_to_the_whole_process_group_loses_no_call(start_proxy, upstream
     rows = proxy.rows(15, timeout=1)
     assert len(rows) == 15 and all(r["success"] for r in rows)
     assert "15 call(s) recorded" in proxy.log()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's: elsewhere the process runs at nice 10")
+def test_a_metering_process_starved_of_cpu_hands_new_calls_to_one_at_nice_10_and_loses_nothing(start_proxy, upstream):
+    """At idle priority the metering process gets only CPU nobody else wants; on a machine busy
+    with other work it may get none. SIGSTOP is that, at worst: the proxy must not wait for it."""
+    proxy = start_proxy("--set", "llm_metrics_log_calls=false")
+    first = proxy.metering_pid()
+    deadline = time.monotonic() + 10
+    while os.sched_getscheduler(first) != os.SCHED_IDLE and time.monotonic() < deadline:
+        time.sleep(0.05)  # it sets its own priority as it starts
+    assert os.sched_getscheduler(first) == os.SCHED_IDLE
+    assert _nice(first) == min(19, _nice(proxy.proc.pid) + 10)
+    upstream.scenarios["slow"] = Scenario(chunk_delay=0.3)
+    slow = {}
+
+    def stream() -> None:
+        with httpx.Client(proxy=proxy.url, timeout=30) as client:
+            response = client.post(f"{upstream.base_url}/chat/completions", json=dict(BODY, stream=True),
+                                   headers={"x-scenario": "slow"})
+            slow["status"], slow["body"] = response.status_code, response.content
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    time.sleep(0.3)  # the stream is open in the first metering process
+    os.kill(first, signal.SIGSTOP)
+    try:
+        # 3 MB of prompts: more than the pipe (1 MiB) and the addon's allowance for a slow child
+        prompt = {"model": "gpt-fake", "messages": [{"role": "user", "content": "x" * 100_000}]}
+        latencies = []
+        with httpx.Client(proxy=proxy.url, timeout=30) as client:
+            for _ in range(30):
+                t = time.monotonic()
+                assert client.post(f"{upstream.base_url}/chat/completions", json=prompt).status_code == 200
+                latencies.append(time.monotonic() - t)
+        assert max(latencies) < 2.0, latencies  # the hooks never waited for the stopped process
+        assert "fell behind (the machine is busy); new calls go to one at nice 10, the 1 stream(s)" in proxy.log()
+        pids = proxy.metering_pids()
+        assert pids[0] == first and len(pids) == 2
+        assert os.sched_getscheduler(pids[1]) == os.SCHED_OTHER
+        assert _nice(pids[1]) == min(19, _nice(proxy.proc.pid) + 10)
+        assert len(proxy.rows(10, timeout=10)) >= 10  # the second one stores while the first is stopped
+    finally:
+        os.kill(first, signal.SIGCONT)
+    thread.join(30)
+    assert slow["status"] == 200 and slow["body"].endswith(b"data: [DONE]\n\n")
+    # Once its stream ended, the first one stores what it had and exits, mitmdump running on.
+    deadline = time.monotonic() + 20
+    while not process_gone(first) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process_gone(first)
+    assert proxy.proc.poll() is None
+    rows = proxy.rows(31, timeout=10)
+    assert len(rows) == 31 and all(r["success"] for r in rows)
+    streamed = [r for r in rows if r["is_streaming"]]
+    assert len(streamed) == 1 and streamed[0]["finish_reason"] == "stop" and streamed[0]["chunk_count"] == 8  # whole
+    assert _drops(proxy.db_path) == {}
+    assert proxy.stop() == 0
+    assert "lost" not in proxy.log()
