@@ -57,8 +57,14 @@ _F_SETPIPE_SZ = 1031
 HIGH_WATER = 2 << 20
 _STALL_S = 5.0  # a child that takes nothing for this long is hung: it is stopped
 _PROGRESS_EVERY_S = 0.5
-_READ_EVERY_S = 0.01  # how often the child reads while calls come; up to _IDLE_READ_EVERY_S when none do
-_IDLE_READ_EVERY_S = 0.05
+# How often the child reads while calls come: what came since, metered in one go, costs it less
+# CPU than the same in five goes (at 800 calls/s, about 70 us a call instead of 100: Python's
+# caches are warm for longer). Sooner while the pipe fills faster than that; up to
+# _IDLE_READ_EVERY_S when nothing comes.
+_READ_EVERY_S = 0.05
+_FAST_READ_EVERY_S = 0.01
+_FAST_READ_BYTES = _PIPE_SIZE // 4  # read in one wake-up: the next comes sooner
+_IDLE_READ_EVERY_S = 0.1
 _CLOSE_TIMEOUT_S = 40.0  # the writer's own close waits up to 10 s, plus one database attempt
 # The metering yields the CPU to the proxy and the user's programs: on a machine with few cores
 # its bursts otherwise delay them. At concurrency 1 on two cores (16 alternating rounds, 2026-12-05):
@@ -424,7 +430,7 @@ def _serve(fd_in: int, output: _Output) -> None:
     idle_s = _READ_EVERY_S
     next_progress = time.monotonic() + _PROGRESS_EVERY_S
     while True:
-        got = False
+        got = 0
         while True:
             try:
                 data = os.read(fd_in, 1 << 20)
@@ -434,7 +440,7 @@ def _serve(fd_in: int, output: _Output) -> None:
                 if engine is not None:
                     engine.close()
                 return
-            got = True
+            got += len(data)
             for messages in reader.feed(data):
                 if engine is None:
                     start = messages.pop(0)[1]
@@ -442,7 +448,10 @@ def _serve(fd_in: int, output: _Output) -> None:
                 engine.handle_all(messages)
         now = time.monotonic()
         # Quick reads while data comes; slower ones when it does not (no busy wake-ups when idle).
-        idle_s = _READ_EVERY_S if got else min(idle_s * 2, _IDLE_READ_EVERY_S)
+        if got:
+            idle_s = _FAST_READ_EVERY_S if got >= _FAST_READ_BYTES else _READ_EVERY_S
+        else:
+            idle_s = min(idle_s * 2, _IDLE_READ_EVERY_S)
         wake = now + idle_s
         if engine is not None:
             if engine.lines_since is not None:
