@@ -26,7 +26,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from mitmproxy import ctx, exceptions, http  # noqa: E402
+from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
 
 from addon.engine import CONFIG, END, FAIL, LOST, OPEN, SHUTDOWN, WHOLE, prepare_store, start_engine  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
@@ -486,3 +486,15 @@ def _warn_unknown_options() -> None:
 
 
 addons = [LLMMetrics()]
+
+# mitmproxy looks up each event's name on this module too (a script's module is an addon), for
+# every event of every flow. On Python 3.11 a name the module lacks costs two raised and cleared
+# AttributeErrors; a name set to None is skipped at once: about 8 us less of the loop's time per
+# request (mitmproxy's dispatch timed in-process, alternating both ways, 2026-12-05).
+def _skip_unhandled_hooks(namespace: dict) -> None:
+    for name in tuple(hooks.all_hooks):
+        if name != "add_log":  # deprecated: mitmproxy warns about an addon that has it at all
+            namespace.setdefault(name, None)
+
+
+_skip_unhandled_hooks(globals())
