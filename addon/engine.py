@@ -77,6 +77,7 @@ class Engine:
         self.recorded = 0
         self.ended = 0  # calls handed over that are settled: recorded, or found not to be LLM calls
         self.run_totals = RunTotals()  # for the summary printed at exit
+        self.run_part: str | None = None  # what part of the run it covers, when not all of it
         self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
         self.metering_errors = 0
         self._logged_errors: set[str] = set()
@@ -219,6 +220,8 @@ class Engine:
             self.extra_hosts = settings["extra_hosts"]
         if "log_calls" in settings:
             self.log_calls = settings["log_calls"]
+        if "run_part" in settings:
+            self.run_part = settings["run_part"]
 
     def _lost(self, n: int, reason: str) -> None:
         if self.writer is not None:
@@ -325,7 +328,7 @@ class Engine:
             self.writer.close()
             log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped (%d counted in dropped_rows)",
                      self.writer.written, self.location, self.writer.dropped, self.writer.drops_recorded)
-        for line in self.run_totals.lines(self.unparsed):
+        for line in self.run_totals.lines(self.unparsed, self.run_part):
             log.info(line)
 
     def _count_unparsed(self, path: str) -> None:

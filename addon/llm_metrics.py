@@ -302,13 +302,16 @@ class LLMMetrics:
             return
         new.watch()
         old.on_exit = self._retired_ended
+        old.send([(CONFIG, {"run_part": "metered at idle priority"})])  # each prints its part at its end
+        new.send([(CONFIG, {"run_part": "metered at nice 10, once the machine got busy"})])
         self._retiring = old
         self._retiring_cids = {entry[0] for entry in self.inflight.values() if entry[3] is True}
         self.metering = new
-        log.warning("llm-metrics: the metering process, at idle CPU priority, fell behind (the machine is busy); "
-                    "new calls go to one at nice 10, the %d stream(s) it meters stay with it",
-                    len(self._retiring_cids))
-        if not self._retiring_cids:
+        streams = len(self._retiring_cids)
+        log.warning("llm-metrics: the metering process, at idle CPU priority, fell behind (the machine is busy): "
+                    "new calls go to a second one at nice 10%s", f"; the {streams} stream(s) open in the first end "
+                    "there" if streams else "")
+        if not streams:
             old.retire()
 
     def _route(self, items: list) -> list:

@@ -52,21 +52,24 @@ class RunTotals:
     def add(self, row: Mapping[str, Any]) -> None:
         self.models.setdefault(row.get("model") or NO_MODEL, ModelTotals()).add(row)
 
-    def lines(self, unparsed: Mapping[str, int] | None = None) -> list[str]:
-        """The lines to print, without timestamps or logger prefixes."""
-        lines = self._call_lines()
+    def lines(self, unparsed: Mapping[str, int] | None = None, part: str | None = None) -> list[str]:
+        """The lines to print, without timestamps or logger prefixes; `part` names the part of
+        the run these totals cover when they are not the whole run's."""
+        lines = self._call_lines(part)
         lines.extend(unparsed_lines(unparsed or {}))
         return lines
 
-    def _call_lines(self) -> list[str]:
+    def _call_lines(self, part: str | None = None) -> list[str]:
         calls = sum(m.calls for m in self.models.values())
         if calls == 0:
+            if part:
+                return []
             return ["llm-metrics: no LLM calls captured this run (`python -m addon doctor` checks the set-up)"]
         errors = sum(m.errors for m in self.models.values())
         prompt = _sum_known(m.prompt_tokens for m in self.models.values())
         completion = _sum_known(m.completion_tokens for m in self.models.values())
         lines = [
-            f"llm-metrics: this run: {_count(calls, 'call')}, {_count(errors, 'error')}, "
+            f"llm-metrics: {f'this run, {part}' if part else 'this run'}: {_count(calls, 'call')}, {_count(errors, 'error')}, "
             f"tokens {_n(prompt)} in / {_n(completion)} out",
             f"  {'model':<{MODEL_WIDTH}} {'calls':>6} {'errors':>6} {'tokens in':>10} {'tokens out':>10} "
             f"{'p50 latency':>11} {'p50 ttft':>9}",

@@ -7,6 +7,7 @@ processes the way users and service managers do, and count rows and drops afterw
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import threading
@@ -147,7 +148,7 @@ def test_a_metering_process_starved_of_cpu_hands_new_calls_to_one_at_nice_10_and
                 assert client.post(f"{upstream.base_url}/chat/completions", json=prompt).status_code == 200
                 latencies.append(time.monotonic() - t)
         assert max(latencies) < 2.0, latencies  # the hooks never waited for the stopped process
-        assert "fell behind (the machine is busy); new calls go to one at nice 10, the 1 stream(s)" in proxy.log()
+        assert "fell behind (the machine is busy): new calls go to a second one at nice 10; the 1 stream(s) open" in proxy.log()
         pids = proxy.metering_pids()
         assert pids[0] == first and len(pids) == 2
         assert os.sched_getscheduler(pids[1]) == os.SCHED_OTHER
@@ -169,4 +170,9 @@ def test_a_metering_process_starved_of_cpu_hands_new_calls_to_one_at_nice_10_and
     assert len(streamed) == 1 and streamed[0]["finish_reason"] == "stop" and streamed[0]["chunk_count"] == 8  # whole
     assert _drops(proxy.db_path) == {}
     assert proxy.stop() == 0
-    assert "lost" not in proxy.log()
+    log = proxy.log()
+    assert "lost" not in log
+    # Each process sums up its part of the run; together, every call.
+    parts = dict(re.findall(r"this run, (metered at [^:]+): (\d+) calls?", log))
+    assert set(parts) == {"metered at idle priority", "metered at nice 10, once the machine got busy"}
+    assert sum(int(n) for n in parts.values()) == 31
