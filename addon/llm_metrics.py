@@ -282,17 +282,19 @@ class LLMMetrics:
         if messages and self.metering is not None:
             try:
                 if isinstance(self.metering, WorkerProcess) and self.metering.starved():
-                    self._escalate()
+                    self._escalate(messages)
                 if self._retiring is not None:
                     messages = self._route(messages)
                 self.metering.send(messages)
             except Exception as exc:
                 _hook_error("hand-over", exc)
 
-    def _escalate(self) -> None:
+    def _escalate(self, batch: list) -> None:
         """The metering process, at idle CPU priority, gets too little CPU to keep up (the machine
         is busy with other work): new calls go to a new one at nice 10, the streams it meters
-        stay with it until they end, then it ends, after storing what it has."""
+        stay with it until they end, then it ends, after storing what it has. `batch` is what is
+        about to be handed over: the ends of streams it opened, and calls already counted as
+        handed to it."""
         old = self.metering
         old.idle = False  # whatever happens next, it is not asked again
         try:
@@ -304,8 +306,22 @@ class LLMMetrics:
         old.on_exit = self._retired_ended
         old.send([(CONFIG, {"run_part": "metered at idle priority"})])  # each prints its part at its end
         new.send([(CONFIG, {"run_part": "metered at nice 10, once the machine got busy"})])
+        ends, whole = set(), 0
+        i, n = 0, len(batch)
+        while i < n:
+            item = batch[i]
+            if type(item) is tuple:
+                if item[0] == END or (item[0] == FAIL and item[2] is None):
+                    ends.add(item[1])  # a stream's end: every stream so far opened in the first
+                elif item[0] in (WHOLE, FAIL):
+                    whole += 1  # a whole call, counted by `_handed` as the first's: the second's now
+                i += 1
+            else:
+                i += 3
+        old.handed -= whole
+        new.handed += whole
         self._retiring = old
-        self._retiring_cids = {entry[0] for entry in self.inflight.values() if entry[3] is True}
+        self._retiring_cids = {entry[0] for entry in self.inflight.values() if entry[3] is True} | ends
         self.metering = new
         streams = len(self._retiring_cids)
         log.warning("llm-metrics: the metering process, at idle CPU priority, fell behind (the machine is busy): "
@@ -389,6 +405,8 @@ class LLMMetrics:
         log.info("llm-metrics: recording LLM calls to %s", location)
 
     def _close_metering(self) -> None:
+        if isinstance(self.metering, WorkerProcess):
+            self.metering.idle = False  # ending: no switch to another process now
         self._hand_over()
         metering, self.metering = self.metering, None
         if metering is not None:

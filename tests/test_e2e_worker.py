@@ -114,11 +114,15 @@ def test_a_signal_to_the_whole_process_group_loses_no_call(start_proxy, upstream
     assert "15 call(s) recorded" in proxy.log()
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's: elsewhere the process runs at nice 10")
-def test_a_metering_process_starved_of_cpu_hands_new_calls_to_one_at_nice_10_and_loses_nothing(start_proxy, upstream):
-    """At idle priority the metering process gets only CPU nobody else wants; on a machine busy
-    with other work it may get none. SIGSTOP is that, at worst: the proxy must not wait for it."""
-    proxy = start_proxy("--set", "llm_metrics_log_calls=false")
+needs_sched_idle = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"),
+                                      reason="SCHED_IDLE is Linux's: elsewhere the process runs at nice 10")
+
+
+def _starve_the_first_metering_process(proxy, upstream) -> tuple[int, threading.Thread, dict]:
+    """Opens a slow stream in the first (idle-priority) metering process, stops that process
+    (SIGSTOP: a machine busy with other work giving it no CPU, at worst), and sends 30 calls
+    with 100 kB prompts, which the addon must hand to a second process without waiting.
+    Returns the first process's pid and the stream's thread and result."""
     first = proxy.metering_pid()
     deadline = time.monotonic() + 10
     while os.sched_getscheduler(first) != os.SCHED_IDLE and time.monotonic() < deadline:
@@ -126,7 +130,7 @@ def test_a_metering_process_starved_of_cpu_hands_new_calls_to_one_at_nice_10_and
     assert os.sched_getscheduler(first) == os.SCHED_IDLE
     assert _nice(first) == min(19, _nice(proxy.proc.pid) + 10)
     upstream.scenarios["slow"] = Scenario(chunk_delay=0.3)
-    slow = {}
+    slow: dict = {}
 
     def stream() -> None:
         with httpx.Client(proxy=proxy.url, timeout=30) as client:
@@ -138,24 +142,31 @@ def test_a_metering_process_starved_of_cpu_hands_new_calls_to_one_at_nice_10_and
     thread.start()
     time.sleep(0.3)  # the stream is open in the first metering process
     os.kill(first, signal.SIGSTOP)
-    try:
-        # 3 MB of prompts: more than the pipe (1 MiB) and the addon's allowance for a slow child
-        prompt = {"model": "gpt-fake", "messages": [{"role": "user", "content": "x" * 100_000}]}
-        latencies = []
-        with httpx.Client(proxy=proxy.url, timeout=30) as client:
-            for _ in range(30):
-                t = time.monotonic()
-                assert client.post(f"{upstream.base_url}/chat/completions", json=prompt).status_code == 200
-                latencies.append(time.monotonic() - t)
-        assert max(latencies) < 2.0, latencies  # the hooks never waited for the stopped process
-        assert "fell behind (the machine is busy): new calls go to a second one at nice 10; the 1 stream(s) open" in proxy.log()
-        pids = proxy.metering_pids()
-        assert pids[0] == first and len(pids) == 2
-        assert os.sched_getscheduler(pids[1]) == os.SCHED_OTHER
-        assert _nice(pids[1]) == min(19, _nice(proxy.proc.pid) + 10)
-        assert len(proxy.rows(10, timeout=10)) >= 10  # the second one stores while the first is stopped
-    finally:
-        os.kill(first, signal.SIGCONT)
+    # 3 MB of prompts: more than the pipe (1 MiB) and the addon's allowance for a slow child
+    prompt = {"model": "gpt-fake", "messages": [{"role": "user", "content": "x" * 100_000}]}
+    latencies = []
+    with httpx.Client(proxy=proxy.url, timeout=30) as client:
+        for _ in range(30):
+            t = time.monotonic()
+            assert client.post(f"{upstream.base_url}/chat/completions", json=prompt).status_code == 200
+            latencies.append(time.monotonic() - t)
+    assert max(latencies) < 2.0, latencies  # the hooks never waited for the stopped process
+    assert "fell behind (the machine is busy): new calls go to a second one at nice 10; the 1 stream(s) open" in proxy.log()
+    pids = proxy.metering_pids()
+    assert pids[0] == first and len(pids) == 2
+    assert os.sched_getscheduler(pids[1]) == os.SCHED_OTHER
+    assert _nice(pids[1]) == min(19, _nice(proxy.proc.pid) + 10)
+    assert len(proxy.rows(10, timeout=10)) >= 10  # the second one stores while the first is stopped
+    return first, thread, slow
+
+
+@needs_sched_idle
+def test_a_metering_process_starved_of_cpu_hands_new_calls_to_one_at_nice_10_and_loses_nothing(start_proxy, upstream):
+    """At idle priority the metering process gets only CPU nobody else wants; on a machine busy
+    with other work it may get none: the proxy must not wait for it, nor lose what it had."""
+    proxy = start_proxy("--set", "llm_metrics_log_calls=false")
+    first, thread, slow = _starve_the_first_metering_process(proxy, upstream)
+    os.kill(first, signal.SIGCONT)
     thread.join(30)
     assert slow["status"] == 200 and slow["body"].endswith(b"data: [DONE]\n\n")
     # Once its stream ended, the first one stores what it had and exits, mitmdump running on.
@@ -176,3 +187,21 @@ def test_a_metering_process_starved_of_cpu_hands_new_calls_to_one_at_nice_10_and
     parts = dict(re.findall(r"this run, (metered at [^:]+): (\d+) calls?", log))
     assert set(parts) == {"metered at idle priority", "metered at nice 10, once the machine got busy"}
     assert sum(int(n) for n in parts.values()) == 31
+
+
+@needs_sched_idle
+def test_a_starved_metering_process_that_dies_has_its_calls_counted_as_lost(start_proxy, upstream):
+    proxy = start_proxy("--set", "llm_metrics_log_calls=false")
+    first, thread, slow = _starve_the_first_metering_process(proxy, upstream)
+    os.kill(first, signal.SIGKILL)  # stopped, then killed: whatever it was handed is gone
+    thread.join(30)
+    assert slow["status"] == 200 and slow["body"].endswith(b"data: [DONE]\n\n")  # traffic unaffected
+    assert _send(proxy, upstream, 3) == [200] * 3
+    assert proxy.stop() == 0
+    log = proxy.log()
+    assert "the retired metering process ended with exit code -9" in log
+    rows, drops = proxy.rows(), _drops(proxy.db_path)
+    assert set(drops) == {"metering_lost"}
+    # 1 stream + 30 + 3 calls: each is a row (stored by the second process) or counted as lost
+    assert len(rows) >= 10 + 3 and len(rows) + drops["metering_lost"] == 34
+    assert all(not r["is_streaming"] for r in rows)  # the stream was the first process's

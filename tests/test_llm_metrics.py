@@ -3,8 +3,10 @@ its own process (as deployed) and on mitmproxy's loop (`llm_metrics_worker=false
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -331,3 +333,45 @@ def test_exit_summary_lists_calls_per_model_and_names_unparsed_llm_looking_reque
     assert "this run: 1 call, 0 errors, tokens 4 in / 2 out" in text
     assert "gpt-x-1" in text
     assert "2 requests looked like LLM calls but were not parsed (please report them): /v1/chat/completions (2)" in text
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="the switch is from a metering process at SCHED_IDLE (Linux)")
+def test_at_the_switch_to_a_second_metering_process_each_message_goes_where_its_call_is(tmp_path):
+    """The switch (addon.worker: the first process, at idle priority, fell behind) happens at a
+    hand-over. In it, the end of a stream the first process opened goes to the first, a whole
+    call to the second, and each call is counted as handed to the process that stores it. The
+    first process's verdict is set by hand here: with a real stopped process which messages share
+    the deciding hand-over is up to timing (tests/test_e2e_worker.py does that)."""
+    addon = LLMMetrics()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False)
+        first = addon.metering
+
+        async def calls() -> None:
+            stream = llm_flow()
+            run_request(addon, stream)
+            stream.response = sse_response()
+            addon.responseheaders(stream)
+            stream.response.stream(SSE)
+            await asyncio.sleep(0.05)  # its start and its bytes are handed to the first process
+            whole = llm_flow(dict(CHAT, stream=False))
+            run_request(addon, whole)
+            whole.response = http.Response.make(200, json.dumps({
+                "model": "gpt-x-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                                                 "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}).encode(),
+                {"content-type": "application/json"})
+            addon.responseheaders(whole)
+            addon.response(whole)
+            addon.response(stream)  # both ends wait for the same hand-over
+            first.starved = lambda: True
+            await asyncio.sleep(0.05)
+
+        asyncio.run(calls())
+        second = addon.metering
+        assert isinstance(second, WorkerProcess) and second is not first and not second.idle
+        assert first.retiring  # its one stream ended: it stores what it has and exits
+        assert (first.handed, second.handed) == (1, 1)
+        addon.done()
+    rows = read_rows(tmp_path / "m.db")
+    assert sorted((r["is_streaming"], r["success"], r["chunk_count"]) for r in rows) == [(0, 1, None), (1, 1, 3)]
