@@ -35,6 +35,24 @@ def _nice(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5)
 
 
+def _start_slow_stream(proxy, upstream, chunk_delay: float) -> tuple[threading.Thread, dict]:
+    """A streamed call with `chunk_delay` s between its chunks, in a thread of its own, open in
+    the metering process once this returns; the dict gets its status and body when it ends."""
+    upstream.scenarios["slow"] = Scenario(chunk_delay=chunk_delay)
+    slow: dict = {}
+
+    def stream() -> None:
+        with httpx.Client(proxy=proxy.url, timeout=30) as client:
+            response = client.post(f"{upstream.base_url}/chat/completions", json=dict(BODY, stream=True),
+                                   headers={"x-scenario": "slow"})
+            slow["status"], slow["body"] = response.status_code, response.content
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    time.sleep(0.3)  # the stream is open and handed over
+    return thread, slow
+
+
 def _drops(db_path) -> dict[str, int]:
     con = sqlite3.connect(db_path)
     try:
@@ -61,18 +79,7 @@ def test_a_killed_metering_process_is_counted_and_metering_goes_on_in_mitmproxy(
     assert len(proxy.rows(10)) == 10
     time.sleep(0.7)  # its progress report (every 0.5 s) says all 10 are stored
     # A stream open in the metering process when it dies: its row cannot be made, it is counted.
-    upstream.scenarios["slow"] = Scenario(chunk_delay=0.2)
-    slow = {}
-
-    def stream() -> None:
-        with httpx.Client(proxy=proxy.url, timeout=30) as client:
-            response = client.post(f"{upstream.base_url}/chat/completions", json=dict(BODY, stream=True),
-                                   headers={"x-scenario": "slow"})
-            slow["status"], slow["body"] = response.status_code, response.content
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    time.sleep(0.3)  # the stream is open and handed over
+    thread, slow = _start_slow_stream(proxy, upstream, chunk_delay=0.2)
     os.kill(proxy.metering_pid(), signal.SIGKILL)
     assert _send(proxy, upstream, 10) == [200] * 10  # traffic goes on
     thread.join(30)
@@ -129,18 +136,7 @@ def _starve_the_first_metering_process(proxy, upstream) -> tuple[int, threading.
         time.sleep(0.05)  # it sets its own priority as it starts
     assert os.sched_getscheduler(first) == os.SCHED_IDLE
     assert _nice(first) == min(19, _nice(proxy.proc.pid) + 10)
-    upstream.scenarios["slow"] = Scenario(chunk_delay=0.3)
-    slow: dict = {}
-
-    def stream() -> None:
-        with httpx.Client(proxy=proxy.url, timeout=30) as client:
-            response = client.post(f"{upstream.base_url}/chat/completions", json=dict(BODY, stream=True),
-                                   headers={"x-scenario": "slow"})
-            slow["status"], slow["body"] = response.status_code, response.content
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    time.sleep(0.3)  # the stream is open in the first metering process
+    thread, slow = _start_slow_stream(proxy, upstream, chunk_delay=0.3)  # open in the first process
     os.kill(first, signal.SIGSTOP)
     # 3 MB of prompts: more than the pipe (1 MiB) and the addon's allowance for a slow child
     prompt = {"model": "gpt-fake", "messages": [{"role": "user", "content": "x" * 100_000}]}
