@@ -1,34 +1,10 @@
 """Turns what the addon's hooks captured into rows: recognising the call, metering its response,
 building the row, handing it to the storage writer, the per-call lines and the exit summary.
 
-The hooks (`addon.llm_metrics`) only stamp times and keep references to bytes; everything here
-runs in the metering process (`addon.worker`), off mitmproxy's event loop, or on that loop when
-metering runs in-process. Either way it receives the same list of items, in the order the hooks
-made them: messages, as tuples whose first item says what they are, and between them the pieces
-of streamed bodies, each as three bare items (no tuple: a stream callable then allocates nothing
-the garbage collector tracks, which made every hundredth hook wait ~0.3 ms for a collection):
-
-    cid, t, data                              one piece of a streamed body, as on the wire;
-                                              b"" is the body's end
-    (OPEN, cid, request, headers, streamed)   a call whose response is passed on as it arrives
-                                              (`streamed`: pieces follow), or, at shutdown, one
-                                              still waiting for its response
-    (END, cid, t, status)                     the response hook of an OPENed call
-    (WHOLE, cid, request, headers, t, status, body)   a buffered call, complete
-    (FAIL, cid, request, headers, t, message, had_response, status)   the error hook; `request`
-                                              and `headers` are None when the call was OPENed
-    (SHUTDOWN, t)                             the proxy stops: every call still open ends
-    (CONFIG, settings)                        option values (extra hosts, per-call lines)
-    (LOST, n, reason)                         calls the hooks could not hand over, to be counted
-
-`request` is (t_start, started_at, host, port, path, body, content_encoding, user_agent, origin)
-with the body as on the wire and the path without its query; `headers` is (t_headers, status,
-content_type, content_encoding) or None before the response headers arrived. Times `t*` are
-`time.perf_counter()` readings of the hooks' process; `started_at` is wall-clock epoch seconds.
-Nothing else of the flow crosses over: no header that could carry a key, no query string.
-
-A metering failure is logged once per kind and counted; the call is still recorded with what
-could be read.
+`Engine.handle_all` takes a batch of the hand-over protocol (`addon.capture`), in the order the
+hooks made it, in the metering process (`addon.worker`) or on mitmproxy's loop when metering
+runs in-process (`addon.backends`). A metering failure is logged once per kind and counted; the
+call is still recorded with what could be read.
 """
 
 from __future__ import annotations
@@ -36,13 +12,28 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
 
 from . import pricing
-from .formats import ResponseFacts, recognise, recognise_by_shape
+from .capture import (
+    Abandon,
+    Config,
+    End,
+    Fail,
+    Lost,
+    Open,
+    Piece,
+    Request,
+    ResponseHead,
+    Shutdown,
+    Whole,
+    iter_batch,
+)
+from .formats import ResponseFacts, recognise, recognise_by_path, recognise_by_shape, unknown_request_fields
 from .metering import StreamMeter, meter_body, stream_framing
 from .record import Call, build_row, origin_from_user_agent, provider_for
 from .run_summary import RunTotals
@@ -51,8 +42,6 @@ from .transport import classify_flow_error
 from .wire.encoding import incremental_decoder
 
 log = logging.getLogger(__name__)
-
-OPEN, END, WHOLE, FAIL, SHUTDOWN, CONFIG, LOST = range(7)
 
 CALL_LINES_EVERY_S = 0.1
 _MAX_UNPARSED_PATHS = 100
@@ -75,56 +64,56 @@ class Engine:
         self.calls: dict[int, Call] = {}
         self.ignored: set[int] = set()  # calls that turned out not to be LLM calls: their pieces are dropped
         self.recorded = 0
-        self.ended = 0  # calls handed over that are settled: recorded, or found not to be LLM calls
+        self.ended = 0  # calls handed over that are settled: recorded, dropped, or found not to be LLM calls
         self.run_totals = RunTotals()  # for the summary printed at exit
-        self.run_part: str | None = None  # what part of the run it covers, when not all of it
         self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
         self.metering_errors = 0
         self._logged_errors: set[str] = set()
         self.call_lines: list[str] = []  # per-call lines waiting for the next flush
         self.lines_since: float | None = None  # monotonic time of the oldest waiting line
-        self._handlers = {OPEN: self._open, END: self._end, WHOLE: self._whole,
-                          FAIL: self._fail, SHUTDOWN: self._shutdown, CONFIG: self._config, LOST: self._lost}
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Piece: self._piece, Open: self._open, End: self._end, Whole: self._whole, Fail: self._fail,
+            Abandon: self._abandon, Lost: self._lost, Config: self._config, Shutdown: self._shutdown,
+        }
 
-    def handle(self, message: tuple) -> None:
-        try:
-            self._handlers[message[0]](*message[1:])
-        except Exception as exc:  # one bad message must not stop the ones after it
-            self._metering_error("message", exc)
-
-    def handle_all(self, items: list) -> None:
-        """Messages and pieces, as the hooks made them (the module's docstring)."""
-        i, n = 0, len(items)
-        while i < n:
-            item = items[i]
-            if type(item) is tuple:
-                self.handle(item)
-                i += 1
-            else:
-                self._piece(item, items[i + 1], items[i + 2])
-                i += 3
+    def handle_all(self, items: list[Any]) -> None:
+        """A batch of the hand-over protocol (`addon.capture`)."""
+        handlers = self._handlers
+        for item in iter_batch(items):
+            try:
+                handlers[type(item)](item)
+            except Exception as exc:  # one bad message must not stop the ones after it
+                self._metering_error(type(item).__name__.lower(), exc)
 
     # -- messages ------------------------------------------------------------------------
 
-    def _open(self, cid: int, request: tuple, headers: tuple | None, streamed: bool) -> None:
-        call = self._recognise(request)
+    def _open(self, m: Open) -> None:
+        call = self._recognise(m.request)
         if call is None:
-            if streamed:
-                self.ignored.add(cid)  # its pieces and end are dropped as they come
+            if m.streamed:
+                self.ignored.add(m.cid)  # its pieces and end are dropped as they come
             else:
                 self.ended += 1
             return
-        self.calls[cid] = call
-        if headers is not None:
-            self._headers(call, headers, streamed)
+        self.calls[m.cid] = call
+        if m.head is not None:
+            self._head(call, m.head, m.streamed)
 
-    def _piece(self, cid: int, t: float, data: bytes) -> None:
-        call = self.calls.get(cid)
-        if call is None or call.metering_failed:
+    def _piece(self, p: Piece) -> None:
+        call = self.calls.get(p.cid)
+        if call is None:
             return
+        if not call.metering_failed:
+            self._feed(call, p.t, p.data)
+        if not p.data:
+            # The body's end went on to the client: the call is complete, whatever happens to
+            # its connections before the response hook runs (the proxy stopping ends them).
+            self._complete(self.calls.pop(p.cid), p.t, call.status_code)
+
+    def _feed(self, call: Call, t: float, data: bytes) -> None:
         meter = call.meter
         if meter is None:  # passed on as a stream, metered whole at the end
-            if call.buffered is not None and len(call.buffered) < _MAX_BUFFERED_STREAM:
+            if data and call.buffered is not None and len(call.buffered) < _MAX_BUFFERED_STREAM:
                 call.buffered.extend(data)
             return
         try:
@@ -136,14 +125,17 @@ class Engine:
             call.metering_failed = True
             self._metering_error("stream", exc)
 
-    def _end(self, cid: int, t: float, status: int | None) -> None:
-        if cid in self.ignored:
-            self.ignored.discard(cid)
+    def _end(self, m: End) -> None:
+        if m.cid in self.ignored:
+            self.ignored.discard(m.cid)
             self.ended += 1
             return
-        call = self.calls.pop(cid, None)
-        if call is None:
-            return
+        call = self.calls.pop(m.cid, None)
+        if call is not None:  # else complete already, at its body's end
+            self._complete(call, m.t, m.status)
+
+    def _complete(self, call: Call, t: float, status: int | None) -> None:
+        """A streamed response that arrived whole."""
         try:
             if call.meter is not None:
                 if call.meter.close():
@@ -159,48 +151,54 @@ class Engine:
             self._metering_error("response", exc)
             self._finish_anyway(call, status, t)
 
-    def _whole(self, cid: int, request: tuple, headers: tuple, t: float, status: int, body: bytes) -> None:
-        call = self._recognise(request)
+    def _whole(self, m: Whole) -> None:
+        call = self._recognise(m.request)
         if call is None:
             self.ended += 1
             return
         try:
-            self._headers(call, headers, False)
-            facts = self._meter_whole(call, status, body)
-            self._finish(call, facts, status, t)
+            self._head(call, m.head, False)
+            facts = self._meter_whole(call, m.status, m.body)
+            self._finish(call, facts, m.status, m.t)
         except Exception as exc:
             self._metering_error("response", exc)
-            self._finish_anyway(call, status, t)
+            self._finish_anyway(call, m.status, m.t)
 
-    def _fail(self, cid: int, request: tuple | None, headers: tuple | None, t: float, message: str,
-              had_response: bool, status: int | None) -> None:
-        if request is not None:
-            call = self._recognise(request)
+    def _fail(self, m: Fail) -> None:
+        if m.request is not None:
+            call = self._recognise(m.request)
             if call is None:
                 self.ended += 1
                 return
-            if headers is not None:
-                self._headers(call, headers, False)
+            if m.head is not None:
+                self._head(call, m.head, False)
         else:
-            if cid in self.ignored:
-                self.ignored.discard(cid)
+            if m.cid in self.ignored:
+                self.ignored.discard(m.cid)
                 self.ended += 1
                 return
-            call = self.calls.pop(cid, None)
-            if call is None:
+            call = self.calls.pop(m.cid, None)
+            if call is None:  # complete already, at its body's end
                 return
         try:
             if self._finish_delivered(call):
                 return
             if call.meter is not None and call.meter.close():
-                call.stamp_token(t)
-            error = classify_flow_error(message, had_response)
-            self._finish(call, call.meter.facts if call.meter else None, status, t, error=error)
+                call.stamp_token(m.t)
+            error = classify_flow_error(m.message, m.had_response)
+            self._finish(call, call.meter.facts if call.meter else None, m.status, m.t, error=error)
         except Exception as exc:
             self._metering_error("error", exc)
-            self._finish_anyway(call, status, t)
+            self._finish_anyway(call, m.status, m.t)
 
-    def _shutdown(self, t: float) -> None:
+    def _abandon(self, m: Abandon) -> None:
+        if m.cid in self.ignored:
+            self.ignored.discard(m.cid)
+        elif self.calls.pop(m.cid, None) is not None:
+            self._lost(Lost(1, m.reason))
+        self.ended += 1
+
+    def _shutdown(self, m: Shutdown) -> None:
         """The proxy stopped: a call still open is complete if its stream was, else cut short."""
         calls, self.calls = list(self.calls.values()), {}
         self.ended += len(self.ignored)
@@ -209,53 +207,52 @@ class Engine:
             try:
                 if self._finish_delivered(call):
                     continue
-                self._finish(call, call.meter.facts if call.meter else None, call.status_code, t,
+                self._finish(call, call.meter.facts if call.meter else None, call.status_code, m.t,
                              error=("proxy_shutdown", "the proxy stopped before the call completed"))
             except Exception as exc:
                 self._metering_error("done", exc)
-                self._finish_anyway(call, call.status_code, t)
+                self._finish_anyway(call, call.status_code, m.t)
 
-    def _config(self, settings: dict[str, Any]) -> None:
-        if "extra_hosts" in settings:
-            self.extra_hosts = settings["extra_hosts"]
-        if "log_calls" in settings:
-            self.log_calls = settings["log_calls"]
-        if "run_part" in settings:
-            self.run_part = settings["run_part"]
+    def _config(self, m: Config) -> None:
+        self.extra_hosts = m.settings.get("extra_hosts", self.extra_hosts)
+        self.log_calls = m.settings.get("log_calls", self.log_calls)
 
-    def _lost(self, n: int, reason: str) -> None:
+    def _lost(self, m: Lost) -> None:
         if self.writer is not None:
-            self.writer.count_dropped(n, reason)
+            self.writer.count_dropped(m.n, m.reason)
 
     # -- the call ------------------------------------------------------------------------
 
-    def _recognise(self, request: tuple) -> Call | None:
-        t_start, started_at, host, port, path, body, encoding, user_agent, origin = request
-        try:
-            parsed = json.loads(_decoded(body, encoding) or b"")
-        except ValueError:
-            parsed = None
-        fmt = None
-        extra = host in self.extra_hosts
-        if isinstance(parsed, dict):
-            fmt = recognise(path, parsed) or (recognise_by_shape(parsed) if extra else None)
-        if fmt is None:
+    def _recognise(self, request: Request) -> Call | None:
+        path = request.path
+        extra = request.host in self.extra_hosts
+        if request.body is None:  # beyond the hooks' body limit: the path alone tells, no field is known
+            fmt, parsed = recognise_by_path(path), {}
+        else:
+            try:
+                parsed = json.loads(_decoded(request.body, request.content_encoding) or b"")
+            except ValueError:
+                parsed = None
+            fmt = None
+            if isinstance(parsed, dict):
+                fmt = recognise(path, parsed) or (recognise_by_shape(parsed) if extra else None)
+        if fmt is None or parsed is None:
             self._count_unparsed(path)
             return None
         return Call(
             fmt=fmt,
-            started_at=started_at,
-            t_start=t_start,
-            host=host,
-            port=port,
+            started_at=request.started_at,
+            t_start=request.t_start,
+            host=request.host,
+            port=request.port,
             path=path,
-            provider=provider_for(host, port, self.extra_hosts),
-            origin=origin or origin_from_user_agent(user_agent),
-            request=fmt.request_fields(path, parsed),
+            provider=provider_for(request.host, request.port, self.extra_hosts),
+            origin=request.origin or origin_from_user_agent(request.user_agent),
+            request=fmt.request_fields(path, parsed) if request.body is not None else unknown_request_fields(fmt, path),
         )
 
-    def _headers(self, call: Call, headers: tuple, streamed: bool) -> None:
-        call.t_headers, call.status_code, call.content_type, call.content_encoding = headers
+    def _head(self, call: Call, head: ResponseHead, streamed: bool) -> None:
+        call.t_headers, call.status_code, call.content_type, call.content_encoding = head
         if not streamed:
             return
         framing = stream_framing(call.fmt, call.content_type, status=call.status_code,
@@ -322,13 +319,13 @@ class Engine:
 
     def close(self) -> None:
         """The end of the run: rows written (or counted), then the summary."""
-        self._shutdown(time.perf_counter())
+        self._shutdown(Shutdown(time.perf_counter()))
         self.flush_lines()
         if self.writer is not None:
             self.writer.close()
             log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped (%d counted in dropped_rows)",
                      self.writer.written, self.location, self.writer.dropped, self.writer.drops_recorded)
-        for line in self.run_totals.lines(self.unparsed, self.run_part):
+        for line in self.run_totals.lines(self.unparsed):
             log.info(line)
 
     def _count_unparsed(self, path: str) -> None:
@@ -364,6 +361,9 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     warm()
     if db is None:
         db = prepare_store(location, keep_backups)[0]
+    # The connection is this thread's (peewee's are per thread): the writer's thread opens its own,
+    # and closes it at the end, so that nothing is left in the WAL.
+    db.close()
     writer = RowWriter(db, queue_size=queue_size, reopen=lambda: prepare_store(location, keep_backups)[0])
     writer.start()
     return Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import peewee
@@ -44,6 +44,16 @@ WRITE_ERROR = "write_error"  # writing failed with an error that is not the data
 BAD_ROW = "bad_row"  # the database refused this one row's values (e.g. a count too large for its column)
 UNWRITTEN_AT_SHUTDOWN = "unwritten_at_shutdown"  # still waiting for the database when the proxy stopped
 METERING_LOST = "metering_lost"  # the metering process ended unexpectedly before it stored these calls
+METERING_BEHIND = "metering_behind"  # too much waited for the metering: these calls were not handed to it
+_DROP_REASONS = {
+    QUEUE_FULL: "the database cannot keep up or is unavailable",
+    WRITER_STOPPED: "calls finished after the writer stopped",
+    WRITE_ERROR: "a row could not be written",
+    BAD_ROW: "the database refused a row's values",
+    UNWRITTEN_AT_SHUTDOWN: "rows still waited for the database when the proxy stopped",
+    METERING_LOST: "the metering process ended before storing them",
+    METERING_BEHIND: "the metering fell too far behind the traffic",
+}
 
 
 class RowWriter:
@@ -132,7 +142,7 @@ class RowWriter:
                 entry[2] = now
         # Log the first drop and then each power of ten, so a long outage cannot flood the log.
         if before == 0 or len(str(before)) != len(str(self.dropped)):
-            log.warning("llm-metrics: %d row(s) dropped so far: the database cannot keep up or is unavailable", self.dropped)
+            log.warning("llm-metrics: %d row(s) dropped so far (the latest: %s)", self.dropped, _DROP_REASONS.get(reason, reason))
 
     def _run(self) -> None:
         while True:
@@ -143,6 +153,15 @@ class RowWriter:
                 break
             elif self._drops:
                 self._store_drops_when_idle()
+        self._close_database()
+
+    def _close_database(self) -> None:
+        """At the end: a SQLite file is checkpointed so that the file alone holds every row."""
+        try:
+            if isinstance(self._db, peewee.SqliteDatabase) and not self._db.is_closed():
+                self._db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception as exc:  # a reader holding the WAL: SQLite checkpoints when the last one closes
+            log.warning("llm-metrics: the database could not be checkpointed at exit: %s", exc)
         if not self._db.is_closed():
             self._db.close()
 
@@ -377,7 +396,7 @@ def _is_database_error(exc: Exception) -> bool:
 
 def _utc(epoch_seconds: float) -> str:
     """The form of `completion_requests.timestamp`: 2026-11-22T14:03:07.123456Z."""
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _is_row_error(exc: Exception) -> bool:

@@ -3,18 +3,17 @@ its own process (as deployed) and on mitmproxy's loop (`llm_metrics_worker=false
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
+import time
 from pathlib import Path
 
 import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon.llm_metrics import InlineMetering, LLMMetrics
-from addon.worker import WorkerProcess
+from addon.backends import ChildProcess, InProcess
+from addon.llm_metrics import LLMMetrics
 from tests.conftest import read_rows
 
 CHAT = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": 0.2}
@@ -32,7 +31,7 @@ def metrics(tmp_path, request):
     with taddons.context(addon) as tctx:
         tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
                        llm_metrics_worker=request.param)
-        assert isinstance(addon.metering, WorkerProcess) == request.param
+        assert isinstance(addon.metering, ChildProcess if request.param else InProcess)
         yield addon
         addon.done()
 
@@ -95,7 +94,7 @@ def test_parser_failure_inside_the_stream_is_logged_once_and_chunks_still_pass(i
         raise RuntimeError("parser bug")
 
     engine = inline.metering.engine
-    engine.calls[inline.inflight[flow.id][0]].meter.feed = broken_feed
+    engine.calls[inline.inflight[flow.id].cid].meter.feed = broken_feed
     with caplog.at_level(logging.WARNING):
         assert flow.response.stream(b"data: {}\n\n") == b"data: {}\n\n"
         assert flow.response.stream(b"data: {}\n\n") == b"data: {}\n\n"
@@ -335,43 +334,38 @@ def test_exit_summary_lists_calls_per_model_and_names_unparsed_llm_looking_reque
     assert "2 requests looked like LLM calls but were not parsed (please report them): /v1/chat/completions (2)" in text
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="the switch is from a metering process at SCHED_IDLE (Linux)")
-def test_at_the_switch_to_a_second_metering_process_each_message_goes_where_its_call_is(tmp_path):
-    """The switch (addon.worker: the first process, at idle priority, fell behind) happens at a
-    hand-over. In it, the end of a stream the first process opened goes to the first, a whole
-    call to the second, and each call is counted as handed to the process that stores it. The
-    first process's verdict is set by hand here: with a real stopped process which messages share
-    the deciding hand-over is up to timing (tests/test_e2e_worker.py does that)."""
+def test_every_duration_starts_when_mitmproxy_began_reading_the_request(metrics):
+    """Time spent inside the proxy before the addon's hook (other addons, a busy loop) counts."""
+    flow = llm_flow()
+    flow.request.timestamp_start = time.time() - 0.12  # the request arrived 120 ms before this hook
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+    for piece in (SSE, b""):
+        flow.response.stream(piece)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert 120 <= row["time_to_first_byte_ms"] <= row["time_to_first_token_ms"] <= row["response_time_ms"] < 300
+
+
+@pytest.mark.parametrize("path, request_model", [
+    ("/v1/chat/completions", None),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", "gemini-2.5-flash"),  # the path names it
+])
+def test_a_request_body_beyond_the_limit_is_recorded_by_its_path_without_its_fields(tmp_path, path, request_model):
     addon = LLMMetrics()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False)
-        first = addon.metering
-
-        async def calls() -> None:
-            stream = llm_flow()
-            run_request(addon, stream)
-            stream.response = sse_response()
-            addon.responseheaders(stream)
-            stream.response.stream(SSE)
-            await asyncio.sleep(0.05)  # its start and its bytes are handed to the first process
-            whole = llm_flow(dict(CHAT, stream=False))
-            run_request(addon, whole)
-            whole.response = http.Response.make(200, json.dumps({
-                "model": "gpt-x-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
-                                                 "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}).encode(),
-                {"content-type": "application/json"})
-            addon.responseheaders(whole)
-            addon.response(whole)
-            addon.response(stream)  # both ends wait for the same hand-over
-            first.starved = lambda: True
-            await asyncio.sleep(0.05)
-
-        asyncio.run(calls())
-        second = addon.metering
-        assert isinstance(second, WorkerProcess) and second is not first and not second.idle
-        assert first.retiring  # its one stream ended: it stores what it has and exits
-        assert (first.handed, second.handed) == (1, 1)
-        addon.done()
-    rows = read_rows(tmp_path / "m.db")
-    assert sorted((r["is_streaming"], r["success"], r["chunk_count"]) for r in rows) == [(0, 1, None), (1, 1, 3)]
+        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
+                       llm_metrics_request_body_limit=1000)
+        body = dict(CHAT, contents=[{"parts": [{"text": "x"}]}], messages=[{"role": "user", "content": "x" * 2000}])
+        flow = llm_flow(body, path=path)
+        run_request(addon, flow)
+        flow.response = http.Response.make(
+            200, b'{"model": "m-1", "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1}, '
+                 b'"usage": {"prompt_tokens": 3, "completion_tokens": 1}}', {"content-type": "application/json"})
+        addon.responseheaders(flow)
+        addon.response(flow)
+        [row] = stored(addon)
+    assert (row["success"], row["prompt_tokens"], row["completion_tokens"]) == (1, 3, 1)
+    assert row["request_model"] == request_model
+    assert (row["message_count"], row["temperature"], row["max_tokens"]) == (None, None, None)

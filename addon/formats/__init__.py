@@ -48,6 +48,21 @@ def recognise(path: str, body: dict[str, Any]) -> WireFormat | None:
     return None
 
 
+# A body that has every format's shape key: what an unread body could be.
+_ANY_SHAPE: dict[str, Any] = {key: None for fmt in FORMATS for key in (fmt.shape_key, "model")}
+
+
+def recognise_by_path(path: str) -> WireFormat | None:
+    """For a body too large to read: the first format whose path this is, whatever its body."""
+    return recognise(path, _ANY_SHAPE)
+
+
+def unknown_request_fields(fmt: WireFormat, path: str) -> dict[str, Any]:
+    """The request columns of an unread body: only what the path says (Gemini's and Bedrock's model)."""
+    fields = fmt.request_fields(path, {})
+    return {"request_model": fields.get("request_model"), "is_streaming": None}
+
+
 def recognise_by_shape(body: dict[str, Any]) -> WireFormat | None:
     """For hosts the user named as LLM APIs: match on body shape alone, whatever the path."""
     for fmt in FORMATS:
@@ -56,4 +71,4 @@ def recognise_by_shape(body: dict[str, Any]) -> WireFormat | None:
     return None
 
 
-__all__ = ["FORMATS", "CANDIDATE_SUFFIXES", "ARRAY_STREAM_SUFFIXES", "ResponseFacts", "WireFormat", "recognise", "recognise_by_shape"]
+__all__ = ["FORMATS", "CANDIDATE_SUFFIXES", "ARRAY_STREAM_SUFFIXES", "ResponseFacts", "WireFormat", "recognise", "recognise_by_path", "recognise_by_shape", "unknown_request_fields"]

@@ -1,16 +1,27 @@
-"""The hand-over between the hooks and the metering, without processes: frames, item lists, and
-the streaming decision the hooks make before a request is known to be an LLM call."""
+"""The hand-over protocol (addon.capture), without processes: frames, batches of messages and
+pieces, and the streaming decision the hooks make before a request is known to be an LLM call."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from addon.engine import END, OPEN, Engine
+from addon.capture import (
+    End,
+    FrameReader,
+    Lost,
+    Open,
+    Piece,
+    Request,
+    ResponseHead,
+    Shutdown,
+    add_frame,
+    add_piece,
+    iter_batch,
+)
+from addon.engine import Engine
 from addon.formats import FORMATS
 from addon.metering import passes_as_stream, stream_framing
-from addon.worker import FrameReader, add_frame
 
 MESSAGES = st.lists(st.lists(st.one_of(st.integers(), st.floats(allow_nan=False), st.binary(max_size=300),
                                        st.tuples(st.integers(0, 6), st.text(max_size=20))), max_size=20), max_size=8)
@@ -29,6 +40,29 @@ def test_frames_read_back_whole_and_in_order_however_the_pipe_splits_them(batche
     assert got == batches
 
 
+MESSAGE_OR_PIECE = st.one_of(
+    st.builds(Piece, st.integers(0, 2**40), st.floats(allow_nan=False), st.binary(max_size=50)),
+    st.builds(End, st.integers(0, 2**40), st.floats(allow_nan=False), st.integers(100, 599)),
+    st.builds(Lost, st.integers(0, 100), st.text(max_size=10)),
+    st.builds(Shutdown, st.floats(allow_nan=False)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MESSAGE_OR_PIECE, max_size=30))
+def test_a_batch_of_messages_and_bare_pieces_walks_back_in_order_across_a_frame(sequence):
+    items: list = []
+    for item in sequence:
+        if type(item) is Piece:
+            add_piece(items, *item)
+        else:
+            items.append(item)
+    wire = bytearray()
+    add_frame(wire, items)
+    [received] = list(FrameReader().feed(bytes(wire)))
+    assert list(iter_batch(received)) == sequence
+
+
 class Rows:
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -40,26 +74,27 @@ class Rows:
     unsettled = 0
 
 
-REQUEST = (0.0, 1_700_000_000.0, "api.openai.com", 443, "/v1/chat/completions",
-           b'{"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": true}', None,
-           "OpenAI/Python 1.54.0", None)
+REQUEST = Request(0.0, 1_700_000_000.0, "api.openai.com", 443, "/v1/chat/completions",
+                  b'{"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": true}', None,
+                  "OpenAI/Python 1.54.0", None)
 SSE = [b'data: {"model":"gpt-x-1","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n',
        b'data: {"model":"gpt-x-1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
        b"data: [DONE]\n\n", b""]
 
 
 def test_pieces_between_messages_are_metered_in_order_for_each_call():
-    """Two streams interleaved: each piece is three bare items (cid, t, data) between tuples."""
+    """Two streams interleaved; each is complete at its body's end (b""), before its response hook."""
     rows = Rows()
     engine = Engine(rows, log_calls=False)
-    headers = (0.01, 200, "text/event-stream", None)
-    items: list = [(OPEN, 1, REQUEST, headers, True), (OPEN, 2, REQUEST, headers, True)]
+    head = ResponseHead(0.01, 200, "text/event-stream", None)
+    items: list = [Open(1, REQUEST, head, True), Open(2, REQUEST, head, True)]
     for i, piece in enumerate(SSE):
-        items += [1, 0.1 + i, piece, 2, 0.2 + i, piece]
-    items += [(END, 2, 9.0, 200), (END, 1, 8.0, 200)]
+        add_piece(items, 1, 0.1 + i, piece)
+        add_piece(items, 2, 0.2 + i, piece)
+    items += [End(2, 9.0, 200), End(1, 8.0, 200)]
     engine.handle_all(items)
-    assert [r["response_time_ms"] for r in rows.rows] == [9000, 8000]
-    assert [r["time_to_first_token_ms"] for r in rows.rows] == [200, 100]
+    assert [r["response_time_ms"] for r in rows.rows] == [3100, 3200]
+    assert [r["time_to_first_token_ms"] for r in rows.rows] == [100, 200]
     assert all(r["chunk_count"] == 2 and r["finish_reason"] == "stop" and r["success"] for r in rows.rows)
     assert engine.settled() == 2 and engine.metering_errors == 0
 
