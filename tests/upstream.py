@@ -41,6 +41,7 @@ class Scenario:
     error_content_type: str = "application/json"
     reset_after_chunks: int | None = None  # send a TCP RST after this many content chunks
     end_delay: float = 0.0  # after `data: [DONE]`, before the body's terminating chunk
+    response_delay: float = 0.0  # before a non-streamed completion's response
     content_encoding: str | None = None  # gzip, br or zstd: the stream is compressed, flushed per event
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -185,8 +186,13 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             elif body.get("stream"):
                 self._stream(sc, body, served)
             else:
+                time.sleep(sc.response_delay)
                 self._send_whole(sc.status, "application/json", json.dumps(_completion(sc, body)).encode(),
                                  sc.extra_headers)
+
+        def do_GET(self) -> None:
+            """Any GET: a small plain answer, a request that is no LLM call."""
+            self._send_whole(200, "text/plain", b"ok")
 
         def _stream(self, sc: Scenario, body: dict[str, Any], served: Served) -> None:
             self._start_chunked(sc.status, "text/event-stream; charset=utf-8", sc.content_encoding,
