@@ -23,8 +23,20 @@ from __future__ import annotations
 
 import sys
 
-from _harness import (BENCH, Proxy, Upstream, bench_options, loadavg, median, parse_options, print_end, print_start,
-                      run_client, scratch_dir, table)
+from _harness import (
+    BENCH,
+    Proxy,
+    Upstream,
+    bench_options,
+    loadavg,
+    median,
+    parse_options,
+    print_end,
+    print_start,
+    run_client,
+    scratch_dir,
+    table,
+)
 
 EMPTY_HOOKS = BENCH / "empty_hooks_addon.py"
 VARIANTS = {  # name: (script or kind, --set options, whether it is the metrics addon)

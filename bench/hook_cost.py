@@ -30,7 +30,6 @@ import time
 from collections import defaultdict
 
 from _harness import bench_options, count_rows, parse_options, pct, print_start, scratch_dir, table
-
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 

@@ -5,10 +5,17 @@
 Needs a PostgreSQL server at 127.0.0.1:5432 (trust auth, database `test`) for the second line.
 Its SQLite file and PostgreSQL database are scratch: both are removed at the end.
 """
-import argparse, os, shutil, sys, time, tempfile
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from storage import open_database, RowWriter
 from migrations import upgrade
+from storage import RowWriter, open_database
+
 
 def row(i):
     return {"timestamp": f"2026-11-{1+i%28:02d}T{i%24:02d}:00:00.{i%1000000:06d}Z", "success": i % 20 != 0, "status_code": 200,
@@ -36,7 +43,10 @@ try:
     print(f"sqlite: {written} rows in {dt:.2f} s = {written/dt:,.0f} rows/s; {size/written:.0f} bytes/row on disk (WAL included)")
 finally:
     shutil.rmtree(d, ignore_errors=True)
-import psycopg, uuid
+import uuid
+
+import psycopg
+
 name = "lmp_scale_" + uuid.uuid4().hex[:8]
 with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as c: c.execute(f'CREATE DATABASE "{name}"')
 try:

@@ -21,8 +21,21 @@ from __future__ import annotations
 
 import sys
 
-from _harness import (Proxy, Upstream, bench_options, loadavg, median, parse_options, pct, print_end,
-                      print_start, rows_by_origin, run_client, scratch_dir, table)
+from _harness import (
+    Proxy,
+    Upstream,
+    bench_options,
+    loadavg,
+    median,
+    parse_options,
+    pct,
+    print_end,
+    print_start,
+    rows_by_origin,
+    run_client,
+    scratch_dir,
+    table,
+)
 
 VARIANTS = ("direct", "stream-only", "addon")
 PHASES = {

@@ -8,7 +8,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import peewee
 from rich.console import Console, Group
@@ -70,7 +70,7 @@ def _positive_seconds(text: str) -> float:
 
 def _when(text: str) -> str:
     try:
-        parse_when(text, datetime.now(timezone.utc))  # checked now, resolved when each report is made
+        parse_when(text, datetime.now(UTC))  # checked now, resolved when each report is made
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -107,7 +107,7 @@ def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
 
 def make_report(args: argparse.Namespace, location: str) -> Report:
     """Raises NothingYet or ReportError."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     selection = selection_from(args, now)
     if selection.since_utc and selection.until_utc and selection.since_utc >= selection.until_utc:
         raise ReportError(f"--since ({selection.since_utc}) must be before --until ({selection.until_utc})")
@@ -148,7 +148,7 @@ def _nothing(args: argparse.Namespace, location: str, note: str, console: Consol
         console.print(Text(note), soft_wrap=True)  # one line, however narrow the terminal
         return 0
     print(note, file=sys.stderr)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     _emit(empty_report(location, selection_from(args, now), False, utc_text(now)), args.format, console)
     return 0
 

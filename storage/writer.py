@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import peewee
@@ -377,7 +377,7 @@ def _is_database_error(exc: Exception) -> bool:
 
 def _utc(epoch_seconds: float) -> str:
     """The form of `completion_requests.timestamp`: 2026-11-22T14:03:07.123456Z."""
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _is_row_error(exc: Exception) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon.llm_metrics import InlineMetering, LLMMetrics
+from addon.llm_metrics import LLMMetrics
 from addon.worker import WorkerProcess
 from tests.conftest import read_rows
 

@@ -4,8 +4,7 @@ the streaming decision the hooks make before a request is known to be an LLM cal
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from addon.engine import END, OPEN, Engine
 from addon.formats import FORMATS
