@@ -80,7 +80,6 @@ def measure(args) -> dict:
 
 def render(data: dict, args) -> str:
     rate, cpu = data["rate"], data["cpu"]
-    bare_rate = median(rate["bare"])
     bare_cpu = cpu["bare"][0] * 1e6 / max(1, cpu["bare"][1])
     rows = []
     for name in VARIANTS:

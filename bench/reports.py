@@ -266,7 +266,8 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the copies without the report indexes")
     parser.add_argument("--no-views", action="store_true", help="skip timing the report")
     parser.add_argument("--inserts", action="store_true", help="also the writer's rows/s with and without the indexes")
-    parser.add_argument("--sample", type=Path, metavar="PATH", help="only write a small database (3,000 calls over the last day, 6 models) to PATH: the README's example")
+    parser.add_argument("--sample", type=Path, metavar="PATH",
+                        help="only write a small database (3,000 calls over the last day, 6 models) to PATH: the README's example")
     args = parser.parse_args()
     if args.sample:
         generate(args.sample, 3000, days=1, models=6, seed=11)

@@ -83,16 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--db", metavar="PATH_OR_URL", help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
     pick = parser.add_argument_group("which calls")
-    pick.add_argument("--since", metavar="WHEN", type=_when, help="only calls at or after WHEN: 15m, 24h, 7d, 2w ago, or an ISO time (UTC unless it has an offset)")
+    pick.add_argument("--since", metavar="WHEN", type=_when,
+                      help="only calls at or after WHEN: 15m, 24h, 7d, 2w ago, or an ISO time (UTC unless it has an offset)")
     pick.add_argument("--until", metavar="WHEN", type=_when, help="only calls before WHEN (same forms as --since)")
     for name in ("model", "provider", "host", "origin"):
         pick.add_argument(f"--{name}", action="append", default=[], metavar="NAME", help=f"only calls with this {name} (repeat for several)")
     pick.add_argument("--errors-only", action="store_true", help="only failed calls")
     view = parser.add_argument_group("what to show")
     view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
-    view.add_argument("--top", type=_positive_int, default=DEFAULT_TOP, metavar="N", help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP})")
+    view.add_argument("--top", type=_positive_int, default=DEFAULT_TOP, metavar="N",
+                      help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP})")
     view.add_argument("--format", choices=("text", "json", "csv"), default="text", help="text (default); json: the whole report; csv: one row per group")
-    view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_positive_seconds, metavar="SECONDS", help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
+    view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_positive_seconds, metavar="SECONDS",
+                      help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
     return parser
 
 
