@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NoReturn
 
 import peewee
 from rich.console import Console, Group
@@ -44,7 +45,7 @@ examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own usage errors: one line too
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line too
         self.exit(2, f"error: {message}\n")
 
 
@@ -193,6 +194,7 @@ def _watch_frame(args: argparse.Namespace, location: str) -> Group:
     header = Text(
         f"updated {datetime.now().strftime('%H:%M:%S')} · every {args.watch:g} s · Ctrl-C to stop", style="dim"
     )
+    body: Report | Text
     try:
         body = make_report(args, location)
     except NothingYet as note:
