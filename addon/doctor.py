@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import peewee
@@ -313,7 +313,10 @@ def _proxy_issuer_check(host: str, port: int, target_port: int):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         with _tunnel(host, port, target_port) as sock, context.wrap_socket(sock) as tls:
-            leaf = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+            der = tls.getpeercert(binary_form=True)
+            if der is None:  # no certificate to compare (load_der_x509_certificate would raise)
+                return None
+            leaf = x509.load_der_x509_certificate(der)
     except Exception:
         return None
 
@@ -386,7 +389,8 @@ class RowReader:
                 query = (c.select(c.id, c.provider, c.host, c.status_code, c.response_time_ms)
                          .where(c.request_model == DOCTOR_MODEL, c.id > after_id)
                          .order_by(c.id.desc()).limit(1).dicts())
-                return list(query)
+                # .dicts() rows; peewee's stubs type .dicts() as returning the model query unchanged.
+                return cast("list[dict[str, Any]]", list(query))
         except peewee.DatabaseError:
             return []
 

@@ -23,7 +23,10 @@ EVENTSTREAM_TYPES = ("application/vnd.amazon.eventstream",)
 JSON_TYPES = ("application/json", "")
 
 SSE, NDJSON, JSON_ARRAY, EVENTSTREAM = "sse", "ndjson", "json-array", "eventstream"
-_FRAMERS = {SSE: SSEDecoder, NDJSON: NDJSONDecoder, JSON_ARRAY: JSONArrayDecoder, EVENTSTREAM: EventStreamDecoder}
+Framer = SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder
+_FRAMERS: dict[str, type[Framer]] = {
+    SSE: SSEDecoder, NDJSON: NDJSONDecoder, JSON_ARRAY: JSONArrayDecoder, EVENTSTREAM: EventStreamDecoder
+}
 
 
 def media_type(content_type: str | None) -> str:
@@ -76,9 +79,8 @@ class StreamMeter:
         if framing is None:
             mt = media_type(content_type)
             framing = SSE if mt in SSE_TYPES else EVENTSTREAM if mt in EVENTSTREAM_TYPES else NDJSON
-        self._framing = framing
         self._sse = framing == SSE
-        self._framer: SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder = _FRAMERS[framing]()
+        self._framer: Framer = _FRAMERS[framing]()
         self.closed = False
 
     def feed(self, data: bytes) -> bool:
@@ -94,9 +96,9 @@ class StreamMeter:
             return False
         self.closed = True
         generated = self._handle(self._framer.close())
-        if self._sse:
+        if isinstance(self._framer, SSEDecoder):  # SSE: lines outside any field were kept aside
             self._read_stray(self._framer.stray)
-        if self._framing == EVENTSTREAM and self._framer.corrupt:
+        if isinstance(self._framer, EventStreamDecoder) and self._framer.corrupt:
             self.facts.malformed_events += 1  # framing stopped: the rest could not be read
         return generated
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .formats import ResponseFacts, WireFormat
@@ -71,7 +71,7 @@ def origin_from_user_agent(user_agent: str | None) -> str | None:
 
 def utc_timestamp(epoch_seconds: float) -> str:
     """`2026-11-22T14:03:07.123456Z`: fixed width, so rows sort and compare as text."""
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _ms(start: float, end: float | None) -> int | None:
@@ -190,7 +190,7 @@ def _cost(call: Call, facts: ResponseFacts, model: str | None) -> float | None:
         completion_tokens=facts.completion_tokens,
         cached_tokens=facts.cached_tokens,
         cache_creation_tokens=facts.cache_creation_tokens,
-        at=datetime.fromtimestamp(call.started_at, timezone.utc),
+        at=datetime.fromtimestamp(call.started_at, UTC),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import peewee
 
@@ -26,7 +27,7 @@ from .schema import differences, promised, snapshot
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, like every other CLI error
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other CLI error
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from rich.text import Text
 
 from . import fmt
-from .layout import Column, FitTable
 from .indexes import RUN_KEYS
+from .layout import Column, FitTable
 from .percentiles import nearest_rank, ranked_in_memory, ranked_pass
 from .runs import MAX_RUNS_PER_GROUP, merged_values_at_ranks, run_samples, runs_serve_ranks, streams_from_index
 from .selection import Selection

@@ -6,14 +6,22 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.text import Text
 
 from .errors import Errors, load_errors, render_errors
-from .groups import DEFAULT_GROUPINGS, DIMENSIONS, GROUP_TABLE_NOTE, GroupTable, load_groups, render_group_table, totals_keys
+from .groups import (
+    DEFAULT_GROUPINGS,
+    DIMENSIONS,
+    GROUP_TABLE_NOTE,
+    GroupTable,
+    load_groups,
+    render_group_table,
+    totals_keys,
+)
 from .indexes import RUN_KEYS
 from .overview import Overview, empty_overview, load_overview, render_overview
 from .percentiles import METHOD
@@ -130,7 +138,7 @@ def load_report(
 ) -> Report:
     """Every section from one snapshot of the database (one read transaction)."""
     groupings = ((group_by,),) if group_by else DEFAULT_GROUPINGS
-    generated = utc_text(now or datetime.now(timezone.utc))
+    generated = utc_text(now or datetime.now(UTC))
     with src.db.atomic():
         keys = totals_keys(src, selection, groupings)
         combos = load_totals(src, selection, keys)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 TABLE = "completion_requests"
 
@@ -18,7 +18,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def utc_text(moment: datetime) -> str:
     """The row format of `timestamp`, so a bound compares with rows as text."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_when(text: str, now: datetime) -> str:
@@ -37,7 +37,7 @@ def parse_when(text: str, now: datetime) -> str:
             "2026-11-22 or 2026-11-22T14:00Z"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return utc_text(moment)
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from . import fmt
-from .layout import Column, FitTable
 from .indexes import RUN_KEYS
+from .layout import Column, FitTable
 from .runs import runs_serve_ranks
 from .selection import TABLE, Selection
 from .source import Source

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
@@ -77,7 +77,7 @@ def load_timeline(src: Source, selection: Selection, first_utc: str | None, last
     where, params = selection.where(src.param, f"timestamp >= {src.param}", f"timestamp < {src.param}")
     count_sql = f"SELECT count(*) FROM {TABLE}{where}"
     buckets = []
-    moment = datetime.strptime(first_utc[:length], pattern).replace(tzinfo=timezone.utc)
+    moment = datetime.strptime(first_utc[:length], pattern).replace(tzinfo=UTC)
     end = last_utc[:length]
     while (prefix := moment.strftime(pattern)) <= end:
         following = (moment + step).strftime(pattern)

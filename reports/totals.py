@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .selection import TABLE, Selection
 from .source import Source
@@ -72,9 +73,10 @@ def load_totals(src: Source, selection: Selection, keys: Sequence[str]) -> dict[
         values = record[len(keys):]
         if not values[0]:  # no GROUP BY and no rows: one row of NULL sums
             continue
-        found[tuple(record[: len(keys)])] = Totals(**{
+        sums: dict[str, Any] = {
             name: (float(v or 0) if name == "cost_usd" else int(v or 0)) for name, v in zip(names, values)
-        })
+        }
+        found[tuple(record[: len(keys)])] = Totals(**sums)
     return found
 
 

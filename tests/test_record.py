@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -131,7 +131,7 @@ def test_origin_is_capped_at_100_characters(user_agent):
 
 # --- utc_timestamp ------------------------------------------------------------------------------
 
-EXAMPLE_EPOCH = datetime(2026, 11, 22, 14, 3, 7, 123456, tzinfo=timezone.utc).timestamp()
+EXAMPLE_EPOCH = datetime(2026, 11, 22, 14, 3, 7, 123456, tzinfo=UTC).timestamp()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import random
 import re
 import sqlite3
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from reports.selection import Selection
 from reports.source import open_source
 from storage import open_database
 
-BASE = datetime(2026, 11, 1, tzinfo=timezone.utc)
+BASE = datetime(2026, 11, 1, tzinfo=UTC)
 COLUMNS = (
     "timestamp", "success", "status_code", "response_time_ms", "model", "provider", "host", "origin", "path",
     "is_streaming", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",

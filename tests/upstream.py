@@ -15,8 +15,8 @@ import socket
 import ssl
 import struct
 import threading
-import zlib
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -273,15 +273,16 @@ def _completion(sc: Scenario, body: dict[str, Any]) -> dict[str, Any]:
 
 def _self_signed(directory: Path) -> tuple[str, str]:
     """A throwaway certificate for 127.0.0.1 (the proxy runs with ssl_insecure for it)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
