@@ -251,8 +251,12 @@ class PgCluster:
         self.bindir, self.data, self._run_as = bindir, base / "data", run_as
         self.port = free_port()
         self._pg("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "--no-instructions")
-        options = f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._pg("pg_ctl", "-D", str(self.data), "-l", str(base / "server.log"), "-o", options, "-w", "-t", "30", "start")
+        self._options = f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._log = base / "server.log"
+        self.start()
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self._log), "-o", self._options, "-w", "-t", "30", "start")
 
     @property
     def url(self) -> str:
