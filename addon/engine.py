@@ -17,6 +17,7 @@ from typing import Any
 
 from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
+from storage.db import display_location
 
 from . import pricing
 from .capture import (
@@ -324,7 +325,8 @@ class Engine:
         if self.writer is not None:
             self.writer.close()
             log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped (%d counted in dropped_rows)",
-                     self.writer.written, self.location, self.writer.dropped, self.writer.drops_recorded)
+                     self.writer.written, self.location and display_location(self.location), self.writer.dropped,
+                     self.writer.drops_recorded)
         for line in self.run_totals.lines(self.unparsed):
             log.info(line)
 

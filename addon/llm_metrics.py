@@ -34,6 +34,7 @@ from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
 from migrations import DEFAULT_KEEP  # noqa: E402
 from storage import default_location  # noqa: E402
+from storage.db import display_location, hide_password  # noqa: E402
 from storage.writer import METERING_LOST  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ class LLMMetrics:
         except Exception as exc:
             # Logged, not raised: mitmdump then exits at start-up with this one paragraph instead
             # of the script loader's traceback.
-            log.error("llm-metrics: cannot use llm_metrics_db=%r: %s", location, exc)
+            log.error("llm-metrics: cannot use llm_metrics_db=%r: %s", display_location(location),
+                      hide_password(str(exc), location))
             return
         if migrated.applied:
             log.info("llm-metrics: schema upgraded to version %d (backup: %s)",
@@ -258,7 +260,7 @@ class LLMMetrics:
         self.metering = open_metering(start, in_process=not ctx.options.llm_metrics_worker, db=db,
                                       on_death=self._metering_died)
         self.handover = Handover(self.metering)
-        log.info("llm-metrics: recording LLM calls to %s", location)
+        log.info("llm-metrics: recording LLM calls to %s", display_location(location))
 
     def _metering_died(self) -> None:
         """The metering process ended while mitmproxy runs (a bug, or it was killed): the calls it

@@ -1,14 +1,29 @@
-"""Secrets never stored: distinct secrets planted in every auth header and a `key=` query
-parameter never reach the database, its WAL, a backup, or the proxy's log."""
+"""Secrets never stored or shown: distinct secrets planted in every auth header and a `key=` query
+parameter never reach the database, its WAL, a backup, or the proxy's log; a database URL's
+password is shown nowhere (the proxy's log, reports, `migrations status`, doctor)."""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import pwd
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import peewee
 import pytest
 
 from migrations import make_backup
+from storage import open_database
 from tests.clients import httpx
+from tests.conftest import ADDON, MITMDUMP, ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -43,3 +58,155 @@ def test_planted_secrets_are_nowhere_on_disk_or_in_the_log(proxy, upstream):
         assert needle not in proxy.log()
     for path in [proxy.db_path, backup]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+# -- database URLs: the password is never shown ------------------------------------------------
+
+ROLE = "lmp_metrics"
+ROLE_PASSWORD = "PLANTED-pg-pw-7Qx9"
+
+
+@dataclass
+class ScramServer:
+    """A PostgreSQL cluster of this test's own that asks every client for a password (scram-sha-256
+    in its pg_hba.conf, from initdb --auth), so a connection that works had the password."""
+
+    port: int
+
+    def url(self, password: str | None = ROLE_PASSWORD, database: str = ROLE) -> str:
+        userinfo = f"{ROLE}:{password}" if password else ROLE
+        return f"postgresql://{userinfo}@127.0.0.1:{self.port}/{database}"
+
+
+@pytest.fixture
+def scram_server():
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("initdb and pg_ctl are needed to start a cluster that asks for passwords")
+    as_owner: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: the cluster runs as the postgres user
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to own a test cluster")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    # Not under tmp_path: pytest makes that readable by root only, and the cluster's user must reach it.
+    base = Path(tempfile.mkdtemp(prefix="lmp-scram-"))
+    superuser_password = "superuser-pw-not-planted"
+    (base / "pw").write_text(superuser_password)
+    if as_owner:
+        for path in (base, base / "pw"):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    port = free_port()
+    run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=60)
+    run([*as_owner, initdb, "-D", str(base / "data"), "-U", "postgres", "--auth=scram-sha-256",
+         f"--pwfile={base / 'pw'}", "-N", "-E", "UTF8"])
+    run([*as_owner, pg_ctl, "-D", str(base / "data"), "-l", str(base / "log"), "-w", "-t", "60",
+         "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"])
+    try:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=superuser_password,
+                             dbname="postgres", autocommit=True) as admin:
+            admin.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
+            admin.execute(f"CREATE DATABASE {ROLE} OWNER {ROLE}")
+        yield ScramServer(port)
+    finally:
+        subprocess.run([*as_owner, pg_ctl, "-D", str(base / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def cli(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m <module> …` as a user runs it, from the project's directory."""
+    env = {k: v for k, v in (env or os.environ).items() if not k.lower().endswith("_proxy")}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=120)
+
+
+def pg_count(url: str) -> int:
+    db = open_database(url)
+    try:
+        return db.execute_sql("SELECT count(*) FROM completion_requests").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_database_password_is_masked_in_the_proxy_log_reports_migrations_and_doctor(
+        start_proxy, upstream, scram_server):
+    url, shown = scram_server.url(), f"postgresql://{ROLE}:***@127.0.0.1:{scram_server.port}/{ROLE}"
+    proxy = start_proxy("--set", f"llm_metrics_db={url}")
+    assert f"recording LLM calls to {shown}" in proxy.log()
+    body = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(f"{upstream.base_url}/chat/completions", json=body, proxy=proxy.url).status_code == 200
+    deadline = time.monotonic() + 20
+    while pg_count(url) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    outputs = {
+        "doctor": cli("addon", "doctor", "--db", url, "--proxy", proxy.url, "--no-https"),
+        "report": cli("reports", "--db", url),
+        "report json": cli("reports", "--db", url, "--format", "json"),
+        "report csv": cli("reports", "--db", url, "--format", "csv"),
+        "migrations status": cli("migrations", "status", "--db", url),
+    }
+    assert outputs["doctor"].returncode == 0, outputs["doctor"].stdout  # it read the row with that password
+    assert json.loads(outputs["report json"].stdout)["database"] == shown
+    assert f"database {shown}: schema version" in outputs["migrations status"].stdout
+    proxy.stop()
+    assert "recorded in " + shown in proxy.log()  # the exit line
+    outputs["proxy log"] = proxy.log()
+    for name, output in outputs.items():
+        text = output if isinstance(output, str) else output.stdout + output.stderr
+        assert ROLE_PASSWORD not in text, name
+
+
+@pytest.mark.parametrize(
+    "problem", ["no such database", "wrong password", "unparsable URL", "server away"])
+def test_database_password_is_masked_in_failure_messages(tmp_path, scram_server, problem):
+    planted = "PLANTED-wrong-pw/x9Kq"
+    url = {
+        "no such database": scram_server.url(database="no_such_db"),
+        "wrong password": scram_server.url(password=planted.replace("/", "")),
+        "unparsable URL": scram_server.url(password=planted),  # "/" not percent-encoded
+        "server away": f"postgresql://{ROLE}:{ROLE_PASSWORD}@127.0.0.1:{free_port()}/{ROLE}",
+    }[problem]
+    started = subprocess.run(
+        [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0", "-s", str(ADDON),
+         "--set", f"confdir={tmp_path / 'confdir'}", "--set", f"llm_metrics_db={url}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    outputs = [started, cli("reports", "--db", url), cli("migrations", "status", "--db", url),
+               cli("addon", "doctor", "--db", url, "--proxy", f"http://127.0.0.1:{free_port()}")]
+    assert started.returncode != 0 and "cannot use llm_metrics_db='postgresql://" in started.stdout
+    for output in outputs:
+        text = output.stdout + output.stderr
+        assert output.returncode != 0 and "Traceback" not in text, text
+        for secret in (ROLE_PASSWORD, planted, planted.replace("/", ""), "PLANTED-wrong-pw"):
+            assert secret not in text, (output.args, text)
+
+
+def test_password_from_pgpassword_or_a_pgpass_file_reaches_the_server(
+        start_proxy, upstream, scram_server, tmp_path, monkeypatch):
+    """libpq takes the password from PGPASSWORD or a pgpass file when the URL has none: nothing
+    secret in the URL, the command line or the proxy's log."""
+    url = scram_server.url(password=None)
+    for name in ("PGPASSWORD", "PGPASSFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pgpass of the user running the tests
+    with pytest.raises(peewee.OperationalError, match="password"):
+        open_database(url).execute_sql("SELECT 1")  # the server does ask for it: the test is not vacuous
+    monkeypatch.setenv("PGPASSWORD", ROLE_PASSWORD)
+    assert open_database(url).execute_sql("SELECT 1").fetchone() == (1,)
+    monkeypatch.delenv("PGPASSWORD")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{scram_server.port}:{ROLE}:{ROLE}:{ROLE_PASSWORD}\n")
+    pgpass.chmod(0o600)  # libpq ignores a pgpass file others can read
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    proxy = start_proxy("--set", f"llm_metrics_db={url}")
+    body = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(f"{upstream.base_url}/chat/completions", json=body, proxy=proxy.url).status_code == 200
+    report = cli("reports", "--db", url, "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["overview"]["requests"] >= 0
+    proxy.stop()
+    assert pg_count(url) == 1
+    assert ROLE_PASSWORD not in proxy.log()
