@@ -32,6 +32,7 @@ from addon.engine import prepare_store  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
+from addon.redact import redact  # noqa: E402
 from migrations import DEFAULT_KEEP  # noqa: E402
 from storage import default_location  # noqa: E402
 from storage.db import display_location, hide_password  # noqa: E402
@@ -316,7 +317,7 @@ def _hook_error(where: str, exc: Exception) -> None:
     key = f"{where}:{type(exc).__name__}"
     if key not in _logged_hook_errors:
         _logged_hook_errors.add(key)
-        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %r", where, exc)
+        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where, redact(repr(exc)))
 
 
 def _parse_hosts(values: Sequence[str]) -> dict[str, str]:

@@ -24,6 +24,8 @@ from migrations import make_backup
 from storage import open_database
 from tests.clients import httpx
 from tests.conftest import ADDON, MITMDUMP, ROOT, free_port
+from tests.provider_upstream import ProviderUpstream
+from tests.upstream import Scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +60,87 @@ def test_planted_secrets_are_nowhere_on_disk_or_in_the_log(proxy, upstream):
         assert needle not in proxy.log()
     for path in [proxy.db_path, backup]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+
+# -- what providers echo: keys and the request's own text ------------------------------------
+
+OPENAI_KEY = "sk-proj-PLANTEDopenaiKEYbody0TAILa1b2"
+OPENAI_ECHO = "sk-proj-" + "*" * 20 + "TAILa1b2"  # OpenAI shows the key's last characters
+GEMINI_KEY = "AIzaSyPLANTEDgeminiKEY0123456789abc"
+PATH_KEY = "sk-PLANTEDpathKEY0123456789"
+GEMINI_PATH_KEY = "AIzaSyPLANTEDpathGEMINI0123456789a"
+UNPARSED_PATH_KEY = "sk-PLANTEDunparsedKEY012345"
+STREAM_ECHO_TAIL = "STRMt41L"
+PROMPT = "PLANTEDPROMPT tell me about the merger, my password is hunter2"
+GENERATED = "PLANTEDGENERATED the model's own words"
+
+
+def _openai_error(message: str, code: str, status: int = 401) -> Scenario:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    return Scenario(status=status, error_body=json.dumps(body).encode())
+
+
+ECHOES = {
+    "openai-401": _openai_error(f"Incorrect API key provided: {OPENAI_ECHO}. You can find your API key at "
+                                "https://platform.openai.com/account/api-keys.", "invalid_api_key"),
+    "gateway-echoes-url": Scenario(status=400, error_body=json.dumps({"error": {
+        "code": 400, "status": "INVALID_ARGUMENT",
+        "message": f"Request to /v1/chat/completions?key={GEMINI_KEY}&alt=sse rejected: API key not valid"}}).encode()),
+    "vllm-echoes-prompt": Scenario(status=400, error_body=json.dumps({
+        "object": "error", "type": "BadRequestError", "param": None, "code": 400,
+        "message": "1 validation error for ChatCompletionRequest\nmessages.0.content\n  Input should be a valid "
+                   f"string [type=string_type, input_value={{'text': '{PROMPT}'}}, input_type=dict]"}).encode()),
+    "plain-text-echoes-prompt": Scenario(status=400, error_body=f"Invalid prompt: {PROMPT}".encode(),
+                                         error_content_type="text/plain"),
+    "non-json-200": Scenario(status=200, error_body=GENERATED.encode() * 20, error_content_type="text/plain"),
+    "stream-error-echo": Scenario(status=200, error_content_type="text/event-stream", error_body=(
+        b'data: {"error": {"message": "Incorrect API key provided: sk-ant-***' + STREAM_ECHO_TAIL.encode()
+        + b'", "type": "authentication_error"}}\n\n')),
+}
+NEEDLES = [OPENAI_KEY, "TAILa1b2", GEMINI_KEY, PATH_KEY, GEMINI_PATH_KEY, UNPARSED_PATH_KEY, STREAM_ECHO_TAIL,
+           "PLANTEDPROMPT", "hunter2", "PLANTEDGENERATED"]
+
+
+def test_provider_echoed_keys_and_request_text_are_nowhere_on_disk_in_the_log_or_reports(proxy, upstream):
+    upstream.scenarios.update(ECHOES)
+    client = httpx.Client(proxy=proxy.url)
+    body = {"model": "gpt-fake", "messages": [{"role": "user", "content": PROMPT}]}
+    for scenario in ECHOES:
+        client.post(f"{upstream.base_url}/chat/completions", json=body,
+                    headers={"x-scenario": scenario, "authorization": f"Bearer {OPENAI_KEY}"})
+    assert client.post(f"{upstream.url}/v1/keys/{PATH_KEY}/chat/completions", json=body).status_code == 200
+    client.post(f"{upstream.url}/v1/keys/{UNPARSED_PATH_KEY}/chat/completions", content=b"not json")
+    with ProviderUpstream() as google:
+        gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+        path = f"/gw/{GEMINI_PATH_KEY}/v1beta/models/gemini-2.0-flash:generateContent"
+        assert client.post(f"{google.url}{path}", json=gemini).status_code == 200
+    rows = {r["error_type"] or r["path"]: r for r in proxy.rows(len(ECHOES) + 2)}
+    assert rows["invalid_api_key"]["error_message"].startswith("Incorrect API key provided: *** You can find")
+    assert rows["INVALID_ARGUMENT"]["error_message"] == (
+        "Request to /v1/chat/completions?key=***&alt=sse rejected: API key not valid")
+    assert "input_value=…, input_type=dict" in rows["BadRequestError"]["error_message"]
+    assert rows["authentication_error"]["error_message"] == "Incorrect API key provided: ***"
+    assert rows["http_400"]["error_message"] == "error body is not a provider error object (78 bytes, text/plain)"
+    assert rows["malformed_response"]["error_message"] == (
+        f"response body is not JSON ({len(GENERATED) * 20} bytes, text/plain)")
+    assert "/v1/keys/***/chat/completions" in rows
+    assert "/gw/***/v1beta/models/gemini-2.0-flash:generateContent" in rows
+    backup = make_backup(proxy.db_path)
+    reports = [cli("reports", "--db", str(proxy.db_path), *args).stdout for args in (
+        (), ("--format", "json"), ("--group-by", "path"), ("--group-by", "path", "--format", "json"),
+        ("--group-by", "path", "--format", "csv"), ("--errors-only", "--format", "json"))]
+    assert "invalid_api_key" in reports[1] and "/v1/keys/***/chat/completions" in reports[4]
+    files = [*proxy.db_path.parent.glob("metrics.db*"), backup]
+    proxy.stop()
+    assert "looked like LLM calls but were not parsed" in proxy.log()  # names the path, redacted
+    for needle in NEEDLES:
+        for path in files:
+            if path.exists():
+                assert needle.encode() not in path.read_bytes(), (needle, path.name)
+        assert needle not in proxy.log(), needle
+        for report in reports:
+            assert needle not in report, (needle, report)
 
 
 # -- database URLs: the password is never shown ------------------------------------------------
