@@ -6,7 +6,7 @@ in the database. Each step that can fail says why:
 
 - proxy not running: nothing accepts connections at the proxy's address;
 - not recognised: the call reached the endpoint with its `x-llm-metrics-origin` tag still on,
-  so no llm-metrics addon looked at it (the addon removes the tag from every call it records);
+  so no llm-metrics addon looked at it (the addon removes the tag from every request);
 - not stored: the addon took the call but no row appeared: the database is not writable, or
   the proxy writes to another database;
 - CA not trusted: a TLS handshake through the proxy (as an HTTPS client would make it, with

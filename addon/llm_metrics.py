@@ -134,27 +134,25 @@ class LLMMetrics:
     # -- hooks, in flow order ----------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A POST to an LLM API's path (or to a host named in llm_metrics_hosts) is a possible
-        LLM call: its body is read only later, in the metering."""
+        """Our origin tag comes off every request, an LLM call or not (one look at the headers):
+        it never reaches the provider. A POST to an LLM API's path (or to a host named in
+        llm_metrics_hosts) is a possible LLM call: its body is read only later, in the metering."""
         data = flow.request.data  # bytes as parsed: the Request properties decode on every access
-        if data.method != b"POST" or self.handover is None:
-            return
         try:
+            origin = self._take_origin(flow.request.headers)
+            if data.method != b"POST" or self.handover is None:
+                return
             host = data.host.lower()
             path = data.path.split(b"?", 1)[0]  # a key in the query (Gemini's ?key=) is never kept
             if not (path.endswith(_CANDIDATE_SUFFIXES) or host in self.extra_hosts):
                 return
-            user_agent = encoding = origin = None
+            user_agent = encoding = None
             for name, value in flow.request.headers.fields:  # one pass: each Headers.get is a pass too
                 name = name.lower()
                 if name == b"user-agent":
                     user_agent = value.decode("utf-8", "surrogateescape")
                 elif name == b"content-encoding":
                     encoding = value.decode("latin-1")
-                elif name == self.origin_header:
-                    origin = value.decode("utf-8", "surrogateescape")
-            if origin is not None and self.origin_header:
-                del flow.request.headers[self.origin_header.decode("latin-1")]  # ours: never forwarded
             self._next_cid += 1
             request = Request(_started(flow.request.timestamp_start), flow.request.timestamp_start or time.time(),
                               host, data.port, path.decode("utf-8", "surrogateescape"), b"", encoding, user_agent,
@@ -163,6 +161,15 @@ class LLMMetrics:
             self._flows[flow.id] = flow
         except Exception as exc:  # never let metering touch the user's traffic
             _hook_error("requestheaders", exc)
+
+    def _take_origin(self, headers: http.Headers) -> str | None:
+        """The origin tag's value (the last, if sent twice), its header removed: ours, never forwarded."""
+        tag = self.origin_header
+        values = [value for name, value in headers.fields if name.lower() == tag] if tag else None
+        if not values:
+            return None
+        headers.fields = tuple(field for field in headers.fields if field[0].lower() != tag)
+        return values[-1].decode("utf-8", "surrogateescape")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         capture = self.inflight.get(flow.id)

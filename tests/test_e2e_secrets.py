@@ -293,3 +293,40 @@ def test_password_from_pgpassword_or_a_pgpass_file_reaches_the_server(
     proxy.stop()
     assert pg_count(url) == 1
     assert ROLE_PASSWORD not in proxy.log()
+
+
+# -- the origin tag never reaches the provider ----------------------------------------------------
+
+TAG = "x-llm-metrics-origin"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "recorded"),
+    [
+        ("POST", "/v1/chat/completions", True),
+        ("GET", "/v1/models", False),
+        ("POST", "/v1/files", False),
+        ("POST", "/v1/chat/completions/", False),  # a trailing slash: not an LLM API's path
+        ("PUT", "/v1/chat/completions", False),
+        ("DELETE", "/v1/chat/completions", False),
+    ],
+)
+def test_origin_tag_is_removed_from_every_request_recorded_or_not(proxy, upstream, method, path, recorded):
+    body = json.dumps({"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    response = httpx.request(method, f"{upstream.url}{path}", content=body, proxy=proxy.url,
+                             headers={TAG: "billing-job", "content-type": "application/json"})
+    assert response.status_code < 600
+    served = upstream.last()
+    assert (served.path, TAG in served.headers) == (path, False), served.headers
+    assert "content-type" in served.headers  # only the tag was taken off
+    if recorded:
+        assert proxy.rows(1)[0]["origin"] == "billing-job"
+
+
+def test_origin_tag_is_removed_inside_an_https_tunnel_and_with_a_custom_name(start_proxy, tls_upstream):
+    proxy = start_proxy("--set", "ssl_insecure=true", "--set", "llm_metrics_origin_header=X-Team")
+    client = httpx.Client(proxy=proxy.url, verify=str(proxy.ca_cert))
+    assert client.get(f"{tls_upstream.url}/v1/models", headers={"x-team": "a", TAG: "b"}).status_code == 200
+    served = tls_upstream.last()
+    assert "x-team" not in served.headers
+    assert served.headers[TAG] == "b"  # no longer the tag: passed on like any header

@@ -157,6 +157,17 @@ def test_a_request_at_an_llm_path_that_is_no_llm_call_passes_unchanged_and_is_co
     assert "1 request looked like LLM calls but were not parsed (please report them): /v1/chat/completions (1)" in text
 
 
+@pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("POST", "/v1/files"), ("PUT", "/v1/chat/completions"),
+                                          ("POST", "/v1/chat/completions/")])
+def test_origin_tag_header_is_removed_from_requests_that_are_not_llm_calls(metrics, method, path):
+    flow = llm_flow(path=path, **{"X-LLM-Metrics-Origin": "nightly-eval", "user-agent": "curl/8.5.0"})
+    flow.request.method = method
+    run_request(metrics, flow)
+    assert "x-llm-metrics-origin" not in flow.request.headers
+    assert flow.request.headers["user-agent"] == "curl/8.5.0"
+    assert metrics.inflight == {}
+
+
 def test_origin_tag_header_is_recorded_and_removed(metrics):
     flow = llm_flow(**{"x-llm-metrics-origin": "nightly-eval", "user-agent": "curl/8.5.0"})
     run_request(metrics, flow)
