@@ -12,6 +12,7 @@ counted; it never changes, stalls or breaks the user's traffic.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
+from mitmproxy.proxy.mode_specs import ProxyMode  # noqa: E402
 
 from addon.backends import Metering, open_metering  # noqa: E402
 from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
@@ -337,17 +339,43 @@ def _parse_hosts(values: Sequence[str]) -> dict[str, str]:
     return hosts
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def _warn_open_proxy() -> None:
     """Anyone who can reach a non-loopback listener can send traffic through it (and read the
-    CA's trust): say so when no proxyauth guards it."""
-    host = ctx.options.listen_host
-    if host not in _LOOPBACK and not ctx.options.proxyauth:
+    CA's trust): say so, for each such listener, when no proxyauth guards them."""
+    if ctx.options.proxyauth:
+        return
+    for host, spec in open_listeners(ctx.options.mode, ctx.options.listen_host):
         log.warning(
-            "llm-metrics: the proxy listens on %s without proxyauth: anyone who can reach this "
-            "machine can use it. Use --listen-host 127.0.0.1, or set proxyauth.", host or "all interfaces")
+            "llm-metrics: the proxy listens on %s without proxyauth (mode %s): anyone who can reach this "
+            "machine can use it. Use --listen-host 127.0.0.1 (or MODE@127.0.0.1:PORT), or set proxyauth.",
+            host or "all interfaces", spec)
+
+
+def open_listeners(modes: Sequence[str], listen_host: str) -> list[tuple[str, str]]:
+    """(host, mode spec) of each listener beyond loopback: a mode's own `@host:port`, else
+    --listen-host. Modes that open no listener (local, tun), and WireGuard and DNS, which carry
+    no proxied HTTP anyone could send, are not listed. A spec's URL is shown without secrets."""
+    found = []
+    for spec in modes:
+        try:
+            mode = ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy refuses it itself
+        if mode.listen_port() is None or mode.type_name in ("wireguard", "dns"):
+            continue
+        host = mode.listen_host(listen_host)
+        if not _is_loopback(host):
+            found.append((host, spec.replace(mode.data, redact(mode.data)) if mode.data else spec))
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "" (every interface) or a name that may resolve anywhere
 
 
 def _warn_unknown_options() -> None:

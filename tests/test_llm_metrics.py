@@ -380,3 +380,44 @@ def test_a_request_body_beyond_the_limit_is_recorded_by_its_path_without_its_fie
     assert (row["success"], row["prompt_tokens"], row["completion_tokens"]) == (1, 3, 1)
     assert row["request_model"] == request_model
     assert (row["message_count"], row["temperature"], row["max_tokens"]) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("modes", "listen_host", "open_hosts"),
+    [
+        (["regular"], "127.0.0.1", []),
+        (["regular"], "", [""]),  # mitmproxy's default: every interface
+        (["regular"], "0.0.0.0", ["0.0.0.0"]),
+        (["regular@0.0.0.0:8080"], "127.0.0.1", ["0.0.0.0"]),
+        (["reverse:https://api.openai.com@0.0.0.0:8081"], "127.0.0.1", ["0.0.0.0"]),
+        (["socks5@[::]:1080"], "127.0.0.1", ["[::]"]),
+        (["upstream:http://corp-proxy:3128@192.168.1.5:8080"], "127.0.0.1", ["192.168.1.5"]),
+        (["regular@8080", "reverse:http://127.0.0.1:8000@10.0.0.2:8085"], "localhost", ["10.0.0.2"]),
+        (["regular@::1:8080", "socks5@127.0.0.2:1080"], "", []),
+        (["reverse:https://api.openai.com@8081"], "", [""]),  # no host of its own: --listen-host's
+        (["local:node", "wireguard", "dns@53"], "", []),  # no listener, or no proxied HTTP
+    ],
+)
+def test_each_listener_beyond_loopback_is_found_in_the_mode_specs(modes, listen_host, open_hosts):
+    from addon.llm_metrics import open_listeners
+
+    assert [host for host, _ in open_listeners(modes, listen_host)] == open_hosts
+
+
+def test_a_listener_bound_through_a_mode_spec_is_warned_about_unless_proxyauth_guards_it(tmp_path, caplog):
+    from mitmproxy.addons.proxyauth import ProxyAuth
+
+    from addon.llm_metrics import _warn_open_proxy
+
+    addon = LLMMetrics()
+    with taddons.context(addon, ProxyAuth()) as tctx:
+        tctx.configure(addon, listen_host="127.0.0.1", mode=["regular@127.0.0.1:8080", "socks5@0.0.0.0:1080"])
+        with caplog.at_level(logging.WARNING):
+            _warn_open_proxy()
+        warned = [r.getMessage() for r in caplog.records if "without proxyauth" in r.getMessage()]
+        assert len(warned) == 1 and "listens on 0.0.0.0 without proxyauth (mode socks5@0.0.0.0:1080)" in warned[0]
+        caplog.clear()
+        tctx.configure(addon, proxyauth="user:pass")
+        with caplog.at_level(logging.WARNING):
+            _warn_open_proxy()
+        assert not [r for r in caplog.records if "without proxyauth" in r.getMessage()]
