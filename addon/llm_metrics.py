@@ -1,6 +1,8 @@
 """mitmproxy addon: one row per LLM API call (latency, time to first token, tokens, errors).
 
-    mitmdump -s addon/llm_metrics.py [--set llm_metrics_db=PATH_OR_URL]
+    mitmdump -s addon/llm_metrics.py --set flow_detail=0 [--set llm_metrics_db=PATH_OR_URL]
+
+(flow_detail=0: mitmdump's own line per request prints each URL whole, a `?key=` included.)
 
 The hooks stay thin, because they run on mitmproxy's one event loop, between the user's bytes:
 they pick out requests that may be LLM calls (by method and path, without reading the body),
@@ -116,6 +118,7 @@ class LLMMetrics:
     def running(self) -> None:
         _warn_unknown_options()
         _warn_open_proxy()
+        _warn_flow_detail()
         if self.metering is not None:
             self.metering.watch()
 
@@ -376,6 +379,16 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # "" (every interface) or a name that may resolve anywhere
+
+
+def _warn_flow_detail() -> None:
+    """mitmdump's own line per request (flow_detail 1, its default) prints the URL whole, a key
+    in its query (Gemini's ?key=) included; from 2 on it prints every header (Authorization)."""
+    detail = ctx.options.flow_detail if "flow_detail" in ctx.options else 0  # mitmweb has no such option
+    if detail >= 1:
+        shown = "URL and headers, API keys" if detail >= 2 else "URL whole, a key in its query (?key=)"
+        log.warning("llm-metrics: mitmproxy prints each request's %s included (flow_detail=%d): "
+                    "--set flow_detail=0 keeps them out of this output (python3 dev.py run sets it)", shown, detail)
 
 
 def _warn_unknown_options() -> None:

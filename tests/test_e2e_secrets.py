@@ -5,6 +5,7 @@ password is shown nowhere (the proxy's log, reports, `migrations status`, doctor
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import pwd
@@ -330,3 +331,57 @@ def test_origin_tag_is_removed_inside_an_https_tunnel_and_with_a_custom_name(sta
     served = tls_upstream.last()
     assert "x-team" not in served.headers
     assert served.headers[TAG] == "b"  # no longer the tag: passed on like any header
+
+
+# -- URLs in mitmproxy's own output ----------------------------------------------------------------
+
+QUERY_KEY_LONG = "AIzaSyPLANTEDflowDetailKEY0123456789a"
+
+
+def _dev_run_args(*rest: str) -> list[str]:
+    """The mitmdump command line `python3 dev.py run …` executes (dev.py's own function)."""
+    spec = importlib.util.spec_from_file_location("dev", ROOT / "dev.py")
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    return dev.mitmdump_args(MITMDUMP.parent, list(rest))
+
+
+def _run_and_call(tmp_path: Path, name: str, args: list[str], upstream, google) -> str:
+    """Starts `args` in a 400-column terminal's environment, sends calls with keys in their
+    URLs and headers, stops it; its output."""
+    log = tmp_path / f"{name}.log"
+    env = {**{k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}, "COLUMNS": "400"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    port = int(args[args.index("--listen-port") + 1])
+    deadline = time.monotonic() + 30
+    while "recording LLM calls" not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.05)
+    client = httpx.Client(proxy=f"http://127.0.0.1:{port}")
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    path = "/v1beta/models/gemini-2.0-flash:streamGenerateContent"
+    assert client.post(f"{google.url}{path}?alt=sse&key={QUERY_KEY_LONG}", json=gemini).status_code == 200
+    assert client.get(f"{upstream.url}/v1/models?key={QUERY_KEY_LONG}").status_code == 200
+    body = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
+    client.post(f"{upstream.base_url}/chat/completions", json=body, headers={"authorization": f"Bearer {OPENAI_KEY}"})
+    time.sleep(0.5)  # the per-call lines go out every 0.1 s
+    proc.terminate()
+    proc.wait(30)
+    return log.read_text(errors="replace")
+
+
+def test_readme_run_command_prints_no_key_from_urls_in_a_wide_terminal(tmp_path, upstream):
+    common = ["--listen-port", str(free_port()), "--set", f"confdir={tmp_path / 'c'}",
+              "--set", f"llm_metrics_db={tmp_path / 'm.db'}"]
+    with ProviderUpstream() as google:
+        run = _run_and_call(tmp_path, "dev-run", _dev_run_args(*common), upstream, google)
+        common[1] = str(free_port())
+        bare = _run_and_call(tmp_path, "bare", [str(MITMDUMP), "--listen-host", "127.0.0.1", "-s", str(ADDON),
+                                                *common], upstream, google)
+    assert run.count("llm openai-compatible ") == 2  # the addon's own line per LLM call is still printed
+    assert QUERY_KEY_LONG not in run and OPENAI_KEY not in run, run
+    # mitmdump on its own (flow_detail 1) prints the whole URL in a wide terminal: what the
+    # command above avoids, and what the addon then warns of.
+    assert QUERY_KEY_LONG in bare
+    assert "mitmproxy prints each request's URL whole, a key in its query (?key=) included (flow_detail=1)" in bare

@@ -421,3 +421,19 @@ def test_a_listener_bound_through_a_mode_spec_is_warned_about_unless_proxyauth_g
         with caplog.at_level(logging.WARNING):
             _warn_open_proxy()
         assert not [r for r in caplog.records if "without proxyauth" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("flow_detail", "warned"), [(0, None), (1, "URL whole"), (2, "URL and headers, API keys")])
+def test_mitmdumps_own_request_lines_are_warned_about_when_they_print_urls(flow_detail, warned, caplog):
+    from mitmproxy.addons.dumper import Dumper
+
+    from addon.llm_metrics import _warn_flow_detail
+
+    addon = LLMMetrics()
+    with taddons.context(addon, Dumper()) as tctx:
+        tctx.configure(addon, flow_detail=flow_detail)
+        with caplog.at_level(logging.WARNING):
+            _warn_flow_detail()
+    lines = [r.getMessage() for r in caplog.records if "flow_detail=0 keeps them out" in r.getMessage()]
+    assert len(lines) == (0 if warned is None else 1)
+    assert warned is None or warned in lines[0]
