@@ -36,7 +36,7 @@ from addon.engine import prepare_store  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
-from addon.redact import redact  # noqa: E402
+from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
 from migrations import DEFAULT_KEEP  # noqa: E402
 from storage import default_location  # noqa: E402
 from storage.db import display_location, hide_password  # noqa: E402
@@ -64,6 +64,8 @@ class LLMMetrics:
 
     def load(self, loader) -> None:
         _line_buffered_stdout()
+        for logger in (log, *map(logging.getLogger, ("addon.backends", "addon.engine", "storage.writer"))):
+            logger.addFilter(REDACT_WARNINGS)  # their warnings quote exceptions and drivers' messages
         logging.getLogger("peewee").setLevel(logging.INFO)  # see addon.engine.start_engine
         loader.add_option(
             "llm_metrics_db", str, default_location(),

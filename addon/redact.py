@@ -24,6 +24,7 @@ see `addon.formats.errors` for what of a provider's error message is kept).
 
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "***"
@@ -88,3 +89,21 @@ def _replace(match: re.Match[str]) -> str:
         return f"{marker}{sep}{redact(value)}"
     quote = value[0] if value[:1] in ("'", '"') else ""
     return f"{marker}{sep}{quote}{MASK}{quote}"
+
+
+class RedactWarnings(logging.Filter):
+    """A warning or an error carries others' text (an exception, a driver's or a provider's
+    message): its message and traceback are redacted. Info lines (per call, the exit summary)
+    are made from redacted values already, and cost nothing here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+                record.exc_info, record.exc_text = None, None
+            record.msg, record.args = redact(text), ()
+        return True
+
+
+REDACT_WARNINGS = RedactWarnings()

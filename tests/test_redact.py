@@ -98,3 +98,25 @@ def test_text_without_secrets_is_unchanged(text):
 )
 def test_path_keeps_its_segments_and_loses_its_secrets(path, redacted):
     assert redact_path(path) == redacted
+
+
+def test_warnings_and_their_tracebacks_are_redacted_info_lines_untouched(caplog):
+    import logging
+
+    from addon.redact import REDACT_WARNINGS
+
+    logger = logging.getLogger("tests.redact.filter")
+    logger.addFilter(REDACT_WARNINGS)
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            try:
+                raise ValueError("server said: Incorrect API key provided: sk-abc***...Zq9w")
+            except ValueError as exc:
+                logger.warning("writing failed, will retry: %s", exc, exc_info=True)
+            logger.info("tokens 11→6 for key=%s", "kept-as-is")  # info lines are redacted where made
+    finally:
+        logger.removeFilter(REDACT_WARNINGS)
+    warning, info = caplog.records
+    assert "Zq9w" not in caplog.text and "Incorrect API key provided: ***" in warning.getMessage()
+    assert "Traceback" in warning.getMessage() and warning.exc_info is None
+    assert info.getMessage() == "tokens 11→6 for key=kept-as-is"
