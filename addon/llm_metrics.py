@@ -346,14 +346,21 @@ def _parse_hosts(values: Sequence[str]) -> dict[str, str]:
 
 def _warn_open_proxy() -> None:
     """Anyone who can reach a non-loopback listener can send traffic through it (and read the
-    CA's trust): say so, for each such listener, when no proxyauth guards them."""
-    if ctx.options.proxyauth:
-        return
-    for host, spec in open_listeners(ctx.options.mode, ctx.options.listen_host):
+    CA's trust): say so, for each such listener, when no proxyauth guards them. mitmweb's
+    interface shows every request, headers (API keys) included: before mitmproxy 12 (no
+    web_password) it has no password at all."""
+    if not ctx.options.proxyauth:
+        for host, spec in open_listeners(ctx.options.mode, ctx.options.listen_host):
+            log.warning(
+                "llm-metrics: the proxy listens on %s without proxyauth (mode %s): anyone who can reach this "
+                "machine can use it. Use --listen-host 127.0.0.1 (or MODE@127.0.0.1:PORT), or set proxyauth.",
+                host or "all interfaces", spec)
+    options = ctx.options
+    if "web_host" in options and "web_password" not in options and not _is_loopback(options.web_host):
         log.warning(
-            "llm-metrics: the proxy listens on %s without proxyauth (mode %s): anyone who can reach this "
-            "machine can use it. Use --listen-host 127.0.0.1 (or MODE@127.0.0.1:PORT), or set proxyauth.",
-            host or "all interfaces", spec)
+            "llm-metrics: mitmweb's interface listens on %s with no password: anyone who can reach it reads "
+            "every request, API keys in their headers included. Use --set web_host=127.0.0.1.",
+            options.web_host or "all interfaces")
 
 
 def open_listeners(modes: Sequence[str], listen_host: str) -> list[tuple[str, str]]:

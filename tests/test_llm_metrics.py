@@ -437,3 +437,20 @@ def test_mitmdumps_own_request_lines_are_warned_about_when_they_print_urls(flow_
     lines = [r.getMessage() for r in caplog.records if "flow_detail=0 keeps them out" in r.getMessage()]
     assert len(lines) == (0 if warned is None else 1)
     assert warned is None or warned in lines[0]
+
+
+@pytest.mark.parametrize(("web_host", "warned"), [("127.0.0.1", False), ("0.0.0.0", True), ("", True)])
+def test_mitmweb_interface_beyond_loopback_without_a_password_is_warned_about(web_host, warned, caplog):
+    from mitmproxy.addons.proxyauth import ProxyAuth
+    from mitmproxy.tools.web.webaddons import WebAddon
+
+    from addon.llm_metrics import _warn_open_proxy
+
+    addon = LLMMetrics()
+    with taddons.context(addon, ProxyAuth(), WebAddon()) as tctx:
+        tctx.configure(addon, listen_host="127.0.0.1", web_host=web_host)
+        if "web_password" in tctx.options:
+            pytest.skip("this mitmweb has a password (mitmproxy 12): its interface is not open")
+        with caplog.at_level(logging.WARNING):
+            _warn_open_proxy()
+    assert any("mitmweb's interface listens on" in r.getMessage() for r in caplog.records) is warned
