@@ -124,7 +124,8 @@ def build_row(
 ) -> dict[str, Any]:
     """The row for `completion_requests`. Failure comes from the transport error if any, then
     an error the body or stream carried (more specific than its status), then the HTTP status.
-    Every free text of the row (path, error type and message) is stored without secrets."""
+    Every free text of the row (path, origin, error type and message) is stored without secrets;
+    the model is kept as named (stored rows are repriced by it), and is redacted where printed."""
     if error_type is None and facts.error_type is not None:
         error_type, error_message = facts.error_type, facts.error_message
     if error_type is None and status_code is not None and status_code >= 400:
@@ -144,7 +145,7 @@ def build_row(
         "provider": call.provider,
         "host": call.host,
         "path": redact_path(call.path),
-        "origin": call.origin,
+        "origin": call.origin and redact(call.origin),  # the client's own text (a tag, a User-Agent)
         "is_streaming": bool(call.request.get("is_streaming") or call.streamed),
         "max_tokens": call.request.get("max_tokens"),
         "temperature": call.request.get("temperature"),

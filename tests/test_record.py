@@ -461,8 +461,8 @@ def test_cache_writes_and_server_timings_are_stored_in_their_columns():
     ],
     ids=["provider-message", "transport-message"],
 )
-def test_row_stores_path_and_error_message_without_secrets(facts_error, transport_error):
-    call = make_call()
+def test_row_stores_path_origin_and_error_message_without_secrets(facts_error, transport_error):
+    call = make_call(origin="nightly token=PLANTEDorigin01")
     call.path = "/v1/keys/sk-PLANTEDpath0123456789/chat/completions"
     facts = ResponseFacts()
     if facts_error:
@@ -470,6 +470,7 @@ def test_row_stores_path_and_error_message_without_secrets(facts_error, transpor
     row = build_row(call, facts, status_code=401, t_end=T0 + 1, error_type=transport_error and transport_error[0],
                     error_message=transport_error and transport_error[1])
     assert row["path"] == "/v1/keys/***/chat/completions"
+    assert row["origin"] == "nightly token=***"
     assert "***" in row["error_message"]
     for secret in ("w9yz", "AIzaSyPLANTED", "sk-PLANTED"):
         assert secret not in row["error_message"] and secret not in row["path"]
