@@ -44,7 +44,9 @@ _SHAPES = (
     r")"
 )
 _SCHEME = r"(?i:bearer|basic|token|digest)\s+[\w\-.~+/=*\u2026]{4,}"  # Authorization: <scheme> <credentials>
-_USERINFO = r"(?P<user>://[^\s/:@]*:)[^\s@/]+(?=@)"  # the password of user:password@ in a URL
+# The password of user:password@ in a URL; digits alone are a port (mitmproxy's mode specs end in
+# "@listen-address": reverse:http://127.0.0.1:9@0.0.0.0:8081).
+_USERINFO = r"(?P<user>://[^\s/:@]*:)(?!\d+@)[^\s@/]+(?=@)"
 _WORDS = "key|token|secret|password|passwd|pwd|passphrase|authorization|auth|credentials?|signature|cookie"
 # A marker word, then `:` or `=` (or "is"/"was" after a password or secret word), then its value:
 # a quoted string, or an auth scheme and its credentials, or everything up to a separator.

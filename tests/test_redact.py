@@ -76,6 +76,7 @@ def test_secret_is_replaced_and_the_rest_kept(text, secret, kept):
         "The model `gpt-4o-mini` does not exist or you do not have access to it.",
         "llm openai-compatible gpt-fake-2026-01-01 200 | latency 304ms | ttft 303ms | tokens 11→6",
         "risk-free desk-top task-force",
+        "reverse:http://127.0.0.1:9@0.0.0.0:8081",  # a mode spec: a port, then the listen address
         "/v1/chat/completions",
         "",
     ],
