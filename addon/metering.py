@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from .formats import ARRAY_STREAM_SUFFIXES, ResponseFacts, WireFormat
-from .formats.errors import error_from_body
+from .formats.errors import describe_body, error_from_body
 from .wire.encoding import incremental_decoder
 from .wire.eventstream import EventStreamDecoder, Frame
 from .wire.json_array import JSONArrayDecoder
@@ -159,7 +159,7 @@ def meter_body(fmt: WireFormat, status: int, content_type: str | None, body: byt
     """Facts from a whole, already decoded body (the non-streamed path)."""
     if status >= 400:
         facts = ResponseFacts()
-        facts.set_error(*error_from_body(status, body))
+        facts.set_error(*error_from_body(status, body, content_type))
         return facts
     if is_stream_type(content_type):
         # Streaming was not switched on for this flow (it should have been): parse it whole.
@@ -171,7 +171,8 @@ def meter_body(fmt: WireFormat, status: int, content_type: str | None, body: byt
     try:
         obj = json.loads(body)
     except ValueError:
-        facts.set_error("malformed_response", body[:200].decode("utf-8", "replace"))
+        # Its text is what the model generated (or a page standing in for it): never stored.
+        facts.set_error("malformed_response", describe_body("response body is not JSON", body, content_type))
         return facts
     if isinstance(obj, list):
         # A streamed JSON array that was buffered (Gemini without alt=sse): its elements are

@@ -18,7 +18,15 @@ from typing import NoReturn
 
 import peewee
 
-from storage.db import NotSQLiteError, default_location, enable_wal, open_database, sqlite_path
+from storage.db import (
+    NotSQLiteError,
+    default_location,
+    display_location,
+    enable_wal,
+    hide_password,
+    open_database,
+    sqlite_path,
+)
 
 from .backup import DEFAULT_KEEP, BackupError, check_file, list_backups, make_backup, restore
 from .registry import STEPS
@@ -74,7 +82,7 @@ def cmd_status(args) -> int:
         return 0
     db = _open(args.location)
     todo = pending(db)
-    print(f"database {args.location}: schema version {current_version(db)}, this build's is {CURRENT_SCHEMA_VERSION}")
+    print(f"database {display_location(args.location)}: schema version {current_version(db)}, this build's is {CURRENT_SCHEMA_VERSION}")
     for step in todo:
         print(f"  pending: {step.version} {step.name}: {step.description}")
     if not todo:
@@ -176,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, MigrationError, BackupError, NotSQLiteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UsageError, MigrationError, BackupError, NotSQLiteError, ValueError, peewee.DatabaseError) as exc:
+        # A server's message (a refused connection, say) is one line too, and never shows the password.
+        print(f"error: {hide_password(str(exc), args.location)}", file=sys.stderr)
         return 2
 
 

@@ -16,7 +16,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from storage.db import default_location
+from storage.db import default_location, display_location, hide_password
 
 from .groups import DIMENSIONS
 from .percentiles import METHOD
@@ -119,7 +119,7 @@ def make_report(args: argparse.Namespace, location: str) -> Report:
     try:
         return load_report(src, selection, group_by=args.group_by, top=args.top, now=now)
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
-        raise ReportError(f"cannot read {location}: {exc}") from None
+        raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None
     finally:
         src.close()
 

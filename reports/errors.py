@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 from rich.text import Text
 
+from addon.redact import redact
+
 from . import fmt
 from .layout import Column, FitTable
 from .selection import TABLE, Selection
@@ -66,7 +68,8 @@ def _sample(src: Source, selection: Selection, code: int | None, kind: str | Non
     params += [last_utc] + ([code] if code is not None else []) + ([kind] if kind is not None else [])
     row = src.one(f"SELECT error_message FROM {TABLE}{where} ORDER BY error_message IS NULL, id DESC LIMIT 1", params)
     message = row[0] if row else None
-    return message[:SAMPLE_CHARS] if message else message
+    # Rows stored before messages were redacted on the way in may still hold a key.
+    return redact(message)[:SAMPLE_CHARS] if message else message
 
 
 def render_errors(errors: Errors) -> FitTable:

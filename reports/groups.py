@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from rich.text import Text
 
+from addon.redact import redact_path
+
 from . import fmt
 from .indexes import RUN_KEYS
 from .layout import Column, FitTable
@@ -93,6 +95,8 @@ def key_value(dim: str, raw: str | None) -> str | None:
         return f"{raw}:00:00Z"
     if dim == "day":
         return f"{raw}T00:00:00Z"
+    if dim == "path":
+        return redact_path(raw)  # rows stored before paths were redacted on the way in
     return raw
 
 

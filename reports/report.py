@@ -12,6 +12,8 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.text import Text
 
+from storage.db import display_location
+
 from .errors import Errors, load_errors, render_errors
 from .groups import (
     DEFAULT_GROUPINGS,
@@ -44,7 +46,7 @@ CSV_METRICS = (
 
 @dataclass
 class Report:
-    database: str
+    database: str  # as display_location shows it: a URL without its password
     generated_at_utc: str
     selection: Selection
     cost_known: bool
@@ -146,7 +148,7 @@ def load_report(
         if not overview.requests:
             return empty_report(src.location, selection, src.has_cost, generated, overview)
         return Report(
-            src.location, generated, selection, src.has_cost, overview,
+            display_location(src.location), generated, selection, src.has_cost, overview,
             load_groups(src, selection, groupings, keys, combos),
             load_errors(src, selection, top),
             load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds),
@@ -159,6 +161,6 @@ def empty_report(
 ) -> Report:
     """The report of no calls: what JSON and CSV print when there is nothing to report yet."""
     return Report(
-        location, generated_utc, selection, cost_known, overview or empty_overview(cost_known),
+        display_location(location), generated_utc, selection, cost_known, overview or empty_overview(cost_known),
         [], Errors([], 0, 0), Timeline(choose_bucket(0), []), [],
     )

@@ -533,3 +533,22 @@ def test_without_a_dropped_rows_table_drops_are_null_not_zero(database, capsys):
     con.close()
     assert run_json(path, capsys=capsys)["overview"]["dropped_rows"] is None
     assert "dropped by the proxy" not in render(path)
+
+
+# -- secrets stored by builds that did not redact them ------------------------------------------
+
+
+def test_keys_in_rows_stored_before_redaction_are_not_reported(tmp_path, capsys):
+    rows = make_rows(20)
+    rows[3].update(success=False, status_code=401, error_type="invalid_api_key",
+                   error_message="Incorrect API key provided: sk-abc***...OLDtail. You can find your API key …")
+    rows[4].update(path="/v1/keys/sk-OLDpathKEY0123456789/chat/completions")
+    path = make_db(tmp_path / "old.db", rows)
+    outputs = [render(path, width=200), render(path, width=200, group_by="path")]
+    for args in ((), ("--group-by", "path"), ("--group-by", "path", "--format", "csv")):
+        assert main(["--db", path, *(args if "--format" in args else ("--format", "json", *args))]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert any("Incorrect API key provided: ***" in out for out in outputs)
+    assert any("/v1/keys/***/chat/completions" in out for out in outputs)
+    for out in outputs:
+        assert "OLDtail" not in out and "sk-OLDpathKEY" not in out

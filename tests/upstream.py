@@ -120,7 +120,10 @@ class UpstreamHandler(BaseHTTPRequestHandler):
     def _receive(self, upstream: LocalServer) -> Served:
         received = time.perf_counter()
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        body = json.loads(raw or b"{}")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:  # a multipart upload, say: recorded all the same
+            body = {}
         served = Served(self.path, {k.lower(): v for k, v in self.headers.items()}, body, received)
         upstream.served.append(served)
         return served
@@ -175,6 +178,13 @@ class FakeUpstream(LocalServer):
 
 def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
     class Handler(UpstreamHandler):
+        def do_GET(self) -> None:
+            """Any other method (GET /v1/models, PUT, DELETE): recorded, answered with an empty list."""
+            self._receive(upstream)
+            self._send_whole(200, "application/json", b'{"object": "list", "data": []}')
+
+        do_PUT = do_DELETE = do_PATCH = do_GET
+
         def do_POST(self) -> None:
             served = self._receive(upstream)
             body = served.body
