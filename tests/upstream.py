@@ -200,10 +200,6 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 self._send_whole(sc.status, "application/json", json.dumps(_completion(sc, body)).encode(),
                                  sc.extra_headers)
 
-        def do_GET(self) -> None:
-            """Any GET: a small plain answer, a request that is no LLM call."""
-            self._send_whole(200, "text/plain", b"ok")
-
         def _stream(self, sc: Scenario, body: dict[str, Any], served: Served) -> None:
             self._start_chunked(sc.status, "text/event-stream; charset=utf-8", sc.content_encoding,
                                 {"cache-control": "no-cache"})
