@@ -28,7 +28,7 @@ from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
 
 from addon.backends import Metering, open_metering  # noqa: E402
 from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
-from addon.engine import prepare_store  # noqa: E402
+from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
@@ -39,7 +39,7 @@ from storage.writer import METERING_LOST  # noqa: E402
 log = logging.getLogger(__name__)
 
 DEFAULT_ORIGIN_HEADER = "x-llm-metrics-origin"
-DEFAULT_BODY_LIMIT = 2 << 20
+DEFAULT_BODY_LIMIT = REQUEST_BODY_LIMIT
 CLOSE_TIMEOUT_S = 30.0
 _CANDIDATE_SUFFIXES = tuple(suffix.encode() for suffix in CANDIDATE_SUFFIXES)
 
@@ -90,8 +90,8 @@ class LLMMetrics:
         )
         loader.add_option(
             "llm_metrics_request_body_limit", int, DEFAULT_BODY_LIMIT,
-            "Request bodies larger than this many bytes are not read: such a call is recorded by its "
-            "path, without its request's model, limits and message count.",
+            "Request bodies larger than this many bytes, as sent or once decompressed, are not read: such "
+            "a call is recorded by its path, without its request's model, limits and message count.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -106,7 +106,8 @@ class LLMMetrics:
         self.body_limit = options.llm_metrics_request_body_limit
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
-        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls"} and self.handover is not None:
+        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit"} \
+                and self.handover is not None:
             self.handover.put(Config(self._settings()))
 
     def running(self) -> None:
@@ -237,7 +238,8 @@ class LLMMetrics:
     # -- the metering ----------------------------------------------------------------------
 
     def _settings(self) -> dict:
-        return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls}
+        return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls,
+                "request_body_limit": self.body_limit}
 
     def _open_store(self, location: str) -> None:
         self._close_metering()

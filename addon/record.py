@@ -15,6 +15,7 @@ from . import bounds
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
 from .pricing import cost_usd
+from .wire import MAX_EVENT_BYTES
 
 # Well-known API hosts name the provider; any other host is "openai-compatible" (vLLM,
 # llama.cpp, LM Studio, ...), except Ollama's default port.
@@ -131,9 +132,10 @@ def build_row(
         error_type, error_message = facts.error_type, facts.error_message
     if error_type is None and status_code is not None and status_code >= 400:
         error_type = f"http_{status_code}"
-    notes = list(call.notes)
+    notes = call.notes + _unread(facts)
+    before = len(notes)
     counts = _counts(facts, notes)
-    implausible = len(notes) > len(call.notes)  # a reported count was left out
+    implausible = len(notes) > before  # a reported count was left out
     streamed_times = call.streamed
     ttft = _ms(call.t_start, call.t_first_token) if streamed_times else None
     ttlt = _ms(call.t_start, call.t_last_token) if streamed_times else None
@@ -179,6 +181,16 @@ def build_row(
     for column, limit in bounds.TEXT_LIMITS.items():
         row[column] = bounds.clean_text(row[column], limit)
     return row
+
+
+def _unread(facts: ResponseFacts) -> list[str]:
+    """What of a streamed response was not read (a bound of addon/wire, addon/metering)."""
+    notes = []
+    if facts.read_limit is not None:
+        notes.append(f"response read up to {facts.read_limit >> 20} MiB once decompressed: the rest was not metered")
+    if facts.oversized_events:
+        notes.append(f"{facts.oversized_events} stream event(s) longer than {MAX_EVENT_BYTES >> 20} MiB not read")
+    return notes
 
 
 # Token counts of a row, as the response reported them.

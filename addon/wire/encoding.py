@@ -164,13 +164,15 @@ def incremental_decoder(content_encoding: str | None, limit: int | None = None) 
 
 
 class Decoded:
-    """A whole body decoded: `data`, or None with `problem` saying why it was not."""
+    """A whole body decoded: `data`, or None with `problem` saying why it was not; `too_large`
+    when that is its size (any other problem: its coding cannot be undone)."""
 
-    __slots__ = ("data", "problem")
+    __slots__ = ("data", "problem", "too_large")
 
-    def __init__(self, data: bytes | None, problem: str | None = None) -> None:
+    def __init__(self, data: bytes | None, problem: str | None = None, too_large: bool = False) -> None:
         self.data = data
         self.problem = problem
+        self.too_large = too_large
 
 
 def decode_whole(body: bytes, content_encoding: str | None, limit: int) -> Decoded:
@@ -183,7 +185,8 @@ def decode_whole(body: bytes, content_encoding: str | None, limit: int) -> Decod
     except (zlib.error, brotli.error, zstandard.ZstdError):
         return Decoded(None, f"it is not valid {content_encoding}")
     if decoder.exceeded:
-        return Decoded(None, f"it is larger than {_size(limit)}{' once decompressed' if decoder.compressed else ''}")
+        once = " once decompressed" if decoder.compressed else ""
+        return Decoded(None, f"it is larger than {_size(limit)}{once}", too_large=True)
     return Decoded(data)
 
 
