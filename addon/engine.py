@@ -151,15 +151,17 @@ class Engine:
     def _complete(self, call: Call, t: float, status: int | None) -> None:
         """A streamed response that arrived whole."""
         try:
+            error = None
             if call.meter is not None:
                 if call.meter.close():
                     call.stamp_token(t)
                 facts = call.meter.facts
+                error = _stream_outcome(call)
             elif call.buffered is not None:
                 facts = self._meter_whole(call, status, bytes(call.buffered))
+                error = _body_empty(call, facts, status)
             else:
-                facts = None  # its stream could not be metered (an encoding we cannot undo)
-            error = _stream_incomplete(call) if call.meter is not None else None
+                facts = None  # not metered: an encoding we cannot undo, or a body past the limit
             self._finish(call, facts, status, t, error=error)
         except Exception as exc:
             self._metering_error("response", exc)
@@ -173,7 +175,7 @@ class Engine:
         try:
             self._head(call, m.head, False)
             facts = self._meter_whole(call, m.status, m.body)
-            self._finish(call, facts, m.status, m.t)
+            self._finish(call, facts, m.status, m.t, error=_body_empty(call, facts, m.status))
         except Exception as exc:
             self._metering_error("response", exc)
             self._finish_anyway(call, m.status, m.t)
@@ -311,13 +313,13 @@ class Engine:
             self._metering_error("responseheaders", exc)
             call.metering_failed = True
 
-    def _meter_whole(self, call: Call, status: int | None, body: bytes) -> ResponseFacts:
+    def _meter_whole(self, call: Call, status: int | None, body: bytes) -> ResponseFacts | None:
         """A whole body, still as on the wire, read up to MAX_RESPONSE_BYTES once decoded; a
         coding that cannot be undone leaves it as sent (as mitmproxy's `get_content(strict=False)`)."""
         decoded = decode_whole(body, call.content_encoding, MAX_RESPONSE_BYTES)
         if decoded.too_large:
             call.notes.append(f"response body not read: {decoded.problem}")
-            return ResponseFacts()  # the status says how the call went
+            return None  # the status says how the call went
         return meter_body(call.fmt, status or 0, call.content_type, body if decoded.data is None else decoded.data)
 
     def _finish_delivered(self, call: Call) -> bool:
@@ -328,7 +330,7 @@ class Engine:
             return False
         if call.meter.close():
             call.stamp_token(call.t_end_marker)
-        self._finish(call, call.meter.facts, call.status_code, call.t_end_marker, error=_stream_incomplete(call))
+        self._finish(call, call.meter.facts, call.status_code, call.t_end_marker, error=_stream_outcome(call))
         return True
 
     def _finish(self, call: Call, facts, status: int | None, t_end: float, *, error=None) -> None:
@@ -449,9 +451,14 @@ def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
 
 
-def _stream_incomplete(call: Call) -> tuple[str, str] | None:
-    """A stream with events that were not JSON is broken; one that ended with neither its end
-    marker nor a finish reason was cut short."""
+# Operations with no generated output: no content, no finish reason (no API streams them).
+_NO_OUTPUT = ("embeddings",)
+
+
+def _stream_outcome(call: Call) -> tuple[str, str] | None:
+    """A stream with events that were not JSON is broken; one that ended with no content and
+    no finish reason (its end marker alone, or no event at all) is empty; one that ended with
+    neither its end marker nor a finish reason was cut short. None: as its status says."""
     facts = call.meter.facts
     if call.metering_failed or facts.error_type:
         return None
@@ -459,6 +466,20 @@ def _stream_incomplete(call: Call) -> tuple[str, str] | None:
         return None  # what was not read may have ended it: not known (metering_note says why)
     if facts.malformed_events:  # a client SDK fails on these too, whatever came after
         return ("malformed_stream", f"{facts.malformed_events} stream event(s) were not valid JSON")
+    if call.fmt.operation in _NO_OUTPUT:  # complete with its one event, whatever it lacks
+        return None if facts.events else ("empty_stream", "the stream carried no event")
+    if not facts.content_events and facts.finish_reason is None and (facts.terminated or not facts.events):
+        return ("empty_stream", "the stream ended without any content or finish reason")
     if facts.terminated or facts.finish_reason:
         return None
     return ("incomplete_stream", "the stream ended without a finish reason or end marker")
+
+
+def _body_empty(call: Call, facts: ResponseFacts | None, status: int | None) -> tuple[str, str] | None:
+    """A successful whole body that told nothing at all (no model, output, finish reason, usage
+    or error: `{}`, `{"choices": []}`) is no plain success. None: as its status says."""
+    if facts is None or status is None or not 200 <= status < 300 or call.fmt.operation in _NO_OUTPUT:
+        return None
+    told = (facts.model or facts.finish_reason or facts.error_type or facts.tool_calls or facts.events
+            or facts.prompt_tokens is not None or facts.completion_tokens is not None)
+    return None if told else ("empty_response", "the response carried no output, finish reason or usage")

@@ -457,3 +457,77 @@ def test_a_whole_response_body_bomb_is_recorded_as_the_status_says_without_being
     [row] = stored(metrics)
     assert (row["success"], row["status_code"], row["error_type"], row["usage_source"]) == (1, 200, None, "missing")
     assert row["metering_note"] == "response body not read: it is larger than 64 MiB once decompressed"
+
+
+ANTHROPIC = {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+OLLAMA = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+EMBED = {"model": "text-embedding-3-small", "input": "hi"}
+NDJSON = "application/x-ndjson"
+EVENT_STREAM = "text/event-stream"
+
+
+def _events(*objs, done: bool = True) -> bytes:
+    body = b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs)
+    return body + (b"data: [DONE]\n\n" if done else b"")
+
+
+@pytest.mark.parametrize(("path", "request_body", "content_type", "stream", "error_type"), [
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM, b"data: [DONE]\n\n", "empty_stream", id="chat-done-only"),
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM,
+                 _events({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+                 "empty_stream", id="chat-role-chunk-then-done"),
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM,
+                 _events({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 0}}),
+                 "empty_stream", id="chat-usage-only"),
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM, b"", "empty_stream", id="chat-no-event-at-all"),
+    pytest.param("/v1/messages", ANTHROPIC, EVENT_STREAM,
+                 b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-x","usage":'
+                 b'{"input_tokens":3,"output_tokens":1}}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n',
+                 "empty_stream", id="anthropic-start-and-stop-only"),
+    pytest.param("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", GEMINI, EVENT_STREAM, b"",
+                 "empty_stream", id="gemini-sse-no-event"),
+    pytest.param("/v1beta/models/gemini-2.5-flash:streamGenerateContent", GEMINI, "application/json", b"[]",
+                 "empty_stream", id="gemini-empty-array"),
+    pytest.param("/api/chat", OLLAMA, NDJSON, b'{"model":"llama3","done":true}\n', "empty_stream",
+                 id="ollama-done-line-only"),
+    pytest.param("/v1/embeddings", EMBED, EVENT_STREAM, b"", "empty_stream", id="embeddings-no-event"),
+    # Not empty: a finish reason without content, content without a finish reason but ended,
+    # and an embedding streamed whole (no API has finish reasons for them).
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM,
+                 _events({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}), None,
+                 id="chat-finish-reason-without-content"),
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM,
+                 _events({"choices": [{"index": 0, "delta": {"content": "Hi"}}]}), None,
+                 id="chat-content-then-done"),
+    pytest.param("/v1/embeddings", EMBED, EVENT_STREAM,
+                 _events({"model": "m", "data": [], "usage": {"prompt_tokens": 1, "total_tokens": 1}}, done=False),
+                 None, id="embeddings-one-event"),
+])
+def test_a_200_stream_with_no_content_and_no_finish_reason_is_not_a_plain_success(
+        metrics, path, request_body, content_type, stream, error_type):
+    flow = llm_flow(request_body, path=path)
+    run_request(metrics, flow)
+    flow.response = http.Response.make(200, b"", {"content-type": content_type})
+    metrics.responseheaders(flow)
+    for piece in (stream, b""):
+        flow.response.stream(piece)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert (row["error_type"], row["success"]) == (error_type, int(error_type is None))
+
+
+@pytest.mark.parametrize(("path", "request_body", "body", "error_type"), [
+    ("/v1/chat/completions", dict(CHAT, stream=False), b"{}", "empty_response"),
+    ("/v1/chat/completions", dict(CHAT, stream=False), b'{"choices": []}', "empty_response"),
+    ("/v1/chat/completions", dict(CHAT, stream=False), b'{"model": "gpt-x-1", "choices": []}', None),
+    ("/v1/embeddings", EMBED, b'{"object": "list", "data": []}', None),
+])
+def test_a_200_body_that_tells_nothing_is_not_a_plain_success(metrics, path, request_body, body, error_type):
+    flow = llm_flow(request_body, path=path)
+    run_request(metrics, flow)
+    flow.response = http.Response.make(200, body, {"content-type": "application/json"})
+    metrics.responseheaders(flow)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert row["error_type"] == error_type
