@@ -51,9 +51,10 @@ class Served:
 
     path: str
     headers: dict[str, str]
-    body: dict[str, Any]
+    body: dict[str, Any] | None  # None: not a JSON object (answered 400, as OpenAI does)
     received_at: float  # perf_counter
     first_content_at: float | None = None
+    raw: bytes = b""  # the body as it arrived, byte for byte
 
     def content_sent(self) -> None:
         """Called after each piece of generated content: the first one is the truth for TTFT."""
@@ -119,8 +120,12 @@ class UpstreamHandler(BaseHTTPRequestHandler):
     def _receive(self, upstream: LocalServer) -> Served:
         received = time.perf_counter()
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        body = json.loads(raw or b"{}")
-        served = Served(self.path, {k.lower(): v for k, v in self.headers.items()}, body, received)
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:  # never decompressed here: a compressed body is not JSON either
+            body = None
+        served = Served(self.path, {k.lower(): v for k, v in self.headers.items()},
+                        body if isinstance(body, dict) else None, received, raw=raw)
         upstream.served.append(served)
         return served
 
@@ -161,6 +166,11 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         self._chunk(b"", raw=True)  # the terminating zero-length chunk
 
 
+# OpenAI's answer to a body it cannot parse.
+PARSE_ERROR = (b'{"error": {"message": "We could not parse the JSON body of your request.", '
+               b'"type": "invalid_request_error", "param": null, "code": null}}')
+
+
 class FakeUpstream(LocalServer):
     def __init__(self, tls_dir: Path | None = None) -> None:
         self.scenarios: dict[str, Scenario] = {"default": Scenario()}
@@ -180,6 +190,8 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             sc = upstream.scenarios[self.headers.get("x-scenario", "default")]
             if not self.path.split("?")[0].endswith("/completions"):
                 self._send_whole(501, "text/plain", b"not an LLM endpoint", sc.extra_headers)
+            elif body is None:
+                self._send_whole(400, "application/json", PARSE_ERROR, sc.extra_headers)
             elif sc.error_body is not None:
                 self._send_whole(sc.status, sc.error_content_type, sc.error_body, sc.extra_headers)
             elif body.get("stream"):
