@@ -44,6 +44,11 @@ class _Zlib:
         self._replay: list[bytes] | None = [] if wbits == zlib.MAX_WBITS else None
 
     def __call__(self, data: bytes) -> Iterator[bytes]:
+        if self._replay is None:
+            return self._rest(data)
+        return self._first(data)
+
+    def _first(self, data: bytes) -> Iterator[bytes]:
         if self._replay is not None:
             self._replay.append(data)
             try:
@@ -124,13 +129,17 @@ class Decoder:
     def pieces(self, data: bytes) -> Iterator[bytes]:
         if self.exceeded or not data:
             return
-        for piece in self._through(data, 0):
+        steps = self._steps
+        for piece in steps[0](data) if len(steps) == 1 else self._through(data, 0):
             if self.limit is not None and self.produced + len(piece) > self.limit:
                 piece = piece[: self.limit - self.produced]
                 self.exceeded = True
             self.produced += len(piece)
-            for start in range(0, len(piece), PIECE_BYTES):
-                yield piece[start : start + PIECE_BYTES]
+            if len(piece) <= PIECE_BYTES:
+                yield piece
+            else:
+                for start in range(0, len(piece), PIECE_BYTES):
+                    yield piece[start : start + PIECE_BYTES]
             if self.exceeded:
                 return  # the generators below are dropped: no more is decompressed
 

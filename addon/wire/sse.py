@@ -61,8 +61,11 @@ class SSEDecoder:
             if self._pending_size > self.limit:
                 self._cut_line()
             return []
-        buf = b"".join(self._pending) + chunk if self._pending else chunk
-        self._pending, self._pending_size = [], 0
+        if self._pending:
+            buf = b"".join(self._pending) + chunk
+            self._pending, self._pending_size = [], 0
+        else:
+            buf = chunk
         if not self._started:
             if len(buf) < 3 and _BOM.startswith(buf):
                 self._keep(buf)  # could still be the start of a byte-order mark
@@ -87,8 +90,10 @@ class SSEDecoder:
                     data.append(line[6:])
                 else:
                     self._line(line, out)
-            self._keep(rest)
-            self._count_data()
+            if rest:
+                self._keep(rest)
+            if data:  # an event goes on into the next piece
+                self._count_data()
             return out
         pos = 0
         end = len(buf)
@@ -136,11 +141,16 @@ class SSEDecoder:
                 self._stray_size += len(line)
 
     def _dispatch(self, out: list[Event]) -> None:
-        if self._too_long or self._data_size + self._uncounted() > self.limit:
+        data = self._data
+        if self._too_long:
             self.oversized += 1
-        elif self._data:
-            data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-            out.append(Event(self._event, data))
+        elif len(data) == 1 and not self._data_size:  # the usual event: one line, within the limit
+            out.append(Event(self._event, data[0]))
+        elif data:
+            if self._data_size + self._uncounted() > self.limit:
+                self.oversized += 1
+            else:
+                out.append(Event(self._event, b"\n".join(data)))
         self._data.clear()  # in place: `feed` holds the list while it loops
         self._counted = self._data_size = 0
         self._too_long = False
