@@ -382,7 +382,7 @@ class Engine:
     def _count_unparsed(self, path: str) -> None:
         """Named in the exit summary so a user can report them; bounded in distinct paths, each
         valid text of bounded length."""
-        path = bounds.clean_text(path, bounds.TEXT_LIMITS["path"])
+        path = bounds.clean_text(path, bounds.TEXT_LIMITS["path"]) or ""
         if path in self.unparsed or len(self.unparsed) < _MAX_UNPARSED_PATHS:
             self.unparsed[path] = self.unparsed.get(path, 0) + 1
         else:

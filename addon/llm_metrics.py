@@ -316,7 +316,9 @@ def _hook_error(where: str, exc: Exception) -> None:
     key = f"{where}:{type(exc).__name__}"
     if key not in _logged_hook_errors:
         _logged_hook_errors.add(key)
-        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %r", where, exc)
+        text = repr(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where,
+                    text if len(text) <= 300 else text[:299] + "…")  # never a whole value it failed on
 
 
 def _parse_hosts(values: Sequence[str]) -> dict[str, str]:

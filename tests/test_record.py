@@ -512,8 +512,8 @@ def test_a_row_with_every_text_column_at_its_limit_in_four_byte_characters_is_st
     assert (writer.written, writer.dropped) == (1, 0)
 
 
-USAGE = dict(model="gpt-4o-mini-2024-07-18", prompt_tokens=78, completion_tokens=9, total_tokens=87,
-             cached_tokens=64, reasoning_tokens=3, finish_reason="stop")
+USAGE = {"model": "gpt-4o-mini-2024-07-18", "prompt_tokens": 78, "completion_tokens": 9, "total_tokens": 87,
+         "cached_tokens": 64, "reasoning_tokens": 3, "finish_reason": "stop"}
 
 
 @pytest.mark.parametrize("count", ["prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
