@@ -103,7 +103,7 @@ class Lost(NamedTuple):
 
 
 class Config(NamedTuple):
-    """Option values that changed while running: `extra_hosts`, `log_calls`."""
+    """Option values that changed while running: `extra_hosts`, `log_calls`, `request_body_limit`."""
 
     settings: dict[str, Any]
 

@@ -19,7 +19,7 @@ from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
 from storage.db import display_location
 
-from . import pricing
+from . import bounds, pricing
 from .capture import (
     Abandon,
     Config,
@@ -34,22 +34,31 @@ from .capture import (
     Whole,
     iter_batch,
 )
-from .formats import ResponseFacts, recognise, recognise_by_path, recognise_by_shape, unknown_request_fields
-from .metering import StreamMeter, meter_body, stream_framing
+from .formats import (
+    ResponseFacts,
+    recognise,
+    recognise_by_path,
+    recognise_by_shape,
+    recognise_unreadable,
+    unknown_request_fields,
+)
+from .metering import MAX_RESPONSE_BYTES, StreamMeter, meter_body, stream_framing
 from .record import Call, build_row, origin_from_user_agent, provider_for
 from .redact import redact, redact_path
 from .run_summary import RunTotals
 from .summary import format_call_line
 from .transport import classify_flow_error
-from .wire.encoding import incremental_decoder
+from .wire.encoding import decode_whole
 
 log = logging.getLogger(__name__)
 
 CALL_LINES_EVERY_S = 0.1
 _MAX_UNPARSED_PATHS = 100
-# A response the hooks passed on as a stream that turns out not to be one of its format's
-# streams is metered whole at its end: this much of it is kept for that.
-_MAX_BUFFERED_STREAM = 64 * 1024 * 1024
+# A request body larger than this, as sent or once decompressed, is not read: the call is
+# recognised by its path and recorded without its request's model, limits and message count
+# (`llm_metrics_request_body_limit`; the hooks do not even hand over one larger as sent).
+REQUEST_BODY_LIMIT = 2 << 20
+_ERROR_TEXT_MAX_CHARS = 300  # of a metering failure's description in the log
 
 
 class Engine:
@@ -58,11 +67,12 @@ class Engine:
     lines_every = CALL_LINES_EVERY_S
 
     def __init__(self, writer: Any, *, location: str | None = None, extra_hosts: dict[str, str] | None = None,
-                 log_calls: bool = True) -> None:
+                 log_calls: bool = True, request_body_limit: int = REQUEST_BODY_LIMIT) -> None:
         self.writer = writer
         self.location = location
         self.extra_hosts = extra_hosts or {}
         self.log_calls = log_calls
+        self.request_body_limit = request_body_limit
         self.calls: dict[int, Call] = {}
         self.ignored: set[int] = set()  # calls that turned out not to be LLM calls: their pieces are dropped
         self.recorded = 0
@@ -115,8 +125,12 @@ class Engine:
     def _feed(self, call: Call, t: float, data: bytes) -> None:
         meter = call.meter
         if meter is None:  # passed on as a stream, metered whole at the end
-            if data and call.buffered is not None and len(call.buffered) < _MAX_BUFFERED_STREAM:
-                call.buffered.extend(data)
+            if data and call.buffered is not None:
+                if len(call.buffered) + len(data) <= MAX_RESPONSE_BYTES:
+                    call.buffered.extend(data)
+                else:  # not read: what was kept would be taken for a broken body
+                    call.buffered = None
+                    call.notes.append(f"response body not read: it is larger than {MAX_RESPONSE_BYTES >> 20} MiB")
             return
         try:
             if meter.feed(data) if data else meter.close():
@@ -139,15 +153,17 @@ class Engine:
     def _complete(self, call: Call, t: float, status: int | None) -> None:
         """A streamed response that arrived whole."""
         try:
+            error = None
             if call.meter is not None:
                 if call.meter.close():
                     call.stamp_token(t)
                 facts = call.meter.facts
+                error = _stream_outcome(call)
             elif call.buffered is not None:
                 facts = self._meter_whole(call, status, bytes(call.buffered))
+                error = _body_empty(call, facts, status)
             else:
-                facts = None  # its stream could not be metered (an encoding we cannot undo)
-            error = _stream_incomplete(call) if call.meter is not None else None
+                facts = None  # not metered: an encoding we cannot undo, or a body past the limit
             self._finish(call, facts, status, t, error=error)
         except Exception as exc:
             self._metering_error("response", exc)
@@ -161,7 +177,7 @@ class Engine:
         try:
             self._head(call, m.head, False)
             facts = self._meter_whole(call, m.status, m.body)
-            self._finish(call, facts, m.status, m.t)
+            self._finish(call, facts, m.status, m.t, error=_body_empty(call, facts, m.status))
         except Exception as exc:
             self._metering_error("response", exc)
             self._finish_anyway(call, m.status, m.t)
@@ -218,6 +234,7 @@ class Engine:
     def _config(self, m: Config) -> None:
         self.extra_hosts = m.settings.get("extra_hosts", self.extra_hosts)
         self.log_calls = m.settings.get("log_calls", self.log_calls)
+        self.request_body_limit = m.settings.get("request_body_limit", self.request_body_limit)
 
     def _lost(self, m: Lost) -> None:
         if self.writer is not None:
@@ -226,21 +243,32 @@ class Engine:
     # -- the call ------------------------------------------------------------------------
 
     def _recognise(self, request: Request) -> Call | None:
+        """The call a request is, if it is one. A JSON object of no known shape is counted as
+        unparsed (named at exit, to be reported); a body that is not a JSON object is the client's
+        own mistake: its call is recorded where the path tells its API, and never counted."""
         path = request.path
-        extra = request.host in self.extra_hosts
-        if request.body is None:  # beyond the hooks' body limit: the path alone tells, no field is known
-            fmt, parsed = recognise_by_path(path), {}
+        notes: list[str] = []
+        body = self._request_body(request, notes)
+        parsed = None if body is None else _json_object(body, notes)
+        if parsed is not None:
+            fmt = recognise(path, parsed)
+            if fmt is None and request.host in self.extra_hosts:
+                fmt = recognise_by_shape(parsed)
+            if fmt is None:
+                self._count_unparsed(path)
+                return None
+            fields = fmt.request_fields(path, parsed)
         else:
-            try:
-                parsed = json.loads(_decoded(request.body, request.content_encoding) or b"")
-            except ValueError:
-                parsed = None
-            fmt = None
-            if isinstance(parsed, dict):
-                fmt = recognise(path, parsed) or (recognise_by_shape(parsed) if extra else None)
-        if fmt is None or parsed is None:
-            self._count_unparsed(path)
-            return None
+            if body is None:  # not read: the path alone tells, no field is known
+                fmt = recognise_by_path(path)
+            else:
+                llm_host = request.host in self.extra_hosts or provider_for(request.host, request.port) != "openai-compatible"
+                fmt = recognise_unreadable(path, llm_host=llm_host)
+            if fmt is None:
+                if body is None:
+                    self._count_unparsed(path)
+                return None
+            fields = unknown_request_fields(fmt, path)
         return Call(
             fmt=fmt,
             started_at=request.started_at,
@@ -250,8 +278,26 @@ class Engine:
             path=path,
             provider=provider_for(request.host, request.port, self.extra_hosts),
             origin=request.origin or origin_from_user_agent(request.user_agent),
-            request=fmt.request_fields(path, parsed) if request.body is not None else unknown_request_fields(fmt, path),
+            request=fields,
+            notes=notes,
         )
+
+    def _request_body(self, request: Request, notes: list[str]) -> bytes | None:
+        """The request body without its Content-Encoding; None when it is not read (`notes`
+        says why): larger than the limit as sent (the hooks did not hand it over) or decoded.
+        A coding that cannot be undone leaves the body as sent (as mitmproxy's `get_content(strict=False)`)."""
+        limit = self.request_body_limit
+        if request.body is None:
+            notes.append(f"request body not read: it is larger than {_size(limit)}")
+            return None
+        decoded = decode_whole(request.body, request.content_encoding, limit)
+        if decoded.too_large:
+            notes.append(f"request body not read: {decoded.problem}")
+            return None
+        if decoded.data is None:
+            notes.append(f"request body not decoded: {decoded.problem}")
+            return request.body
+        return decoded.data
 
     def _head(self, call: Call, head: ResponseHead, streamed: bool) -> None:
         call.t_headers, call.status_code, call.content_type, call.content_encoding = head
@@ -269,9 +315,14 @@ class Engine:
             self._metering_error("responseheaders", exc)
             call.metering_failed = True
 
-    def _meter_whole(self, call: Call, status: int | None, body: bytes) -> ResponseFacts:
-        """A whole body, still as on the wire."""
-        return meter_body(call.fmt, status or 0, call.content_type, _decoded(body, call.content_encoding))
+    def _meter_whole(self, call: Call, status: int | None, body: bytes) -> ResponseFacts | None:
+        """A whole body, still as on the wire, read up to MAX_RESPONSE_BYTES once decoded; a
+        coding that cannot be undone leaves it as sent (as mitmproxy's `get_content(strict=False)`)."""
+        decoded = decode_whole(body, call.content_encoding, MAX_RESPONSE_BYTES)
+        if decoded.too_large:
+            call.notes.append(f"response body not read: {decoded.problem}")
+            return None  # the status says how the call went
+        return meter_body(call.fmt, status or 0, call.content_type, body if decoded.data is None else decoded.data)
 
     def _finish_delivered(self, call: Call) -> bool:
         """A stream whose end marker already went on to the client is complete, whatever then
@@ -281,7 +332,7 @@ class Engine:
             return False
         if call.meter.close():
             call.stamp_token(call.t_end_marker)
-        self._finish(call, call.meter.facts, call.status_code, call.t_end_marker, error=_stream_incomplete(call))
+        self._finish(call, call.meter.facts, call.status_code, call.t_end_marker, error=_stream_outcome(call))
         return True
 
     def _finish(self, call: Call, facts, status: int | None, t_end: float, *, error=None) -> None:
@@ -332,8 +383,9 @@ class Engine:
             log.info(line)
 
     def _count_unparsed(self, path: str) -> None:
-        """Named in the exit summary so a user can report them; bounded in distinct paths."""
-        path = redact_path(path)
+        """Named in the exit summary so a user can report them; bounded in distinct paths, each
+        redacted, valid text of bounded length."""
+        path = bounds.clean_text(redact_path(path), bounds.TEXT_LIMITS["path"]) or ""
         if path in self.unparsed or len(self.unparsed) < _MAX_UNPARSED_PATHS:
             self.unparsed[path] = self.unparsed.get(path, 0) + 1
         else:
@@ -344,7 +396,10 @@ class Engine:
         key = f"{where}:{type(exc).__name__}"
         if key not in self._logged_errors:
             self._logged_errors.add(key)
-            log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where, redact(repr(exc)))
+            text = redact(repr(exc)).encode("utf-8", "backslashreplace").decode("utf-8")
+            if len(text) > _ERROR_TEXT_MAX_CHARS:  # never a whole body or value it failed on
+                text = text[: _ERROR_TEXT_MAX_CHARS - 1] + "…"
+            log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where, text)
 
 
 def prepare_store(location: str, keep_backups: int):
@@ -357,7 +412,7 @@ def prepare_store(location: str, keep_backups: int):
 
 
 def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hosts: dict[str, str],
-                 log_calls: bool, db=None) -> Engine:
+                 log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, db=None) -> Engine:
     """An engine with its own started writer; `db` when the caller has just prepared the store."""
     # A root logger at DEBUG (mitmdump's) would have peewee format every query's SQL and
     # parameters into a log record (~27 us a row, bench/profile_addon.py).
@@ -370,7 +425,8 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     db.close()
     writer = RowWriter(db, queue_size=queue_size, reopen=lambda: prepare_store(location, keep_backups)[0])
     writer.start()
-    return Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls)
+    return Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
+                  request_body_limit=request_body_limit)
 
 
 def warm() -> None:
@@ -381,26 +437,52 @@ def warm() -> None:
         log.warning("llm-metrics: price data unavailable, cost_usd will be NULL: %r", exc)
 
 
-def _decoded(body: bytes, content_encoding: str | None) -> bytes:
-    """A whole body without its Content-Encoding; as it is when that cannot be undone (as
-    mitmproxy's `get_content(strict=False)`)."""
-    if not body or not content_encoding:
-        return body
+def _json_object(body: bytes, notes: list[str]) -> dict[str, Any] | None:
+    """The body's JSON object; None with a note when it is not one."""
     try:
-        decode = incremental_decoder(content_encoding)
-        return decode(body)
-    except Exception:
-        return body
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
+        notes.append("request body is not valid JSON")
+        return None
+    if not isinstance(parsed, dict):
+        notes.append("request body is not a JSON object")
+        return None
+    return parsed
 
 
-def _stream_incomplete(call: Call) -> tuple[str, str] | None:
-    """A stream with events that were not JSON is broken; one that ended with neither its end
-    marker nor a finish reason was cut short."""
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
+
+
+# Operations with no generated output: no content, no finish reason (no API streams them).
+_NO_OUTPUT = ("embeddings",)
+
+
+def _stream_outcome(call: Call) -> tuple[str, str] | None:
+    """A stream with events that were not JSON is broken; one that ended with no content and
+    no finish reason (its end marker alone, or no event at all) is empty; one that ended with
+    neither its end marker nor a finish reason was cut short. None: as its status says."""
     facts = call.meter.facts
     if call.metering_failed or facts.error_type:
         return None
+    if facts.read_limit is not None or facts.oversized_events:
+        return None  # what was not read may have ended it: not known (metering_note says why)
     if facts.malformed_events:  # a client SDK fails on these too, whatever came after
         return ("malformed_stream", f"{facts.malformed_events} stream event(s) were not valid JSON")
+    if call.fmt.operation in _NO_OUTPUT:  # complete with its one event, whatever it lacks
+        return None if facts.events else ("empty_stream", "the stream carried no event")
+    if not facts.content_events and facts.finish_reason is None and (facts.terminated or not facts.events):
+        return ("empty_stream", "the stream ended without any content or finish reason")
     if facts.terminated or facts.finish_reason:
         return None
     return ("incomplete_stream", "the stream ended without a finish reason or end marker")
+
+
+def _body_empty(call: Call, facts: ResponseFacts | None, status: int | None) -> tuple[str, str] | None:
+    """A successful whole body that told nothing at all (no model, output, finish reason, usage
+    or error: `{}`, `{"choices": []}`) is no plain success. None: as its status says."""
+    if facts is None or status is None or not 200 <= status < 300 or call.fmt.operation in _NO_OUTPUT:
+        return None
+    told = (facts.model or facts.finish_reason or facts.error_type or facts.tool_calls or facts.events
+            or facts.prompt_tokens is not None or facts.completion_tokens is not None)
+    return None if told else ("empty_response", "the response carried no output, finish reason or usage")

@@ -32,7 +32,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode  # noqa: E402
 
 from addon.backends import Metering, open_metering  # noqa: E402
 from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
-from addon.engine import prepare_store  # noqa: E402
+from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
@@ -45,7 +45,7 @@ from storage.writer import METERING_LOST  # noqa: E402
 log = logging.getLogger(__name__)
 
 DEFAULT_ORIGIN_HEADER = "x-llm-metrics-origin"
-DEFAULT_BODY_LIMIT = 2 << 20
+DEFAULT_BODY_LIMIT = REQUEST_BODY_LIMIT
 CLOSE_TIMEOUT_S = 30.0
 _CANDIDATE_SUFFIXES = tuple(suffix.encode() for suffix in CANDIDATE_SUFFIXES)
 
@@ -98,8 +98,8 @@ class LLMMetrics:
         )
         loader.add_option(
             "llm_metrics_request_body_limit", int, DEFAULT_BODY_LIMIT,
-            "Request bodies larger than this many bytes are not read: such a call is recorded by its "
-            "path, without its request's model, limits and message count.",
+            "Request bodies larger than this many bytes, as sent or once decompressed, are not read: such "
+            "a call is recorded by its path, without its request's model, limits and message count.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -114,7 +114,8 @@ class LLMMetrics:
         self.body_limit = options.llm_metrics_request_body_limit
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
-        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls"} and self.handover is not None:
+        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit"} \
+                and self.handover is not None:
             self.handover.put(Config(self._settings()))
 
     def running(self) -> None:
@@ -253,7 +254,8 @@ class LLMMetrics:
     # -- the metering ----------------------------------------------------------------------
 
     def _settings(self) -> dict:
-        return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls}
+        return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls,
+                "request_body_limit": self.body_limit}
 
     def _open_store(self, location: str) -> None:
         self._close_metering()
@@ -331,7 +333,9 @@ def _hook_error(where: str, exc: Exception) -> None:
     key = f"{where}:{type(exc).__name__}"
     if key not in _logged_hook_errors:
         _logged_hook_errors.add(key)
-        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where, redact(repr(exc)))
+        text = redact(repr(exc)).encode("utf-8", "backslashreplace").decode("utf-8")
+        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where,
+                    text if len(text) <= 300 else text[:299] + "…")  # never a whole value it failed on
 
 
 def _parse_hosts(values: Sequence[str]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .formats import ARRAY_STREAM_SUFFIXES, ResponseFacts, WireFormat
 from .formats.errors import describe_body, error_from_body
-from .wire.encoding import incremental_decoder
+from .wire.encoding import PIECE_BYTES, incremental_decoder
 from .wire.eventstream import EventStreamDecoder, Frame
 from .wire.json_array import JSONArrayDecoder
 from .wire.ndjson import NDJSONDecoder
@@ -23,6 +23,11 @@ EVENTSTREAM_TYPES = ("application/vnd.amazon.eventstream",)
 JSON_TYPES = ("application/json", "")
 
 SSE, NDJSON, JSON_ARRAY, EVENTSTREAM = "sse", "ndjson", "json-array", "eventstream"
+# The most bytes of one response body that are read once decompressed: a compressed stream is
+# metered up to there and no further (a decompression bomb of 32 KB stands for gigabytes), a whole
+# body larger is not parsed. A plain stream is read to its end: its bytes cost what the network
+# gave, and each of its events at most addon.wire.MAX_EVENT_BYTES.
+MAX_RESPONSE_BYTES = 64 << 20
 Framer = SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder
 _FRAMERS: dict[str, type[Framer]] = {
     SSE: SSEDecoder, NDJSON: NDJSONDecoder, JSON_ARRAY: JSONArrayDecoder, EVENTSTREAM: EventStreamDecoder
@@ -69,13 +74,17 @@ def stream_framing(fmt: WireFormat, content_type: str | None, *, status: int, re
 
 
 class StreamMeter:
-    """Incremental parser for one streamed response body, fed raw (still encoded) bytes."""
+    """Incremental parser for one streamed response body, fed raw (still encoded) bytes. A body
+    whose decoded bytes pass MAX_RESPONSE_BYTES is metered up to there (`facts.read_limit`)."""
 
     def __init__(self, fmt: WireFormat, content_type: str | None, content_encoding: str | None,
                  framing: str | None = None) -> None:
         self.facts = ResponseFacts()
         self._fmt = fmt
-        self._decode = incremental_decoder(content_encoding)  # UnsupportedEncoding propagates
+        self._decoder = incremental_decoder(content_encoding)  # UnsupportedEncoding propagates
+        self._plain = not self._decoder.compressed
+        if not self._plain:
+            self._decoder.limit = MAX_RESPONSE_BYTES
         if framing is None:
             mt = media_type(content_type)
             framing = SSE if mt in SSE_TYPES else EVENTSTREAM if mt in EVENTSTREAM_TYPES else NDJSON
@@ -85,21 +94,32 @@ class StreamMeter:
 
     def feed(self, data: bytes) -> bool:
         """Parses one piece; True when it completed an event with generated content."""
-        plain = self._decode(data)
-        if not plain:
-            return False
-        return self._handle(self._framer.feed(plain))
+        if self._plain and len(data) <= PIECE_BYTES:  # the usual piece: no decoding, no slicing
+            if not data:
+                return False
+            generated = self._handle(self._framer.feed(data))
+        else:
+            generated = False
+            for piece in self._decoder.pieces(data):
+                generated = self._handle(self._framer.feed(piece)) or generated
+            if self._decoder.exceeded:
+                self.facts.read_limit = self._decoder.limit
+        self.facts.oversized_events = self._framer.oversized
+        return generated
 
     def close(self) -> bool:
         """End of body: flushes a last event that had no terminating blank line."""
         if self.closed:
             return False
         self.closed = True
+        if self.facts.read_limit is not None:
+            return False  # the end of what was read is no end of the body: nothing more is read
         generated = self._handle(self._framer.close())
         if isinstance(self._framer, SSEDecoder):  # SSE: lines outside any field were kept aside
             self._read_stray(self._framer.stray)
         if isinstance(self._framer, EventStreamDecoder) and self._framer.corrupt:
             self.facts.malformed_events += 1  # framing stopped: the rest could not be read
+        self.facts.oversized_events = self._framer.oversized
         return generated
 
     def _handle(self, events: list) -> bool:
@@ -118,7 +138,7 @@ class StreamMeter:
             facts.events += 1
             try:
                 obj = _loads_utf8(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
                 facts.malformed_events += 1
                 continue
             if fmt.on_event(facts, name, obj):
@@ -131,7 +151,7 @@ class StreamMeter:
             return
         try:
             obj = json.loads(b"\n".join(lines))
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         self._fmt.on_body(self.facts, obj)
 
@@ -170,7 +190,7 @@ def meter_body(fmt: WireFormat, status: int, content_type: str | None, body: byt
     facts = ResponseFacts()
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         # Its text is what the model generated (or a page standing in for it): never stored.
         facts.set_error("malformed_response", describe_body("response body is not JSON", body, content_type))
         return facts

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import bounds
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
 from .pricing import cost_usd
 from .redact import redact, redact_path
+from .wire import MAX_EVENT_BYTES
 
 # Well-known API hosts name the provider; any other host is "openai-compatible" (vLLM,
 # llama.cpp, LM Studio, ...), except Ollama's default port.
@@ -78,7 +80,7 @@ def utc_timestamp(epoch_seconds: float) -> str:
 def _ms(start: float, end: float | None) -> int | None:
     if end is None:
         return None
-    return max(0, round((end - start) * 1000))
+    return bounds.measured(max(0, round((end - start) * 1000)))
 
 
 @dataclass(slots=True)
@@ -105,7 +107,7 @@ class Call:
     meter: Any = None  # a StreamMeter while streaming
     buffered: bytearray | None = None  # a body passed on as a stream but metered whole at its end
     metering_failed: bool = False
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was not read or stored, and why (metering_note)
 
     def stamp_token(self, now: float) -> None:
         if self.t_first_token is None:
@@ -125,20 +127,26 @@ def build_row(
     """The row for `completion_requests`. Failure comes from the transport error if any, then
     an error the body or stream carried (more specific than its status), then the HTTP status.
     Every free text of the row (path, origin, error type and message) is stored without secrets;
-    the model is kept as named (stored rows are repriced by it), and is redacted where printed."""
+    the model is kept as named (stored rows are repriced by it), and is redacted where printed.
+    Every value is brought within what it may be (`addon.bounds`) here, the one place: text
+    valid and cut to its column's limit, numbers no call can have left out with a note."""
     if error_type is None and facts.error_type is not None:
         error_type, error_message = facts.error_type, facts.error_message
     if error_type is None and status_code is not None and status_code >= 400:
         error_type = f"http_{status_code}"
+    notes = call.notes + _unread(facts)
+    before = len(notes)
+    counts = _counts(facts, notes)
+    implausible = len(notes) > before  # a reported count was left out
     streamed_times = call.streamed
     ttft = _ms(call.t_start, call.t_first_token) if streamed_times else None
     ttlt = _ms(call.t_start, call.t_last_token) if streamed_times else None
     model = facts.model or call.request.get("request_model")
-    usage_reported = _usage_reported(call, facts)
-    return {
+    usage_reported = not implausible and _usage_reported(call, counts)
+    row = {
         "timestamp": utc_timestamp(call.started_at),
         "success": error_type is None,
-        "status_code": status_code,
+        "status_code": bounds.status_or_none(status_code, notes),
         "response_time_ms": _ms(call.t_start, t_end),
         "model": model,
         "request_model": call.request.get("request_model"),
@@ -147,76 +155,93 @@ def build_row(
         "path": redact_path(call.path),
         "origin": call.origin and redact(call.origin),  # the client's own text (a tag, a User-Agent)
         "is_streaming": bool(call.request.get("is_streaming") or call.streamed),
-        "max_tokens": call.request.get("max_tokens"),
-        "temperature": call.request.get("temperature"),
-        "top_p": call.request.get("top_p"),
-        "message_count": call.request.get("message_count"),
-        "prompt_tokens": facts.prompt_tokens,
-        "completion_tokens": facts.completion_tokens,
-        "total_tokens": _total(facts),
-        "cached_tokens": facts.cached_tokens,
-        "cache_creation_tokens": facts.cache_creation_tokens,
-        "reasoning_tokens": facts.reasoning_tokens,
+        "max_tokens": bounds.count_or_none(call.request.get("max_tokens"), "max_tokens", notes),
+        "temperature": bounds.setting_or_none(call.request.get("temperature"), "temperature", notes),
+        "top_p": bounds.setting_or_none(call.request.get("top_p"), "top_p", notes),
+        "message_count": bounds.count_or_none(call.request.get("message_count"), "message_count", notes),
+        **counts,
         "finish_reason": facts.finish_reason,
         "finish_category": finish_category(
             facts.finish_reason, failed=error_type is not None, tool_calls=facts.tool_calls,
             override=facts.finish_category,
         ),
         "operation": call.fmt.operation,
-        "usage_source": "reported" if usage_reported else "missing",
-        "cost_usd": _cost(call, facts, model) if usage_reported else None,
-        "prompt_eval_duration_ms": _ns_to_ms(facts.prompt_eval_duration_ns),
-        "eval_duration_ms": _ns_to_ms(facts.eval_duration_ns),
+        "usage_source": "implausible" if implausible else "reported" if usage_reported else "missing",
+        "cost_usd": _cost(call, counts, model) if usage_reported else None,
+        "prompt_eval_duration_ms": bounds.server_ms_or_none(facts.prompt_eval_duration_ns,
+                                                            "prompt_eval_duration", notes),
+        "eval_duration_ms": bounds.server_ms_or_none(facts.eval_duration_ns, "eval_duration", notes),
         "time_to_first_byte_ms": _ms(call.t_start, call.t_headers),
         "time_to_first_token_ms": ttft,
         "time_to_last_token_ms": ttlt,
-        "tokens_per_second": _tokens_per_second(call, facts) if streamed_times else None,
-        "chunk_count": facts.events if call.streamed else None,
+        "tokens_per_second": _tokens_per_second(call, counts) if streamed_times else None,
+        "chunk_count": bounds.measured(facts.events) if call.streamed else None,
         "error_type": error_type and redact(error_type),
         "error_message": error_message and redact(error_message),
+        "metering_note": "; ".join(notes) or None,
     }
+    for column, limit in bounds.TEXT_LIMITS.items():
+        row[column] = bounds.clean_text(row[column], limit)
+    return row
 
 
-def _usage_reported(call: Call, facts: ResponseFacts) -> bool:
+def _unread(facts: ResponseFacts) -> list[str]:
+    """What of a streamed response was not read (a bound of addon/wire, addon/metering)."""
+    notes = []
+    if facts.read_limit is not None:
+        notes.append(f"response read up to {facts.read_limit >> 20} MiB once decompressed: the rest was not metered")
+    if facts.oversized_events:
+        notes.append(f"{facts.oversized_events} stream event(s) longer than {MAX_EVENT_BYTES >> 20} MiB not read")
+    return notes
+
+
+# Token counts of a row, as the response reported them.
+_COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens", "reasoning_tokens")
+
+
+def _counts(facts: ResponseFacts, notes: list[str]) -> dict[str, int | None]:
+    """The reported token counts that are plausible (`addon.bounds.MAX_COUNT`), and the total:
+    as reported, else the sum of the two it is made of."""
+    counts = {name: bounds.count_or_none(getattr(facts, name), name, notes) for name in _COUNTS}
+    total = bounds.count_or_none(facts.total_tokens, "total_tokens", notes)
+    if total is None and facts.total_tokens is None:
+        prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
+        if prompt is not None and completion is not None:
+            total = prompt + completion
+    counts["total_tokens"] = total
+    return counts
+
+
+def _usage_reported(call: Call, counts: dict[str, int | None]) -> bool:
     """The provider reported the call's usage: its input, and its output unless the operation
     has none (embeddings). Counts from a stream cut before its final usage are not a report."""
-    if facts.prompt_tokens is None:
+    if counts["prompt_tokens"] is None:
         return False
-    return facts.completion_tokens is not None or call.fmt.operation == "embeddings"
+    return counts["completion_tokens"] is not None or call.fmt.operation == "embeddings"
 
 
-def _cost(call: Call, facts: ResponseFacts, model: str | None) -> float | None:
-    return cost_usd(
+def _cost(call: Call, counts: dict[str, int | None], model: str | None) -> float | None:
+    cost = cost_usd(
         provider=call.provider,
         model=model,
-        prompt_tokens=facts.prompt_tokens,
-        completion_tokens=facts.completion_tokens,
-        cached_tokens=facts.cached_tokens,
-        cache_creation_tokens=facts.cache_creation_tokens,
+        prompt_tokens=counts["prompt_tokens"],
+        completion_tokens=counts["completion_tokens"],
+        cached_tokens=counts["cached_tokens"],
+        cache_creation_tokens=counts["cache_creation_tokens"],
         at=datetime.fromtimestamp(call.started_at, UTC),
     )
+    return cost if cost is None or cost >= 0 else None  # negative: counts that do not add up
 
 
-def _ns_to_ms(value: int | None) -> float | None:
-    return None if value is None else round(value / 1e6, 3)
-
-
-def _total(facts: ResponseFacts) -> int | None:
-    if facts.total_tokens is not None:
-        return facts.total_tokens
-    if facts.prompt_tokens is not None and facts.completion_tokens is not None:
-        return facts.prompt_tokens + facts.completion_tokens
-    return None
-
-
-def _tokens_per_second(call: Call, facts: ResponseFacts) -> float | None:
+def _tokens_per_second(call: Call, counts: dict[str, int | None]) -> float | None:
     """Output tokens over generation time (first to last token); prompt tokens never count."""
-    if facts.completion_tokens is None or call.t_first_token is None or call.t_last_token is None:
+    completion = counts["completion_tokens"]
+    if completion is None or call.t_first_token is None or call.t_last_token is None:
         return None
     seconds = call.t_last_token - call.t_first_token
     if seconds <= 0:
         return None
-    return round(facts.completion_tokens / seconds, 3)
+    return bounds.finite_or_none(round(completion / seconds, 3))
 
 
 def now() -> float:

@@ -207,3 +207,17 @@ def m005_report_indexes(db: peewee.Database, migrator: SchemaMigrator) -> None:
     # (README, upgrade notes).
     for name, columns, where in _M005_INDEXES:
         db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({', '.join(columns)}){where}")
+
+
+@step(
+    6,
+    "m006_metering_note",
+    "why a row holds less than its call said: a value left out, a body not read",
+    promises=(AddsColumns(TABLE, {"metering_note": "text"}),),
+)
+def m006_metering_note(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Issue 17: a number no real call can have (a token count of 2**62, a negative duration) is
+    # not stored, and a body past what the proxy reads (a decompression bomb) is not read; the
+    # row says which and why here, so that a NULL is never silent. Only added: rows recorded
+    # before keep NULL, as nothing then was left out this way.
+    migrator.add_column(TABLE, "metering_note", peewee.TextField(null=True)).run()

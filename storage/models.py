@@ -7,7 +7,8 @@ import peewee
 
 
 class CompletionRequest(peewee.Model):
-    """One LLM API call. Names carry units; a value the call did not report is NULL, never 0."""
+    """One LLM API call. Names carry units; a value the call did not report is NULL, never 0.
+    Text columns have a longest length each (`addon.bounds.TEXT_LIMITS`)."""
 
     id = peewee.AutoField()  # what peewee adds by itself when no field is the key; named so type checkers see it
     timestamp = peewee.TextField()  # request start, UTC, 2026-11-22T14:03:07.123456Z
@@ -34,7 +35,7 @@ class CompletionRequest(peewee.Model):
     finish_reason = peewee.TextField(null=True)  # the provider's own value
     finish_category = peewee.TextField(null=True)  # stop, length, tool_calls, content_filter, error, other
     operation = peewee.TextField(null=True)  # chat, text_completion, responses, embeddings, messages, generate_content
-    usage_source = peewee.TextField(null=True)  # reported, missing
+    usage_source = peewee.TextField(null=True)  # reported, missing, implausible (a count left out)
     cost_usd = peewee.DoubleField(null=True)  # NULL: usage missing, or provider/model not in the price data
     prompt_eval_duration_ms = peewee.DoubleField(null=True)  # the server's own timings (Ollama)
     eval_duration_ms = peewee.DoubleField(null=True)
@@ -45,6 +46,7 @@ class CompletionRequest(peewee.Model):
     chunk_count = peewee.IntegerField(null=True)
     error_type = peewee.TextField(null=True)
     error_message = peewee.TextField(null=True)
+    metering_note = peewee.TextField(null=True)  # what of the call was not read or stored, and why
 
     class Meta:
         table_name = "completion_requests"

@@ -235,15 +235,19 @@ class RowWriter:
                 self._drop_bad_row(row_exc)
 
     def _drop_bad_row(self, exc: Exception) -> None:
-        refused = _is_database_error(exc) or isinstance(exc, OverflowError)  # a count beyond 64 bits
+        # A count beyond 64 bits (OverflowError), text the driver cannot encode (UnicodeError):
+        # values the database cannot take, as much as the ones it refuses itself.
+        refused = _is_database_error(exc) or isinstance(exc, (OverflowError, UnicodeError))
         # Each new error once: one fault repeated on every row must not write a line per row
-        # (`count_dropped` logs the running count).
-        if repr(exc) != self._last_row_error:
-            self._last_row_error = repr(exc)
+        # (`count_dropped` logs the running count). Never the offending value itself: it may be
+        # kilobytes long, or not printable (the message is cut, as `_describe` says).
+        described = _describe(exc)
+        if described != self._last_row_error:
+            self._last_row_error = described
             if refused:
-                log.error("llm-metrics: the database refused a row, which is dropped and counted: %s", exc)
+                log.error("llm-metrics: the database refused a row, which is dropped and counted: %s", described)
             else:
-                log.error("llm-metrics: a row could not be written (a bug: please report it): %r", exc)
+                log.error("llm-metrics: a row could not be written (a bug: please report it): %s", described)
         self.count_dropped(1, BAD_ROW if refused else WRITE_ERROR)
 
     # -- storing drop counts ---------------------------------------------------------------
@@ -400,18 +404,61 @@ def _utc(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# SQLSTATE classes (PostgreSQL's first two characters) that are about the values of the rows
+# being written, never the database's state: 22 data exception (a number out of its column's
+# range, text right-truncated, a character the database's encoding has no equivalent for), 23 a
+# constraint, 54 a program limit ("index row size 3032 exceeds maximum 2704 for index
+# report_calls"). psycopg files class 54 under OperationalError, beside "server closed the
+# connection": by class alone a refused value would be retried forever.
+_ROW_SQLSTATE_CLASSES = ("22", "23", "54")
+
+
 def _is_row_error(exc: Exception) -> bool:
-    """The rows, not the database: a constraint or a value out of its column's range, a value the
-    driver cannot bind, or a Python error while preparing them. Anything else the database or its
-    driver raises (locked, read-only, full, disconnected, a table missing) is waited out."""
+    """The rows, not the database: a constraint or a value out of its column's range or limits, a
+    value the driver cannot bind, or a Python error while preparing them. Anything else the
+    database or its driver raises (locked, read-only, full, disconnected, a table missing) is
+    waited out."""
     if not _is_database_error(exc):
         return True
     if isinstance(exc, (peewee.IntegrityError, peewee.DataError)):
         return True
+    state = _sqlstate(exc)
+    if state is not None:
+        return state[:2] in _ROW_SQLSTATE_CLASSES
     # psycopg's own subclasses (NumericValueOutOfRange, ...) are not mapped to peewee's by name.
     if any(cls.__name__ in ("IntegrityError", "DataError") for cls in type(exc).__mro__):
         return True
     return isinstance(exc, peewee.ProgrammingError) and "binding parameter" in str(exc)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of a driver error, also when peewee wrapped it (`orig`) or it was
+    raised while handling it; None for SQLite's errors, which have none."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state
+        todo.extend((getattr(current, "orig", None), current.__cause__, current.__context__))
+    return None
+
+
+_DESCRIBE_MAX_CHARS = 200
+
+
+def _describe(exc: BaseException) -> str:
+    """One short printable line for a log: the error's type and the first line of its message,
+    cut at `_DESCRIBE_MAX_CHARS`. Not `repr`, which repeats a UnicodeError's whole string."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate cannot be printed
+    return text if len(text) <= _DESCRIBE_MAX_CHARS else text[: _DESCRIBE_MAX_CHARS - 1] + "…"
 
 
 def _file_identity(db: peewee.Database) -> tuple[int, int] | None:

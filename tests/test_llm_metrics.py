@@ -136,7 +136,7 @@ def test_other_traffic_is_not_looked_at(metrics, method, path):
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", {"model": "x"}, b"[1, 2]"],  # {"model": "x"}: no messages, not a chat call
+    [{"model": "x"}, {"model": "x", "input": "hi"}],  # no messages: JSON, but not a chat call
 )
 def test_a_request_at_an_llm_path_that_is_no_llm_call_passes_unchanged_and_is_counted_unparsed(
         metrics, body, caplog):
@@ -166,6 +166,59 @@ def test_origin_tag_header_is_removed_from_requests_that_are_not_llm_calls(metri
     assert "x-llm-metrics-origin" not in flow.request.headers
     assert flow.request.headers["user-agent"] == "curl/8.5.0"
     assert metrics.inflight == {}
+
+
+OPENAI_400 = b'{"error": {"message": "We could not parse the JSON body of your request.", "type": "invalid_request_error", "param": null, "code": null}}'
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b"not json", "request body is not valid JSON"),
+    (b'{"model": "gpt-x", "messages": [', "request body is not valid JSON"),  # cut short
+    (b"[1, 2]", "request body is not a JSON object"),
+    (b"", "request body is not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "request body is not valid JSON"),  # deeper than Python's stack
+])
+@pytest.mark.parametrize(("path", "operation"), [
+    ("/v1/chat/completions", "chat"),
+    ("/v1/embeddings", "embeddings"),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", "generate_content"),
+])
+def test_a_broken_request_body_at_an_llm_path_is_recorded_with_the_upstreams_error_and_never_counted_unparsed(
+        metrics, body, why, path, operation, caplog):
+    """The client's own mistake: the upstream answers 400, and the call is recorded by its path."""
+    flow = llm_flow(body, path=path)
+    run_request(metrics, flow)
+    flow.response = http.Response.make(400, OPENAI_400, {"content-type": "application/json"})
+    metrics.responseheaders(flow)
+    metrics.response(flow)
+    with caplog.at_level(logging.INFO):
+        [row] = stored(metrics)
+    assert (row["operation"], row["status_code"], row["success"]) == (operation, 400, 0)
+    assert row["error_type"] == "invalid_request_error"
+    assert row["error_message"] == "We could not parse the JSON body of your request."
+    assert row["metering_note"] == why
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "not parsed" not in text and "please report" not in text
+
+
+@pytest.mark.parametrize(("host", "path", "recorded"), [
+    ("127.0.0.1", "/api/messages", False),  # a common path: any app's REST API may have it
+    ("127.0.0.1", "/v1/responses", False),
+    ("api.anthropic.com", "/v1/messages", True),  # the host tells
+    ("api.openai.com", "/v1/responses", True),
+    ("bedrock-runtime.us-east-1.amazonaws.com", "/model/m/invoke", False),  # the body names the format
+])
+def test_a_broken_body_on_a_path_other_apis_share_is_recorded_only_at_a_known_llm_host(
+        metrics, host, path, recorded, caplog):
+    flow = llm_flow(b"not json", path=path, host=host)
+    run_request(metrics, flow)
+    flow.response = http.Response.make(400, OPENAI_400, {"content-type": "application/json"})
+    metrics.responseheaders(flow)
+    metrics.response(flow)
+    with caplog.at_level(logging.INFO):
+        rows = stored(metrics)
+    assert len(rows) == int(recorded)
+    assert "please report" not in "\n".join(r.getMessage() for r in caplog.records)
 
 
 def test_origin_tag_header_is_recorded_and_removed(metrics):
@@ -335,7 +388,7 @@ def test_exit_summary_lists_calls_per_model_and_names_unparsed_llm_looking_reque
                                        {"content-type": "application/json"})
     metrics.responseheaders(flow)
     metrics.response(flow)
-    for body in ({"model": "x"}, b"not json"):
+    for body in ({"model": "x"}, {"model": "y"}):
         run_request(metrics, llm_flow(body, path="/v1/chat/completions"))
     with caplog.at_level(logging.INFO):
         metrics.done()
@@ -454,3 +507,112 @@ def test_mitmweb_interface_beyond_loopback_without_a_password_is_warned_about(we
         with caplog.at_level(logging.WARNING):
             _warn_open_proxy()
     assert any("mitmweb's interface listens on" in r.getMessage() for r in caplog.records) is warned
+
+
+def _zstd_bomb(head: bytes, zeros: int) -> bytes:
+    import zstandard
+
+    z = zstandard.ZstdCompressor().compressobj()
+    block = b" " * (1 << 20)  # JSON whitespace: the body would parse, were it read whole
+    return z.compress(head) + b"".join(z.compress(block) for _ in range(zeros >> 20)) + z.flush()
+
+
+def test_a_request_body_bomb_is_recorded_by_its_path_without_being_read(metrics):
+    body = _zstd_bomb(json.dumps(CHAT).encode(), 64 << 20)
+    flow = llm_flow(body, **{"content-encoding": "zstd"})
+    run_request(metrics, flow)
+    flow.response = sse_response()
+    metrics.responseheaders(flow)
+    for piece in (SSE, b""):
+        flow.response.stream(piece)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert (row["success"], row["model"], row["finish_reason"], row["request_model"]) == (1, "gpt-x-1", "stop", None)
+    assert row["metering_note"] == "request body not read: it is larger than 2 MiB once decompressed"
+
+
+def test_a_whole_response_body_bomb_is_recorded_as_the_status_says_without_being_read(metrics):
+    flow = llm_flow(dict(CHAT, stream=False))
+    run_request(metrics, flow)
+    body = _zstd_bomb(b'{"model": "gpt-x-1", "choices": []', 80 << 20)
+    flow.response = http.Response.make(200, b"", {"content-type": "application/json", "content-encoding": "zstd"})
+    flow.response.raw_content = body  # as it came: `make` would compress it again
+    metrics.responseheaders(flow)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert (row["success"], row["status_code"], row["error_type"], row["usage_source"]) == (1, 200, None, "missing")
+    assert row["metering_note"] == "response body not read: it is larger than 64 MiB once decompressed"
+
+
+ANTHROPIC = {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+OLLAMA = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+EMBED = {"model": "text-embedding-3-small", "input": "hi"}
+NDJSON = "application/x-ndjson"
+EVENT_STREAM = "text/event-stream"
+
+
+def _events(*objs, done: bool = True) -> bytes:
+    body = b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs)
+    return body + (b"data: [DONE]\n\n" if done else b"")
+
+
+@pytest.mark.parametrize(("path", "request_body", "content_type", "stream", "error_type"), [
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM, b"data: [DONE]\n\n", "empty_stream", id="chat-done-only"),
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM,
+                 _events({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+                 "empty_stream", id="chat-role-chunk-then-done"),
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM,
+                 _events({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 0}}),
+                 "empty_stream", id="chat-usage-only"),
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM, b"", "empty_stream", id="chat-no-event-at-all"),
+    pytest.param("/v1/messages", ANTHROPIC, EVENT_STREAM,
+                 b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-x","usage":'
+                 b'{"input_tokens":3,"output_tokens":1}}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n',
+                 "empty_stream", id="anthropic-start-and-stop-only"),
+    pytest.param("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", GEMINI, EVENT_STREAM, b"",
+                 "empty_stream", id="gemini-sse-no-event"),
+    pytest.param("/v1beta/models/gemini-2.5-flash:streamGenerateContent", GEMINI, "application/json", b"[]",
+                 "empty_stream", id="gemini-empty-array"),
+    pytest.param("/api/chat", OLLAMA, NDJSON, b'{"model":"llama3","done":true}\n', "empty_stream",
+                 id="ollama-done-line-only"),
+    pytest.param("/v1/embeddings", EMBED, EVENT_STREAM, b"", "empty_stream", id="embeddings-no-event"),
+    # Not empty: a finish reason without content, content without a finish reason but ended,
+    # and an embedding streamed whole (no API has finish reasons for them).
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM,
+                 _events({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}), None,
+                 id="chat-finish-reason-without-content"),
+    pytest.param("/v1/chat/completions", CHAT, EVENT_STREAM,
+                 _events({"choices": [{"index": 0, "delta": {"content": "Hi"}}]}), None,
+                 id="chat-content-then-done"),
+    pytest.param("/v1/embeddings", EMBED, EVENT_STREAM,
+                 _events({"model": "m", "data": [], "usage": {"prompt_tokens": 1, "total_tokens": 1}}, done=False),
+                 None, id="embeddings-one-event"),
+])
+def test_a_200_stream_with_no_content_and_no_finish_reason_is_not_a_plain_success(
+        metrics, path, request_body, content_type, stream, error_type):
+    flow = llm_flow(request_body, path=path)
+    run_request(metrics, flow)
+    flow.response = http.Response.make(200, b"", {"content-type": content_type})
+    metrics.responseheaders(flow)
+    for piece in (stream, b""):
+        flow.response.stream(piece)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert (row["error_type"], row["success"]) == (error_type, int(error_type is None))
+
+
+@pytest.mark.parametrize(("path", "request_body", "body", "error_type"), [
+    ("/v1/chat/completions", dict(CHAT, stream=False), b"{}", "empty_response"),
+    ("/v1/chat/completions", dict(CHAT, stream=False), b'{"choices": []}', "empty_response"),
+    ("/v1/chat/completions", dict(CHAT, stream=False), b'{"model": "gpt-x-1", "choices": []}', None),
+    ("/v1/embeddings", EMBED, b'{"object": "list", "data": []}', None),
+])
+def test_a_200_body_that_tells_nothing_is_not_a_plain_success(metrics, path, request_body, body, error_type):
+    flow = llm_flow(request_body, path=path)
+    run_request(metrics, flow)
+    flow.response = http.Response.make(200, body, {"content-type": "application/json"})
+    metrics.responseheaders(flow)
+    metrics.response(flow)
+    [row] = stored(metrics)
+    assert row["error_type"] == error_type

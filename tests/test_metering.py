@@ -550,3 +550,60 @@ def test_generated_text_of_a_non_json_200_body_is_never_kept():
 )
 def test_stream_media_types_are_recognised(content_type, streamed):
     assert is_stream_type(content_type) is streamed
+
+
+# -- bounds: a decompression bomb, an event past the framer's limit --------------------------------
+
+
+def _sse_bomb(coding: str, zeros: int = 256 << 20) -> bytes:
+    """A real event, then `zeros` NUL bytes (one endless line), compressed piece by piece."""
+    from tests.test_wire_encoding import _flushing_encoder
+
+    encode = _flushing_encoder(coding)
+    head = encode(_sse(_chunk({"content": "Hi"}), done=False))
+    block = bytes(1 << 20)
+    return head + b"".join(encode(block) for _ in range(zeros >> 20))
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+def test_a_compressed_stream_is_metered_only_up_to_the_response_limit_in_bounded_memory(coding):
+    import gc
+    import tracemalloc
+
+    from addon.metering import MAX_RESPONSE_BYTES
+
+    body = _sse_bomb(coding)
+    meter = StreamMeter(CHAT, SSE, coding)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        generated = [meter.feed(body[i : i + 16384]) for i in range(0, len(body), 16384)]
+        meter.close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert generated[0] is True and meter.facts.content_events == 1  # the event before the bomb
+    assert meter.facts.read_limit == MAX_RESPONSE_BYTES == 64 << 20
+    assert meter.facts.oversized_events == 0  # the endless line was never ended: no event
+    assert peak < 60 << 20, f"{peak >> 20} MiB"  # at most a framer's limit and a codec call's output
+
+
+def test_a_stream_event_past_the_framers_limit_is_skipped_and_counted():
+    from addon.wire import MAX_EVENT_BYTES
+
+    long_event = b"data: " + json.dumps(_chunk({"content": "x" * MAX_EVENT_BYTES})).encode() + b"\n\n"
+    meter = StreamMeter(CHAT, SSE, None)
+    body = _sse(_chunk({"content": "Hi"}), done=False) + long_event + _sse(_chunk({}, "stop"))
+    for i in range(0, len(body), 65536):
+        meter.feed(body[i : i + 65536])
+    meter.close()
+    facts = meter.facts
+    assert (facts.oversized_events, facts.content_events, facts.finish_reason, facts.terminated) == (1, 1, "stop", True)
+    assert facts.malformed_events == 0
+
+
+def test_json_nested_deeper_than_pythons_stack_is_a_malformed_event_not_a_failure():
+    meter = StreamMeter(CHAT, SSE, None)
+    meter.feed(b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n" + _sse(_chunk({"content": "Hi"}, "stop")))
+    meter.close()
+    assert (meter.facts.malformed_events, meter.facts.content_events) == (1, 1)

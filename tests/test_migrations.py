@@ -71,6 +71,8 @@ ADDED_COLUMNS = (
     # m003
     "cache_creation_tokens", "finish_category", "operation", "usage_source", "cost_usd",
     "prompt_eval_duration_ms", "eval_duration_ms",
+    # m006
+    "metering_note",
 )
 
 # --- the schema a current build makes: name -> (declared type, NOT NULL) -----------------------
@@ -114,6 +116,8 @@ EXPECTED_COLUMNS = {
         "cost_usd": ("REAL", False),
         "prompt_eval_duration_ms": ("REAL", False),
         "eval_duration_ms": ("REAL", False),
+        # m006
+        "metering_note": ("TEXT", False),
     },
     # m004
     "dropped_rows": {

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import peewee
 import pytest
 
+from addon import bounds
 from addon.formats import ResponseFacts
 from addon.formats.openai_chat import OpenAIChat
 from addon.record import Call, build_row, origin_from_user_agent, provider_for, utc_timestamp
@@ -253,6 +255,7 @@ def test_row_copies_what_the_request_and_response_said():
         "chunk_count": None,
         "error_type": None,
         "error_message": None,
+        "metering_note": None,
     }
 
 
@@ -474,3 +477,120 @@ def test_row_stores_path_origin_and_error_message_without_secrets(facts_error, t
     assert "***" in row["error_message"]
     for secret in ("w9yz", "AIzaSyPLANTED", "sk-PLANTED"):
         assert secret not in row["error_message"] and secret not in row["path"]
+
+
+# --- values brought within what may be stored (addon/bounds.py) ----------------------------------
+
+TEXT_COLUMNS = [f.column_name for f in CompletionRequest._meta.sorted_fields if isinstance(f, peewee.TextField)]
+
+
+def test_every_text_column_has_a_documented_limit():
+    assert set(bounds.TEXT_LIMITS) == set(TEXT_COLUMNS)
+
+
+def _long_text_call(text: str) -> tuple[Call, ResponseFacts]:
+    call = make_call(origin=text, request={**REQUEST, "request_model": text})
+    call.host = call.path = call.provider = text
+    call.notes.append(text)
+    facts = ResponseFacts(model=text, finish_reason=text, error_type=text, error_message=text)
+    return call, facts
+
+
+@pytest.mark.parametrize("column", sorted(set(bounds.TEXT_LIMITS) - {"timestamp", "finish_category", "operation",
+                                                                     "usage_source"}))
+def test_text_longer_than_its_column_allows_is_cut_and_ends_with_a_marker(column):
+    row = build_row(*_long_text_call("x" * 5000), status_code=200, t_end=T0 + 1)
+    assert len(row[column]) == bounds.TEXT_LIMITS[column]
+    assert row[column].endswith("…")
+
+
+def test_text_within_its_limit_is_stored_as_it_came():
+    row = build_row(*_long_text_call("gpt-4o ✓ café 😀"), status_code=200, t_end=T0 + 1)
+    assert row["model"] == row["origin"] == row["metering_note"] == "gpt-4o ✓ café 😀"
+
+
+def test_undecodable_bytes_lone_surrogates_and_nul_are_stored_as_replacement_characters():
+    # The hooks decode a header's non-UTF-8 bytes with surrogateescape (a Latin-1 User-Agent);
+    # JSON's "\ud800" escapes give lone surrogates too; PostgreSQL refuses NUL.
+    call = make_call(origin="Caf\udce9Bot")
+    facts = ResponseFacts(model="gpt\x00x\ud800", error_type="e", error_message="bad \udcff byte")
+    row = build_row(call, facts, status_code=200, t_end=T0 + 1)
+    assert (row["origin"], row["model"], row["error_message"]) == ("Caf\ufffdBot", "gpt\ufffdx\ufffd", "bad \ufffd byte")
+    for value in row.values():
+        if isinstance(value, str):
+            value.encode("utf-8")  # strict: every driver can write it
+
+
+def test_a_row_with_every_text_column_at_its_limit_in_four_byte_characters_is_stored_on_postgresql(pg_url):
+    from migrations import upgrade
+    from storage import RowWriter, open_database
+
+    row = build_row(*_long_text_call("😀" * 5000), status_code=200, t_end=T0 + 1)
+    db = open_database(pg_url)
+    upgrade(db)
+    writer = RowWriter(db, batch_window=0)
+    writer.start()
+    writer.submit(row)
+    writer.close(timeout=20)
+    assert (writer.written, writer.dropped) == (1, 0)
+
+
+USAGE = {"model": "gpt-4o-mini-2024-07-18", "prompt_tokens": 78, "completion_tokens": 9, "total_tokens": 87,
+         "cached_tokens": 64, "reasoning_tokens": 3, "finish_reason": "stop"}
+
+
+@pytest.mark.parametrize("count", ["prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+                                   "cache_creation_tokens", "reasoning_tokens"])
+@pytest.mark.parametrize("value", [2**62, -1, 10**9 + 1, int(1e300), 10**5000], ids=["2**62", "negative", "past-10**9", "1e300", "5001-digits"])
+def test_an_implausible_token_count_is_not_stored_and_the_row_says_so(count, value):
+    facts = ResponseFacts(**{**USAGE, count: value})
+    row = build_row(make_call(), facts, status_code=200, t_end=T0 + 1)
+    assert row[count] is None
+    assert row["usage_source"] == "implausible" and row["cost_usd"] is None
+    assert row["metering_note"].startswith(f"{count} ") and "not stored" in row["metering_note"]
+    assert len(row["metering_note"]) < 120
+    others = {k: v for k, v in USAGE.items() if k.endswith("_tokens") and k != count}
+    assert {k: row[k] for k in others} == others  # the plausible counts of the report are kept
+    assert row["success"] is True  # the call itself did not fail
+
+
+def test_counts_at_the_edges_of_the_plausible_range_are_stored():
+    facts = ResponseFacts(model="m", prompt_tokens=bounds.MAX_COUNT, completion_tokens=0)
+    row = build_row(make_call(), facts, status_code=200, t_end=T0 + 1)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (10**9, 0, 10**9)
+    assert row["usage_source"] == "reported" and row["metering_note"] is None
+
+
+def test_a_total_of_an_implausible_count_is_not_derived():
+    facts = ResponseFacts(model="m", prompt_tokens=2**62, completion_tokens=5)
+    row = build_row(make_call(), facts, status_code=200, t_end=T0 + 1)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (None, 5, None)
+
+
+@pytest.mark.parametrize(("field", "column"), [("prompt_eval_duration_ns", "prompt_eval_duration_ms"),
+                                               ("eval_duration_ns", "eval_duration_ms")])
+@pytest.mark.parametrize("value", [-5, 2**62])
+def test_an_implausible_server_duration_is_not_stored_and_the_row_says_so(field, column, value):
+    row = build_row(make_call(), ResponseFacts(**{field: value}), status_code=200, t_end=T0 + 1)
+    assert row[column] is None
+    assert "not stored" in row["metering_note"]
+    assert row["usage_source"] == "missing"  # a duration is no usage count
+
+
+@pytest.mark.parametrize(("key", "value"), [("max_tokens", 2**40), ("max_tokens", -1), ("message_count", 10**10),
+                                            ("temperature", float("inf")), ("temperature", float("nan")),
+                                            ("top_p", -0.5), ("temperature", 1e300)])
+def test_an_implausible_request_value_is_not_stored_and_the_row_says_so(key, value):
+    row = build_row(make_call(request={**REQUEST, key: value}), ResponseFacts(), status_code=200, t_end=T0 + 1)
+    assert row[key] is None
+    assert row["metering_note"].startswith(f"{key} ")
+
+
+def test_the_proxys_own_durations_past_a_32_bit_column_are_stored_as_its_largest_value():
+    row = build_row(make_call(headers=T0 + 30 * 86400), ResponseFacts(), status_code=200, t_end=T0 + 40 * 86400)
+    assert row["response_time_ms"] == row["time_to_first_byte_ms"] == 2**31 - 1
+
+
+def test_a_status_code_that_is_no_http_status_is_not_stored():
+    row = build_row(make_call(), ResponseFacts(), status_code=2**40, t_end=T0 + 1)
+    assert row["status_code"] is None and "status code" in row["metering_note"]

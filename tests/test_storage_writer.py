@@ -1,16 +1,20 @@
-"""The background writer on real SQLite files: batches, waits out locks, counts what it drops
-and stores those counts in `dropped_rows` once the database takes writes again."""
+"""The background writer on real SQLite files (and PostgreSQL, for the values it refuses): batches,
+waits out locks, counts what it drops and stores those counts in `dropped_rows` once the database
+takes writes again."""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import sqlite3
+import string
 import threading
 import time
 
 import peewee
+import pytest
 
 from migrations import upgrade
 from storage import RowWriter, open_database
@@ -290,3 +294,89 @@ def test_the_same_refusal_on_many_rows_is_logged_once(tmp_path, caplog):
         writer.close()
     assert (writer.written, writer.dropped) == (0, 20)
     assert len([r for r in caplog.records if "refused a row" in r.getMessage()]) == 1
+
+
+# -- values the database refuses: the row alone is dropped, on SQLite and PostgreSQL -----------
+
+_RANDOM = random.Random(17)
+# Incompressible: PostgreSQL compresses a long value before indexing it, and a repeated letter
+# would fit the index after all.
+_LONG_TEXT = "".join(_RANDOM.choices(string.ascii_letters + string.digits, k=3000))
+
+REFUSED = {
+    # PostgreSQL: "index row size 3032 exceeds btree version 4 maximum 2704 for index report_calls"
+    # (SQLSTATE 54000, which psycopg files under OperationalError, as it does a lost connection).
+    "index-entry-too-large": ("postgresql", {"origin": _LONG_TEXT}),
+    "model-too-large-for-the-index": ("postgresql", {"model": _LONG_TEXT}),
+    "nul-character": ("postgresql", {"model": "gpt\x00x"}),  # PostgreSQL text cannot hold NUL
+    "count-beyond-32-bits": ("postgresql", {"prompt_tokens": 2**40}),  # integer out of range (22003)
+    "count-beyond-64-bits": ("sqlite", {"prompt_tokens": 2**70}),
+    "lone-surrogate-pg": ("postgresql", {"origin": "Caf\udce9Bot"}),  # no encoding can write it
+    "lone-surrogate-sqlite": ("sqlite", {"origin": "Caf\udce9Bot"}),
+}
+
+
+def _database(kind: str, tmp_path, pg_url_factory):
+    if kind == "sqlite":
+        return fresh_db(tmp_path)[1]
+    db = open_database(pg_url_factory())
+    upgrade(db)
+    return db
+
+
+def _stored(db) -> tuple[list[int], dict[str, int]]:
+    db.connect(reuse_if_open=True)
+    try:
+        times = [r[0] for r in db.execute_sql("SELECT response_time_ms FROM completion_requests ORDER BY id")]
+        drops = dict(db.execute_sql("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason").fetchall())
+    finally:
+        db.close()
+    return times, {reason: int(n) for reason, n in drops.items()}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_value_the_database_refuses_costs_only_its_row_and_never_the_rows_after_it(case, tmp_path, request):
+    kind, values = REFUSED[case]
+    db = _database(kind, tmp_path, lambda: request.getfixturevalue("pg_url"))
+    writer = RowWriter(db, batch_window=0)
+    writer.start()
+    writer.submit({**make_row(0), **values})  # alone in its batch: nothing else to blame
+    wait_until(lambda: writer.dropped == 1, timeout=10)
+    for i in range(1, 51):
+        writer.submit(make_row(i))
+    writer.close(timeout=20)
+    assert (writer.written, writer.dropped, writer.drops_recorded) == (50, 1, 1)
+    times, drops = _stored(db)
+    assert times == list(range(1, 51))
+    assert drops == {"bad_row": 1}
+
+
+@pytest.mark.parametrize("case", ["index-entry-too-large", "lone-surrogate-pg"])
+def test_a_refused_row_in_a_batch_costs_only_itself_on_postgresql(case, pg_url):
+    db = open_database(pg_url)
+    upgrade(db)
+    writer = RowWriter(db, batch_window=0.5)  # the five rows in one batch
+    rows = [make_row(i) for i in range(5)]
+    rows[2].update(REFUSED[case][1])
+    for row in rows:
+        writer.submit(row)
+    writer.start()
+    writer.close(timeout=20)
+    assert (writer.written, writer.dropped) == (4, 1)
+    assert _stored(db) == ([0, 1, 3, 4], {"bad_row": 1})
+
+
+def test_a_refused_rows_log_line_is_one_short_line_without_the_value(tmp_path, caplog):
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db, batch_window=0)
+    offending = "Caf\udce9Bot/1.0 " + "x" * 5000
+    writer.submit({**make_row(0), "origin": offending})
+    writer.start()
+    with caplog.at_level(logging.ERROR, logger="storage.writer"):
+        writer.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "storage.writer"]
+    assert len(lines) == 1
+    assert "refused a row" in lines[0] and "please report" not in lines[0]
+    assert len(lines[0]) < 300 and "\n" not in lines[0] and "xxxxxxxxxx" not in lines[0]
+    lines[0].encode("utf-8")  # printable: no lone surrogate
+    assert drop_records(path)[0][:2] == ("bad_row", 1)

@@ -11,7 +11,7 @@ import brotli
 import pytest
 import zstandard
 
-from addon.wire.encoding import UnsupportedEncoding, incremental_decoder
+from addon.wire.encoding import PIECE_BYTES, UnsupportedEncoding, decode_whole, incremental_decoder
 from tests.chunking import one_byte_pieces, random_pieces
 
 # SSE-looking text plus incompressible bytes, so every coding produces a long compressed body.
@@ -114,3 +114,96 @@ def test_unknown_coding_raises_unsupported_encoding_naming_it(content_encoding, 
 
 def test_unsupported_encoding_is_a_value_error():
     assert issubclass(UnsupportedEncoding, ValueError)
+
+
+# -- decompression bombs: a few compressed bytes for gigabytes --------------------------------
+
+BOMB_PLAIN = 256 << 20  # bytes of zeros each bomb stands for
+
+
+def _bomb(coding: str) -> bytes:
+    """BOMB_PLAIN zeros compressed, made a MiB at a time (never the whole in memory)."""
+    zeros = bytes(1 << 20)
+    if coding in ("gzip", "deflate"):
+        c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS)
+        return b"".join(c.compress(zeros) for _ in range(BOMB_PLAIN >> 20)) + c.flush()
+    if coding == "br":
+        b = brotli.Compressor(quality=5)
+        return b"".join(b.process(zeros) for _ in range(BOMB_PLAIN >> 20)) + b.finish()
+    z = zstandard.ZstdCompressor(level=3).compressobj()
+    return b"".join(z.compress(zeros) for _ in range(BOMB_PLAIN >> 20)) + z.flush()
+
+
+_BOMBS: dict[str, bytes] = {}
+
+
+def bomb(coding: str) -> bytes:
+    if coding not in _BOMBS:
+        _BOMBS[coding] = _bomb(coding)
+    return _BOMBS[coding]
+
+
+def _peak_while(run) -> int:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+@pytest.mark.parametrize("pieces", ["whole", "4k-pieces"])
+def test_a_decompression_bomb_stops_at_the_limit_in_bounded_pieces_and_memory(coding, pieces):
+    body = bomb(coding)
+    assert len(body) < 2 << 20  # the whole bomb is small: the hooks would hand it over
+    limit = 64 << 20
+    decoder = incremental_decoder(coding, limit)
+    seen = {"bytes": 0, "largest": 0}
+
+    def run():
+        parts = [body] if pieces == "whole" else [body[i : i + 4096] for i in range(0, len(body), 4096)]
+        for part in parts:
+            for piece in decoder.pieces(part):
+                seen["bytes"] += len(piece)
+                seen["largest"] = max(seen["largest"], len(piece))
+
+    peak = _peak_while(run)
+    assert decoder.exceeded and seen["bytes"] == decoder.produced == limit
+    assert seen["largest"] <= PIECE_BYTES
+    # At most one codec call's output at a time (brotli's is the largest, two 16 MiB meta-blocks),
+    # never the 256 MiB the bomb stands for.
+    assert peak < 40 << 20, f"{peak >> 20} MiB"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+def test_past_its_limit_a_decoder_ignores_every_later_piece(coding):
+    decoder = incremental_decoder(coding, 1000)
+    assert len(decoder(bomb(coding)[:65536])) == 1000 and decoder.exceeded
+    assert decoder(bomb(coding)[65536:]) == b""
+
+
+def test_a_limit_applies_to_identity_bodies_too():
+    decoder = incremental_decoder(None, 10)
+    assert decoder(b"0123456789abc") == b"0123456789" and decoder.exceeded
+
+
+@pytest.mark.parametrize(("content_encoding", "encode"), CASES)
+def test_a_whole_body_within_its_limit_is_decoded_exactly(content_encoding, encode):
+    decoded = decode_whole(encode(PLAIN), content_encoding, len(PLAIN))
+    assert (decoded.data, decoded.problem) == (PLAIN, None)
+
+
+@pytest.mark.parametrize(("content_encoding", "body", "problem"), [
+    ("zstd", None, "it is larger than 1 MiB once decompressed"),
+    (None, b"x" * ((1 << 20) + 1), "it is larger than 1 MiB"),
+    ("compress", b"abc", "its Content-Encoding compress cannot be undone"),
+    ("gzip", b"not gzip at all", "it is not valid gzip"),
+])
+def test_a_whole_body_that_cannot_be_read_says_why(content_encoding, body, problem):
+    decoded = decode_whole(bomb("zstd") if body is None else body, content_encoding, 1 << 20)
+    assert (decoded.data, decoded.problem) == (None, problem)

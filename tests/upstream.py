@@ -52,9 +52,10 @@ class Served:
 
     path: str
     headers: dict[str, str]
-    body: dict[str, Any]
+    body: dict[str, Any] | None  # None: not a JSON object (answered 400, as OpenAI does)
     received_at: float  # perf_counter
     first_content_at: float | None = None
+    raw: bytes = b""  # the body as it arrived, byte for byte
 
     def content_sent(self) -> None:
         """Called after each piece of generated content: the first one is the truth for TTFT."""
@@ -122,9 +123,10 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
         try:
             body = json.loads(raw or b"{}")
-        except ValueError:  # a multipart upload, say: recorded all the same
-            body = {}
-        served = Served(self.path, {k.lower(): v for k, v in self.headers.items()}, body, received)
+        except ValueError:  # a multipart upload, or a compressed body (never decompressed here)
+            body = None
+        served = Served(self.path, {k.lower(): v for k, v in self.headers.items()},
+                        body if isinstance(body, dict) else {}, received, raw=raw)
         upstream.served.append(served)
         return served
 
@@ -165,6 +167,11 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         self._chunk(b"", raw=True)  # the terminating zero-length chunk
 
 
+# OpenAI's answer to a body it cannot parse.
+PARSE_ERROR = (b'{"error": {"message": "We could not parse the JSON body of your request.", '
+               b'"type": "invalid_request_error", "param": null, "code": null}}')
+
+
 class FakeUpstream(LocalServer):
     def __init__(self, tls_dir: Path | None = None) -> None:
         self.scenarios: dict[str, Scenario] = {"default": Scenario()}
@@ -191,6 +198,8 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             sc = upstream.scenarios[self.headers.get("x-scenario", "default")]
             if not self.path.split("?")[0].endswith("/completions"):
                 self._send_whole(501, "text/plain", b"not an LLM endpoint", sc.extra_headers)
+            elif body is None:
+                self._send_whole(400, "application/json", PARSE_ERROR, sc.extra_headers)
             elif sc.error_body is not None:
                 self._send_whole(sc.status, sc.error_content_type, sc.error_body, sc.extra_headers)
             elif body.get("stream"):

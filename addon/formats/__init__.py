@@ -57,6 +57,24 @@ def recognise_by_path(path: str) -> WireFormat | None:
     return recognise(path, _ANY_SHAPE)
 
 
+# Path endings that only LLM APIs use: a request there whose body is not a JSON object (the
+# client's own mistake, which the upstream answers with an error) is still a call of that API.
+# `/messages`, `/responses`, `/api/chat` and `/api/generate` are common in other APIs too: there
+# the host must be a known LLM API as well. `/invoke` carries bodies of several formats (the body
+# says which): never by path.
+_LLM_ONLY_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", GEMINI_STREAM, ":generateContent",
+                      "/converse", "/converse-stream")
+_BODY_NAMES_FORMAT = ("/invoke", "/invoke-with-response-stream")
+
+
+def recognise_unreadable(path: str, *, llm_host: bool) -> WireFormat | None:
+    """For a body that is not a JSON object: the format of `path` where it tells one without a
+    body (`llm_host`: the host is a known LLM API, or one named in llm_metrics_hosts)."""
+    if path.endswith(_BODY_NAMES_FORMAT) or not (llm_host or path.endswith(_LLM_ONLY_SUFFIXES)):
+        return None
+    return recognise_by_path(path)
+
+
 def unknown_request_fields(fmt: WireFormat, path: str) -> dict[str, Any]:
     """The request columns of an unread body: only what the path says (Gemini's and Bedrock's model)."""
     fields = fmt.request_fields(path, {})
@@ -73,5 +91,5 @@ def recognise_by_shape(body: dict[str, Any]) -> WireFormat | None:
 
 __all__ = [
     "FORMATS", "CANDIDATE_SUFFIXES", "ARRAY_STREAM_SUFFIXES", "ResponseFacts", "WireFormat", "recognise",
-    "recognise_by_path", "recognise_by_shape", "unknown_request_fields",
+    "recognise_by_path", "recognise_by_shape", "recognise_unreadable", "unknown_request_fields",
 ]

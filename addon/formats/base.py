@@ -46,6 +46,8 @@ class ResponseFacts:
     text_events: int = 0  # events carrying visible assistant text only
     malformed_events: int = 0  # events whose data was not valid JSON
     terminated: bool = False  # the format's own end-of-stream marker was seen
+    oversized_events: int = 0  # stream events longer than addon.wire.MAX_EVENT_BYTES: not read
+    read_limit: int | None = None  # the body was read only this far (bytes, decoded): the rest was not
 
     def set_error(self, error_type: str | None, message: str | None) -> None:
         """Keeps the first error: later ones are usually consequences of it. The message is

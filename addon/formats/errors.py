@@ -87,7 +87,7 @@ def error_from_body(status: int, body: bytes, content_type: str | None = None) -
     if stripped[:1] in (b"{", b"["):
         try:
             obj = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
             obj = None
         if isinstance(obj, list) and obj:
             obj = obj[0]  # Gemini's streamed-array mode wraps errors in an array

@@ -6,7 +6,9 @@ A binary, length-prefixed format, never split on lines (payloads may hold any by
     header  := name_len:u8 | name | value_type:u8 | value
 
 Both CRC32s are checked: a frame that fails either, or a length that cannot be right, stops the
-decoder (the rest of the body cannot be framed again) and is reported through `corrupt`.
+decoder (the rest of the body cannot be framed again) and is reported through `corrupt`. A frame
+within the format's 16 MiB but longer than the decoder's `limit` is skipped unread (its length
+says where the next one starts) and counted in `oversized`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import struct
 import zlib
 from typing import NamedTuple
 
+from . import MAX_EVENT_BYTES
+
 _PRELUDE = struct.Struct(">III")
 _MIN_FRAME = 16  # prelude + message CRC, no headers, no payload
-_MAX_FRAME = 16 * 1024 * 1024
+_MAX_FRAME = 16 * 1024 * 1024  # the format's own limit: a longer length is corruption
 # value_type -> fixed value size in bytes (bool true/false carry none); 6 and 7 are u16-prefixed.
 _FIXED = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
 
@@ -30,13 +34,21 @@ class Frame(NamedTuple):
 class EventStreamDecoder:
     """Turns a byte stream into `Frame`s, fed pieces of any size."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self.limit = min(limit, _MAX_FRAME)
         self._buf = bytearray()
+        self._skip = 0  # bytes still to drop of a frame past the limit
         self.corrupt: str | None = None  # why framing stopped, if it did
+        self.oversized = 0
 
     def feed(self, chunk: bytes) -> list[Frame]:
         if self.corrupt is not None:
             return []
+        if self._skip:
+            if len(chunk) <= self._skip:
+                self._skip -= len(chunk)
+                return []
+            chunk, self._skip = chunk[self._skip :], 0
         self._buf += chunk
         out: list[Frame] = []
         while len(self._buf) >= _PRELUDE.size:
@@ -45,6 +57,14 @@ class EventStreamDecoder:
                 return self._stop(out, "prelude CRC mismatch")
             if not _MIN_FRAME + headers_len <= total <= _MAX_FRAME:
                 return self._stop(out, f"impossible frame length {total}")
+            if total > self.limit:  # a frame of the format, too long to keep: skipped unread
+                self.oversized += 1
+                if len(self._buf) >= total:
+                    del self._buf[:total]
+                    continue
+                self._skip = total - len(self._buf)
+                self._buf.clear()
+                break
             if len(self._buf) < total:
                 break
             frame = bytes(self._buf[:total])
@@ -58,9 +78,10 @@ class EventStreamDecoder:
         return out
 
     def close(self) -> list[Frame]:
-        if self._buf and self.corrupt is None:
-            self.corrupt = f"{len(self._buf)} byte(s) of an unfinished frame at the end"
+        if (self._buf or self._skip) and self.corrupt is None:
+            self.corrupt = f"{len(self._buf) or self._skip} byte(s) of an unfinished frame at the end"
         self._buf.clear()
+        self._skip = 0
         return []
 
     def _stop(self, out: list[Frame], why: str) -> list[Frame]:

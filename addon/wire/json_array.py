@@ -11,25 +11,34 @@ from __future__ import annotations
 
 import re
 
+from . import MAX_EVENT_BYTES
+
 _STRUCTURAL = re.compile(rb'[{}\[\]"]')
 _IN_STRING = re.compile(rb'["\\]')
 _OPEN = frozenset(b"{[")
 
 
 class JSONArrayDecoder:
-    """Splits a streamed JSON array into its top-level elements, fed pieces of any size."""
+    """Splits a streamed JSON array into its top-level elements, fed pieces of any size. An
+    element longer than `limit` bytes is dropped (counted in `oversized`): it is scanned to its
+    end, but no more than `limit` of it is ever held."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self.limit = limit
         self._element: list[bytes] = []  # bytes of the element being read
+        self._size = 0
+        self._in_element = False
+        self._too_long = False  # the element being read is past the limit: it is dropped at its end
         self._base: int | None = None  # 1 inside the outer array, 0 for a bare value
         self._depth = 0
         self._in_string = False
         self._escaped = False  # the previous byte, at the end of a piece, was a backslash in a string
+        self.oversized = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
         out: list[bytes] = []
         pos, end = 0, len(chunk)
-        start = 0 if self._element else None  # where the current element's bytes begin in chunk
+        start = 0 if self._in_element else None  # where the current element's bytes begin in chunk
         while pos < end:
             if self._in_string:
                 pos = self._skip_string(chunk, pos)
@@ -46,23 +55,41 @@ class JSONArrayDecoder:
             elif byte in _OPEN:
                 if self._depth == self._base:
                     start = pos
+                    self._in_element = True
                 self._depth += 1
             else:
                 self._depth -= 1
                 if self._depth == self._base and start is not None:
-                    self._element.append(chunk[start : pos + 1])
-                    out.append(b"".join(self._element))
-                    self._element, start = [], None
+                    self._finish(chunk[start : pos + 1], out)
+                    start = None
             pos += 1
         if start is not None:
-            self._element.append(chunk[start:])
+            self._keep(chunk[start:])
         return out
 
     def close(self) -> list[bytes]:
         """End of body: an element left unfinished is returned as it is (it will not parse)."""
         rest = b"".join(self._element)
-        self._element = []
+        if self._too_long:
+            self.oversized += 1
+        self._element, self._size, self._in_element, self._too_long = [], 0, False, False
         return [rest] if rest.strip() else []
+
+    def _keep(self, part: bytes) -> None:
+        if self._too_long:
+            return
+        self._element.append(part)
+        self._size += len(part)
+        if self._size > self.limit:
+            self._element, self._size, self._too_long = [], 0, True
+
+    def _finish(self, last: bytes, out: list[bytes]) -> None:
+        if self._too_long or self._size + len(last) > self.limit:
+            self.oversized += 1
+        else:
+            self._element.append(last)
+            out.append(b"".join(self._element))
+        self._element, self._size, self._in_element, self._too_long = [], 0, False, False
 
     def _skip_string(self, chunk: bytes, pos: int) -> int:
         if self._escaped:
