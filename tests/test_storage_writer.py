@@ -371,8 +371,8 @@ def test_a_refused_rows_log_line_is_one_short_line_without_the_value(tmp_path, c
     writer = RowWriter(db, batch_window=0)
     offending = "Caf\udce9Bot/1.0 " + "x" * 5000
     writer.submit({**make_row(0), "origin": offending})
-    writer.start()
-    with caplog.at_level(logging.ERROR, logger="storage.writer"):
+    with caplog.at_level(logging.ERROR, logger="storage.writer"):  # before the thread can write
+        writer.start()
         writer.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "storage.writer"]
     assert len(lines) == 1
