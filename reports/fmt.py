@@ -1,4 +1,4 @@
-"""How numbers look in the text report (JSON and CSV carry them unformatted)."""
+"""How numbers and stored text look in the text report (JSON and CSV carry them unformatted)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,8 @@ def usd(value: float | None) -> str:
 def when(utc: str | None) -> str:
     """`2026-11-22T14:03:07.123456Z` -> `2026-11-22 14:03:07`."""
     return NONE if utc is None else utc[:19].replace("T", " ")
+
+
+def one_line(message: str) -> str:
+    """An `error: …` line: drivers' messages span lines (PostgreSQL adds hints on a second one)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())

@@ -6,8 +6,10 @@ server database in a read-only session.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import peewee
 from playhouse.db_url import connect as connect_url
@@ -90,7 +92,10 @@ def _connect_read_only(location: str) -> peewee.Database:
         return db
     if not path.exists():
         raise NothingYet(f"No database at {path} yet: {START_CAPTURING}.")
-    db = peewee.SqliteDatabase(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    # A URI, for mode=ro: the path is percent-encoded, or a `?` or `#` in it would end the path and
+    # a `%` start an escape (`a?b.db` would open, even create, a file named `a`, read-write).
+    uri = f"file:{quote(os.fsencode(path))}?mode=ro"
+    db = peewee.SqliteDatabase(uri, uri=True, timeout=BUSY_TIMEOUT_S)
     try:
         db.connect()
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:

@@ -205,6 +205,9 @@ NOW = datetime(2026, 11, 22, 14, 0, tzinfo=timezone.utc)
     ("2026-11-20T09:30Z", "2026-11-20T09:30:00.000000Z"),
     ("2026-11-20T09:30:00+02:00", "2026-11-20T07:30:00.000000Z"),
     ("2026-11-20 09:30", "2026-11-20T09:30:00.000000Z"),
+    ("0999-01-01", "0999-01-01T00:00:00.000000Z"),  # padded: "999-…" would sort after "2026-…"
+    ("0001-01-01T00:00Z", "0001-01-01T00:00:00.000000Z"),
+    ("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z"),
 ])
 def test_since_and_until_accept_durations_and_iso_times_in_row_format(text, utc):
     assert parse_when(text, NOW) == utc
@@ -213,6 +216,12 @@ def test_since_and_until_accept_durations_and_iso_times_in_row_format(text, utc)
 @pytest.mark.parametrize("text", ["yesterday", "15", "-3h", "3 days", "2026-13-01", ""])
 def test_a_time_that_is_not_one_is_refused_with_the_accepted_forms(text):
     with pytest.raises(ValueError, match="15m, 24h, 7d"):
+        parse_when(text, NOW)
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "3000000w", "0001-01-01T00:00+14:00", "9999-12-31T23:59-10:00"])
+def test_a_time_before_year_1_or_after_9999_is_refused_as_out_of_range(text):
+    with pytest.raises(ValueError, match="out of range: a time must fall between 0001-01-01 and 9999-12-31 UTC"):
         parse_when(text, NOW)
 
 
