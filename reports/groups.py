@@ -15,6 +15,7 @@ from .percentiles import nearest_rank, ranked_in_memory, ranked_pass
 from .runs import MAX_RUNS_PER_GROUP, merged_values_at_ranks, run_samples, runs_serve_ranks, streams_from_index
 from .selection import Selection
 from .source import Source
+from .stored import text, time_like
 from .totals import Totals, merge, totals_sql
 
 # What `--group-by` accepts, and the SQL that gives each group's key.
@@ -24,8 +25,9 @@ DIMENSIONS = {
     "host": "host",
     "origin": "origin",
     "path": "path",
-    "hour": "substr(timestamp, 1, 13)",
-    "day": "substr(timestamp, 1, 10)",
+    # A call whose timestamp is not a time is in the group of no hour (NULL), not in "garbage".
+    "hour": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 13) END",
+    "day": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 10) END",
 }
 DEFAULT_GROUPINGS: tuple[tuple[str, ...], ...] = (("model",), ("provider", "host"), ("origin",))
 # Up to this many selected calls, percentiles without index runs are sorted in memory from one
@@ -77,7 +79,7 @@ class GroupTable:
 
 def key_label(dim: str, value: str | None) -> str:
     if value is None:
-        return "(none)"
+        return "(no time)" if dim in TIME_DIMENSIONS else "(none)"
     if dim == "hour":
         return f"{value[:10]} {value[11:13]}:00"
     if dim == "day":
@@ -86,14 +88,17 @@ def key_label(dim: str, value: str | None) -> str:
 
 
 def key_value(dim: str, raw: str | None) -> str | None:
-    """JSON/CSV form of a key: hours and days as the ISO time they start at."""
+    """JSON/CSV form of a key: hours and days as the ISO time they start at; stored text as
+    `reports.stored.text` reads it."""
     if raw is None:
+        return None
+    if dim in TIME_DIMENSIONS and not isinstance(raw, str):  # a blob that LIKE read as a date
         return None
     if dim == "hour":
         return f"{raw}:00:00Z"
     if dim == "day":
         return f"{raw}T00:00:00Z"
-    return raw
+    return text(raw)
 
 
 def load_groups(
@@ -141,7 +146,7 @@ def totals_keys(src: Source, selection: Selection, groupings: Sequence[tuple[str
     """What to count and sum by: the index's run keys when SQLite reads a whole table's totals
     from that index in order and every grouping is made of runs, else the groupings' own keys."""
     keys = combo_keys(groupings)
-    if not (src.is_sqlite and selection.is_everything and set(keys) <= set(RUN_KEYS)):
+    if not (src.walks_runs and selection.is_everything and set(keys) <= set(RUN_KEYS)):
         return keys
     sql, params = totals_sql(src, selection, RUN_KEYS)
     return list(RUN_KEYS) if streams_from_index(src, sql, params) else keys
@@ -167,7 +172,7 @@ def _runs_usable(src: Source, selection: Selection, keys, metric: Metric, runs: 
     """SQLite, whole table, totals by run, an index serving runs of this metric, and no group of
     more runs than one merge takes."""
     return (
-        src.is_sqlite and selection.is_everything and list(keys) == list(RUN_KEYS)
+        src.walks_runs and selection.is_everything and list(keys) == list(RUN_KEYS)
         and all(len(members) <= MAX_RUNS_PER_GROUP for r in runs for members in r.values())
         and runs_serve_ranks(src, keys, metric.column)
     )
@@ -175,7 +180,7 @@ def _runs_usable(src: Source, selection: Selection, keys, metric: Metric, runs: 
 
 def _count(group: Totals, metric: Metric) -> int:
     if metric is LATENCY:
-        return group.requests  # response_time_ms is never NULL
+        return group.with_latency
     return group.with_ttft if metric is TTFT else group.with_tokens_per_second
 
 

@@ -19,7 +19,7 @@ from .overview import Overview, empty_overview, load_overview, render_overview
 from .percentiles import METHOD
 from .selection import Selection, utc_text
 from .slowest import SlowCall, load_slowest, render_slowest
-from .source import Source
+from .source import Source, is_undecodable
 from .timeline import Timeline, choose_bucket, load_timeline
 from .totals import load_totals
 
@@ -129,6 +129,16 @@ def load_report(
     now: datetime | None = None,
 ) -> Report:
     """Every section from one snapshot of the database (one read transaction)."""
+    try:
+        return _load_report(src, selection, group_by, top, now)
+    except Exception as exc:
+        if not (src.is_sqlite and is_undecodable(exc)):
+            raise
+    src.replace_undecodable_text()  # rare, and slower: only once a value needs it
+    return _load_report(src, selection, group_by, top, now)
+
+
+def _load_report(src: Source, selection: Selection, group_by: str | None, top: int, now: datetime | None) -> Report:
     groupings = ((group_by,),) if group_by else DEFAULT_GROUPINGS
     generated = utc_text(now or datetime.now(timezone.utc))
     with src.db.atomic():
@@ -141,7 +151,7 @@ def load_report(
             src.location, generated, selection, src.has_cost, overview,
             load_groups(src, selection, groupings, keys, combos),
             load_errors(src, selection, top),
-            load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds),
+            load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds, overview.requests),
             load_slowest(src, selection, top, combos if keys == list(RUN_KEYS) else ()),
         )
 

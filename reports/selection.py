@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from .stored import time_like
+
 TABLE = "completion_requests"
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -75,9 +77,12 @@ class Selection:
         return bool(self.models or self.providers or self.hosts or self.origins or self.errors_only)
 
     def time_terms(self, column: str, param: str) -> tuple[list[str], list]:
-        """`--since`/`--until` as conditions on `column`, and their parameters."""
+        """`--since`/`--until` as conditions on `column`, and their parameters. A stored value that
+        is not a time is in no time range, though "garbage" sorts after every "2026-…"."""
         terms: list[str] = []
         params: list = []
+        if self.since_utc is not None or self.until_utc is not None:
+            terms.append(time_like(column))
         if self.since_utc is not None:
             terms.append(f"{column} >= {param}")
             params.append(self.since_utc)

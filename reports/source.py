@@ -38,6 +38,7 @@ class Source:
     location: str
     columns: frozenset[str]
     tables: frozenset[str] = frozenset()
+    text_replaced: bool = False  # see replace_undecodable_text
 
     @property
     def param(self) -> str:
@@ -55,6 +56,12 @@ class Source:
     def is_sqlite(self) -> bool:
         return isinstance(self.db, peewee.SqliteDatabase)
 
+    @property
+    def walks_runs(self) -> bool:
+        """Whether index runs can be walked (`reports.runs`): SQLite, and every key read as
+        stored, since a walk sends the keys it read back as parameters."""
+        return self.is_sqlite and not self.text_replaced
+
     def rows(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         return list(self.db.execute_sql(sql, params).fetchall())
 
@@ -64,6 +71,23 @@ class Source:
     def close(self) -> None:
         if not self.db.is_closed():
             self.db.close()
+
+    def replace_undecodable_text(self) -> None:
+        """From now on, stored text that is not UTF-8 (SQLite keeps any bytes as text) is read
+        with U+FFFD for the bad bytes, where sqlite3 refuses it. Not the default: a text factory
+        in Python makes reading rows about a third slower. A key read so is not the key stored,
+        so index runs are no longer walked (`walks_runs`)."""
+        self.db.connection().text_factory = _lenient_text
+        self.text_replaced = True
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def is_undecodable(exc: Exception) -> bool:
+    """sqlite3's refusal of a stored text value that is not UTF-8."""
+    return isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)) and "Could not decode to UTF-8" in str(exc)
 
 
 def open_source(location: str) -> Source:

@@ -229,7 +229,10 @@ def test_selection_where_clause_is_parametrised_and_portable():
     where, params = Selection(
         since_utc="a", until_utc="b", models=("m1", "m2"), origins=("o",), errors_only=True
     ).where("%s")
-    assert where == " WHERE timestamp >= %s AND timestamp < %s AND model IN (%s, %s) AND origin IN (%s) AND NOT success"
+    assert where == (
+        " WHERE substr(timestamp, 1, 10) LIKE '____-__-__' AND timestamp >= %s AND timestamp < %s AND model IN (%s, %s) AND origin IN (%s)"
+        " AND NOT success"
+    )
     assert params == ["a", "b", "m1", "m2", "o"]
     assert Selection().where("?") == ("", [])
     assert asdict(Selection(hosts=("h",)))["hosts"] == ("h",)
