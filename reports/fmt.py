@@ -40,6 +40,15 @@ def usd(value: float | None) -> str:
     return f"${value:,.2f}" if abs(value) >= 1 or value == 0 else f"${value:.4f}"
 
 
+AT_LEAST = "≥"
+COST_NOTE = f"cost {AT_LEAST}$x: the priced calls cost $x, some others are unpriced; {NONE}: no call priced"
+
+
+def cost(value: float | None, unpriced_calls: int | None) -> str:
+    """A cost that leaves out unpriced calls says so: at least this much."""
+    return (AT_LEAST if value is not None and unpriced_calls else "") + usd(value)
+
+
 def when(utc: str | None) -> str:
     """`2026-11-22T14:03:07.123456Z` -> `2026-11-22 14:03:07`."""
     return NONE if utc is None else utc[:19].replace("T", " ")

@@ -58,10 +58,10 @@ class GroupRow:
     key: dict[str, str | None]
     requests: int
     errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None = None
-    unpriced_calls: int | None = None
+    prompt_tokens: int | None  # None: no call of the group reported it
+    completion_tokens: int | None
+    cost_usd: float | None = None  # of the priced calls; None: none priced, or no cost column
+    unpriced_calls: int | None = None  # successful calls without a cost; None: no cost column
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     ttft_ms: dict[str, float | None] = field(default_factory=dict)
     time_per_output_token_ms: dict[str, float | None] = field(default_factory=dict)
@@ -201,10 +201,10 @@ def _table(src: Source, dims: tuple[str, ...], totals: dict[tuple, Totals], foun
     for key, group in totals.items():
         row = GroupRow(
             {d: key_value(d, k) for d, k in zip(dims, key)},
-            group.requests, group.errors, group.prompt_tokens, group.completion_tokens,
+            group.requests, group.errors, group.known("prompt_tokens"), group.known("completion_tokens"),
         )
         if src.has_cost:
-            row.cost_usd, row.unpriced_calls = group.cost_usd, group.unpriced_calls
+            row.cost_usd, row.unpriced_calls = group.known("cost_usd"), group.unpriced_calls
         for metric in METRICS:
             n, at = _count(group, metric), found[metric.field].get(key, {})
             setattr(row, metric.field, {f"p{p}": at.get(nearest_rank(n, p)) if n else None for p in metric.pcts})
@@ -244,7 +244,7 @@ _COLUMNS = (
     ("in", 44, lambda r: fmt.compact(r.prompt_tokens)),
     ("out", 45, lambda r: fmt.compact(r.completion_tokens)),
 )
-_COST = ("cost", 65, lambda r: fmt.usd(r.cost_usd))
+_COST = ("cost", 65, lambda r: fmt.cost(r.cost_usd, r.unpriced_calls))
 
 
 GROUP_TABLE_NOTE = (
@@ -254,10 +254,13 @@ GROUP_TABLE_NOTE = (
 
 
 def render_group_table(table: GroupTable, cost_known: bool, note: str | None = None) -> FitTable:
+    notes = [note] if note else []
+    if cost_known and any(r.unpriced_calls or r.cost_usd is None for r in table.rows):
+        notes.insert(0, fmt.COST_NOTE)
     columns = [
         Column(dim, [Text(row.label()[i]) for row in table.rows], keep=100, numeric=False, min_width=20 if i == 0 else 12)
         for i, dim in enumerate(table.dims)
     ]
     for header, keep, cell in _COLUMNS + ((_COST,) if cost_known else ()):
         columns.append(Column(header, [cell(row) for row in table.rows], keep=keep))
-    return FitTable(group_title(table.dims), columns, note)
+    return FitTable(group_title(table.dims), columns, "\n".join(notes) or None)

@@ -24,12 +24,12 @@ class Overview:
     requests: int
     errors: int
     streamed: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    reasoning_tokens: int
-    cost_usd: float | None = None  # None: this database has no cost column
-    unpriced_calls: int | None = None  # successful calls with no cost_usd
+    prompt_tokens: int | None  # None: calls were selected, and none reported it
+    completion_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: float | None = None  # of the priced calls; None: none priced, or no cost column
+    unpriced_calls: int | None = None  # successful calls with no cost_usd; None: no cost column
     dropped: Drops | None = None  # None: this database has no dropped_rows table
 
     @property
@@ -73,9 +73,9 @@ def load_overview(src: Source, selection: Selection, combos: dict[tuple, Totals]
         total.add(value)
     first, last = _edge(src, selection, last=False), _edge(src, selection, last=True)
     return Overview(
-        first, last, total.requests, total.errors, total.streamed, total.prompt_tokens, total.completion_tokens,
-        total.cached_tokens, total.reasoning_tokens,
-        total.cost_usd if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
+        first, last, total.requests, total.errors, total.streamed,
+        *(total.known(name) for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")),
+        total.known("cost_usd") if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
         load_drops(src, selection),
     )
 
@@ -112,15 +112,17 @@ def span_text(seconds: float | None) -> str:
 
 
 def render_overview(o: Overview, title: str, filters: str | None = None, *, filtered_beyond_time: bool = False) -> Panel:
+    span = f"{fmt.when(o.first_utc)} → {fmt.when(o.last_utc)} UTC ({span_text(o.span_seconds)})"
     lines = [
-        f"{fmt.when(o.first_utc)} → {fmt.when(o.last_utc)} UTC ({span_text(o.span_seconds)})",
+        span if o.first_utc else "time unknown: no stored timestamp of these calls is a time",
         f"[bold]{fmt.count(o.requests)}[/] requests · {fmt.share(o.requests - o.errors, o.requests)} succeeded · "
         f"[bold]{fmt.count(o.errors)}[/] errors · {fmt.share(o.streamed, o.requests)} streamed",
         f"tokens in {fmt.count(o.prompt_tokens)} (cached {fmt.count(o.cached_tokens)}) · "
         f"out {fmt.count(o.completion_tokens)} (reasoning {fmt.count(o.reasoning_tokens)})",
     ]
-    if o.cost_usd is not None:
-        lines.append(f"cost {fmt.usd(o.cost_usd)} · {fmt.count(o.unpriced_calls)} successful calls unpriced")
+    if o.unpriced_calls is not None:  # the database has a cost column
+        cost = "unknown: no call priced" if o.cost_usd is None else fmt.cost(o.cost_usd, o.unpriced_calls)
+        lines.append(f"cost {cost} · {fmt.count(o.unpriced_calls)} successful calls unpriced")
     if filters:
         lines.append(f"[italic]filters: {escape(filters)}[/]")
     if not o.requests:

@@ -44,6 +44,12 @@ class Totals:
         for name, value in vars(other).items():
             setattr(self, name, getattr(self, name) + value)
 
+    def known(self, name: str) -> int | float | None:
+        """The sum `name` (a token count or cost_usd) over the calls that had a value; None, i.e.
+        unknown, when calls were selected and none had one. (Of no calls at all, the sum is 0.)"""
+        having = self.priced_calls if name == "cost_usd" else getattr(self, f"with_{name}")
+        return getattr(self, name) if having or not self.requests else None
+
 
 def _aggregates(has_cost: bool) -> list[tuple[str, str]]:
     """(name, SQL) of every count and sum; an exact sum is two, `name:high` and `name:low`."""

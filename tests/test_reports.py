@@ -124,15 +124,21 @@ def expected_group(rows: list[dict]) -> dict:
     return {
         "requests": len(rows),
         "errors": sum(not r["success"] for r in rows),
-        "prompt_tokens": sum(r["prompt_tokens"] or 0 for r in rows),
-        "completion_tokens": sum(r["completion_tokens"] or 0 for r in rows),
-        "cost_usd": sum(r.get("cost_usd") or 0 for r in rows),
+        "prompt_tokens": known_sum(r["prompt_tokens"] for r in rows),
+        "completion_tokens": known_sum(r["completion_tokens"] for r in rows),
+        "cost_usd": known_sum(r.get("cost_usd") for r in rows),
         "unpriced_calls": sum(1 for r in rows if r["success"] and r.get("cost_usd") is None),
         "latency_ms": {f"p{p}": pct(latency, p) for p in (50, 95, 99)},
         "ttft_ms": {f"p{p}": pct(ttft, p) for p in (50, 95)},
         "time_per_output_token_ms": {"p50": pct([1000 / t for t in tps], 50)},
         "output_tokens_per_second": {"p50": pct(tps, 50)},
     }
+
+
+def known_sum(values) -> int | float | None:
+    """The sum of the values stored; None (unknown) when none was."""
+    stored = [v for v in values if v is not None]
+    return sum(stored) if stored else None
 
 
 def grouped(rows: list[dict], dims: tuple[str, ...]) -> dict[tuple, dict]:
@@ -220,6 +226,13 @@ def usd(v) -> str:
     return f"${v:,.2f}" if v >= 1 or v == 0 else f"${v:.4f}"
 
 
+def cost(group: dict) -> str:
+    """As the text report shows a group's cost: ≥ when some successful calls are unpriced."""
+    if group["cost_usd"] is None:
+        return "-"
+    return ("≥" if group["unpriced_calls"] else "") + usd(group["cost_usd"])
+
+
 # -- text --------------------------------------------------------------------------------------
 
 
@@ -239,7 +252,7 @@ def test_text_overview_states_span_counts_tokens_and_cost(database):
     assert f"tokens in {sum(r['prompt_tokens'] for r in rows):,} (cached {sum(r['cached_tokens'] for r in rows):,})" in text
     assert f"out {sum(r['completion_tokens'] or 0 for r in rows):,} (reasoning {sum(r['reasoning_tokens'] or 0 for r in rows):,})" in text
     whole = expected_group(rows)
-    assert f"cost {usd(whole['cost_usd'])} · {whole['unpriced_calls']:,} successful calls unpriced" in text
+    assert f"cost {cost(whole)} · {whole['unpriced_calls']:,} successful calls unpriced" in text
 
 
 @pytest.mark.parametrize("title, dims", [
@@ -257,7 +270,7 @@ def test_text_group_tables_match_independent_numbers(database, title, dims):
             *(ms(want["latency_ms"][p]) for p in ("p50", "p95", "p99")),
             *(ms(want["ttft_ms"][p]) for p in ("p50", "p95")),
             dec(want["time_per_output_token_ms"]["p50"]), dec(want["output_tokens_per_second"]["p50"]),
-            f"{want['prompt_tokens']:,}", f"{want['completion_tokens']:,}", usd(want["cost_usd"]),
+            f"{want['prompt_tokens']:,}", f"{want['completion_tokens']:,}", cost(want),
         ], key
 
 
@@ -533,3 +546,67 @@ def test_without_a_dropped_rows_table_drops_are_null_not_zero(database, capsys):
     con.close()
     assert run_json(path, capsys=capsys)["overview"]["dropped_rows"] is None
     assert "dropped by the proxy" not in render(path)
+
+
+# -- unknown is not zero -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def partly_unknown(tmp_path):
+    """gpt-a: priced and reported as usual; local: no usage reported and no price; gpt-b: usage
+    reported, some successful calls priced and some not."""
+    rows = make_rows(120)
+    for row in rows:
+        if row["model"] in (None, "claude-[c]"):
+            row["model"] = "local"
+    path = make_db(tmp_path / "m.db", rows)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE completion_requests SET prompt_tokens = NULL, completion_tokens = NULL, cached_tokens = NULL, "
+                "reasoning_tokens = NULL, cost_usd = NULL WHERE model = 'local'")
+    con.execute("UPDATE completion_requests SET cost_usd = 0.5 WHERE model = 'gpt-a' AND success")
+    con.execute("UPDATE completion_requests SET cost_usd = CASE WHEN id % 2 THEN 0.25 END WHERE model = 'gpt-b' AND success")
+    con.commit()
+    con.close()
+    return path, rows
+
+
+def test_a_group_of_unpriced_calls_without_usage_reads_unknown_not_zero(partly_unknown, capsys):
+    path, rows = partly_unknown
+    out = run_json(path, capsys=capsys)
+    local = next(r for r in out["groups"][0]["rows"] if r["key"]["model"] == "local")
+    assert (local["prompt_tokens"], local["completion_tokens"], local["cost_usd"]) == (None, None, None)
+    assert local["unpriced_calls"] == sum(r["model"] == "local" and r["success"] for r in rows)
+    cells = row_cells(section(render(path), "By model"), ("local",))
+    assert cells[-3:] == ["-", "-", "-"]  # in, out, cost
+    assert main(["--db", path, "--format", "csv"]) == 0
+    record = next(r for r in csv.DictReader(io.StringIO(capsys.readouterr().out)) if r["model"] == "local")
+    assert (record["prompt_tokens"], record["completion_tokens"], record["cost_usd"]) == ("", "", "")
+
+
+def test_a_group_with_some_unpriced_calls_shows_at_least_the_priced_cost_and_how_many_were_not(partly_unknown, capsys):
+    path, rows = partly_unknown
+    out = run_json(path, capsys=capsys)
+    by_model = {r["key"]["model"]: r for r in out["groups"][0]["rows"]}
+    con = sqlite3.connect(path)
+    priced, unpriced = con.execute(
+        "SELECT sum(cost_usd), sum(success AND cost_usd IS NULL) FROM completion_requests WHERE model = 'gpt-b'").fetchone()
+    con.close()
+    assert unpriced > 0
+    assert by_model["gpt-b"]["cost_usd"] == pytest.approx(priced) and by_model["gpt-b"]["unpriced_calls"] == unpriced
+    assert by_model["gpt-a"]["unpriced_calls"] == 0
+    text = render(path)
+    lines = section(text, "By model")
+    assert row_cells(lines, ("gpt-b",))[-1] == f"≥{usd(priced)}"
+    assert row_cells(lines, ("gpt-a",))[-1] == usd(by_model["gpt-a"]["cost_usd"])  # all priced: no mark
+    assert "cost ≥$x: the priced calls cost $x, some others are unpriced; -: no call priced" in " ".join(" ".join(lines).split())
+
+
+def test_an_overview_of_calls_without_usage_or_price_says_unknown(partly_unknown, capsys):
+    path, rows = partly_unknown
+    out = run_json(path, "--model", "local", capsys=capsys)["overview"]
+    assert [out[k] for k in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_usd")] == [None] * 5
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    assert main(["--db", path, "--model", "local"], console) == 0
+    text = " ".join(overview_lines(console.file.getvalue()))
+    assert "tokens in - (cached -) · out - (reasoning -)" in text
+    assert f"cost unknown: no call priced · {out['unpriced_calls']} successful calls unpriced" in text
