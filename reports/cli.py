@@ -181,7 +181,7 @@ def _nothing(args: argparse.Namespace, location: str, note: str, console: Consol
     """Nothing recorded yet is not an error. Machine formats still get a valid, empty document
     on stdout (the note goes to stderr) so a script's parser never chokes on prose."""
     if args.format == "text":
-        console.print(Text(note), soft_wrap=True)  # one line, however narrow the terminal
+        console.print(Text(fmt.printable(note)), soft_wrap=True)  # one line, however narrow the terminal
         return 0
     print(note, file=sys.stderr)
     now = datetime.now(timezone.utc)
@@ -229,5 +229,5 @@ def _watch_frame(args: argparse.Namespace, location: str) -> Group:
     try:
         body = make_report(args, location)
     except NothingYet as note:
-        body = Text(f"{note} Waiting…")
+        body = Text(f"{fmt.printable(str(note))} Waiting…")
     return Group(header, body)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from rich.markup import escape
 
+from .fmt import printable
 from .selection import Selection
 from .source import Source
 from .stored import exact_sum, exact_sum_sql, text, time_like, utc
@@ -68,7 +69,7 @@ def drops_line(drops: Drops | None, filtered: bool) -> str | None:
     """The overview's line (rich markup), shown only when rows were dropped."""
     if drops is None or not drops.row_count:
         return None
-    reasons = ", ".join(f"{escape(reason)} {n:,}" for reason, n in drops.by_reason.items())
+    reasons = ", ".join(f"{escape(printable(reason))} {n:,}" for reason, n in drops.by_reason.items())
     when = drops.last_dropped_utc[:19].replace("T", " ") if drops.last_dropped_utc else "?"
     scope = " · in this time range, whatever the other filters" if filtered else ""
     return (f"[bold red]{drops.row_count:,} row(s) dropped by the proxy[/] (never stored: {reasons}) · "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from rich.text import Text
 
 from . import fmt
 from .layout import Column, FitTable
@@ -84,7 +83,7 @@ def render_errors(errors: Errors) -> FitTable:
     kinds = errors.kinds
     columns = [
         Column("status", ["-" if k.status_code is None else str(k.status_code) for k in kinds], keep=90),
-        Column("error_type", [Text(k.error_type or "-") for k in kinds], keep=100, numeric=False, min_width=16),
+        Column("error_type", [k.error_type or "-" for k in kinds], keep=100, numeric=False, min_width=16),
         Column("count", [fmt.count(k.count) for k in kinds], keep=95),
         Column("last seen (UTC)", [fmt.when(k.last_seen_utc) for k in kinds], keep=80, numeric=False, min_width=19),
         Column("sample message", [_one_line(k.sample_message) for k in kinds], keep=70, numeric=False, min_width=20),
@@ -93,6 +92,6 @@ def render_errors(errors: Errors) -> FitTable:
     return FitTable(f"Errors ({fmt.count(errors.total_errors)})", columns, caption)
 
 
-def _one_line(message: str | None, limit: int = 120) -> Text:
+def _one_line(message: str | None, limit: int = 120) -> str:
     text = " ".join((message or "-").split())
-    return Text(text if len(text) <= limit else text[: limit - 1] + "…")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

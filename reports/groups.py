@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rich.text import Text
 
 from . import fmt
 from .layout import Column, FitTable
@@ -258,7 +257,7 @@ def render_group_table(table: GroupTable, cost_known: bool, note: str | None = N
     if cost_known and any(r.unpriced_calls or r.cost_usd is None for r in table.rows):
         notes.insert(0, fmt.COST_NOTE)
     columns = [
-        Column(dim, [Text(row.label()[i]) for row in table.rows], keep=100, numeric=False, min_width=20 if i == 0 else 12)
+        Column(dim, [row.label()[i] for row in table.rows], keep=100, numeric=False, min_width=20 if i == 0 else 12)
         for i, dim in enumerate(table.dims)
     ]
     for header, keep, cell in _COLUMNS + ((_COST,) if cost_known else ()):

@@ -11,20 +11,25 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-Cell = str | Text
+from .fmt import printable
 
 
 @dataclass
 class Column:
+    """A column of plain text (never rich markup), shown as `fmt.printable` writes it."""
+
     header: str  # may hold "\n" for a two-line header
-    cells: list[Cell] = field(default_factory=list)
+    cells: list[str] = field(default_factory=list)
     keep: int = 0  # when space runs out, the lowest `keep` goes first
     numeric: bool = True  # right-aligned, never wrapped
     min_width: int = 10  # for text columns, which fold their content to fit
 
+    def __post_init__(self) -> None:
+        self.cells = [printable(c) for c in self.cells]
+
     def width(self) -> int:
         """What the column needs: numbers whole; text up to `min_width`, folded beyond."""
-        widest = max((cell_len(c.plain if isinstance(c, Text) else c) for c in self.cells), default=0)
+        widest = max((cell_len(c) for c in self.cells), default=0)
         header = max(cell_len(line) for line in self.header.split("\n"))
         if self.numeric:
             return max(widest, header)
@@ -55,7 +60,7 @@ class FitTable:
             else:
                 table.add_column(column.header, overflow="fold", min_width=min(column.width(), options.max_width))
         for row in zip(*(c.cells for c in shown)):
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))  # Text: a `[` in a model name is not markup
         yield table
 
 

@@ -124,9 +124,9 @@ def render_overview(o: Overview, title: str, filters: str | None = None, *, filt
         cost = "unknown: no call priced" if o.cost_usd is None else fmt.cost(o.cost_usd, o.unpriced_calls)
         lines.append(f"cost {cost} · {fmt.count(o.unpriced_calls)} successful calls unpriced")
     if filters:
-        lines.append(f"[italic]filters: {escape(filters)}[/]")
+        lines.append(f"[italic]filters: {escape(fmt.printable(filters))}[/]")
     if not o.requests:
-        lines = [f"No calls match these filters{': ' + escape(filters) if filters else ''}."]
+        lines = [f"No calls match these filters{': ' + escape(fmt.printable(filters)) if filters else ''}."]
     dropped = drops_line(o.dropped, filtered=filtered_beyond_time)
     if dropped:
         lines.insert(2 if o.requests else 1, dropped)  # beside the request counts it belongs to

@@ -12,6 +12,7 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.text import Text
 
+from . import fmt
 from .errors import Errors, load_errors, render_errors
 from .groups import DEFAULT_GROUPINGS, DIMENSIONS, GROUP_TABLE_NOTE, GroupTable, load_groups, render_group_table, totals_keys
 from .indexes import RUN_KEYS
@@ -65,18 +66,22 @@ class Report:
 
     def as_csv(self) -> str:
         """One row per group of every table: `group_by`, one column per key dimension used by any
-        table (empty where a table does not group by it), then CSV_METRICS."""
+        table (empty where a table does not group by it), then CSV_METRICS. Text cells go through
+        `_text_cell`; numbers, which the report computed, are written as numbers."""
         dims = [d for d in DIMENSIONS if any(d in t.dims for t in self.groups)]
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        # RFC 4180's CRLF: with "\n" alone, the csv module leaves a cell holding a carriage return
+        # unquoted, and that stored "\r" would split the row for every reader.
+        writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(["group_by", *dims, *CSV_METRICS])
         for table in self.groups:
             for row in table.rows:
-                writer.writerow(["/".join(table.dims), *(_cell(row.key.get(d)) for d in dims), *_csv_metrics(row)])
+                keys = ["/".join(table.dims), *(row.key.get(d) for d in dims)]
+                writer.writerow([*map(_text_cell, keys), *_csv_metrics(row)])
         return out.getvalue()
 
     def __rich__(self) -> RenderableType:
-        title = f"LLM calls · {escape(self.database)}"
+        title = f"LLM calls · {escape(fmt.printable(self.database))}"
         parts: list[RenderableType] = [render_overview(
             self.overview, title, _filters_text(self.selection), filtered_beyond_time=self.selection.filters_calls,
         )]
@@ -93,6 +98,19 @@ class Report:
 
 def _cell(value) -> str:
     return "" if value is None else str(value)
+
+
+# A spreadsheet runs a cell that starts with one of OWASP's list (=, +, -, @, tab, carriage
+# return; line feed too) as a formula: `=HYPERLINK(…)` as a model name would be a live link. Such
+# a text cell gets a ' in front, as OWASP advises, and so does one that starts with ' already, so
+# that taking one leading ' off a text cell always gives back the stored value.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
+
+
+def _text_cell(value: str | None) -> str:
+    if value is None:
+        return ""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
 def _csv_metrics(row) -> list[str]:

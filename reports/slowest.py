@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rich.text import Text
 
 from . import fmt
 from .layout import Column, FitTable
@@ -59,10 +58,10 @@ def render_slowest(calls: list[SlowCall]) -> FitTable:
     columns = [
         Column("latency\nms", [fmt.ms(c.response_time_ms) for c in calls], keep=100),
         Column("time (UTC)", [fmt.when(c.timestamp_utc) for c in calls], keep=90, numeric=False, min_width=19),
-        Column("model", [Text(c.model or "(none)") for c in calls], keep=95, numeric=False, min_width=12),
-        Column("origin", [Text(c.origin or "(none)") for c in calls], keep=70, numeric=False, min_width=12),
-        Column("provider", [Text(c.provider or "(none)") for c in calls], keep=60, numeric=False, min_width=10),
-        Column("outcome", [Text(_outcome(c)) for c in calls], keep=80, numeric=False, min_width=10),
+        Column("model", [c.model or "(none)" for c in calls], keep=95, numeric=False, min_width=12),
+        Column("origin", [c.origin or "(none)" for c in calls], keep=70, numeric=False, min_width=12),
+        Column("provider", [c.provider or "(none)" for c in calls], keep=60, numeric=False, min_width=10),
+        Column("outcome", [_outcome(c) for c in calls], keep=80, numeric=False, min_width=10),
     ]
     return FitTable(f"Slowest {len(calls)} calls", columns)
 

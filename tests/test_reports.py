@@ -584,7 +584,7 @@ def test_a_group_of_unpriced_calls_without_usage_reads_unknown_not_zero(partly_u
 
 
 def test_a_group_with_some_unpriced_calls_shows_at_least_the_priced_cost_and_how_many_were_not(partly_unknown, capsys):
-    path, rows = partly_unknown
+    path, _ = partly_unknown
     out = run_json(path, capsys=capsys)
     by_model = {r["key"]["model"]: r for r in out["groups"][0]["rows"]}
     con = sqlite3.connect(path)
@@ -602,7 +602,7 @@ def test_a_group_with_some_unpriced_calls_shows_at_least_the_priced_cost_and_how
 
 
 def test_an_overview_of_calls_without_usage_or_price_says_unknown(partly_unknown, capsys):
-    path, rows = partly_unknown
+    path, _ = partly_unknown
     out = run_json(path, "--model", "local", capsys=capsys)["overview"]
     assert [out[k] for k in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_usd")] == [None] * 5
     console = Console(file=io.StringIO(), width=200, color_system=None)
@@ -610,3 +610,51 @@ def test_an_overview_of_calls_without_usage_or_price_says_unknown(partly_unknown
     text = " ".join(overview_lines(console.file.getvalue()))
     assert "tokens in - (cached -) · out - (reasoning -)" in text
     assert f"cost unknown: no call priced · {out['unpriced_calls']} successful calls unpriced" in text
+
+
+# -- client-chosen text never becomes live content ---------------------------------------------
+
+FORMULAS = ['=HYPERLINK("http://evil.test","click")', "+1+1", "-5", "@SUM(A1:A9)", "\tx", "\rx", "\nx", "'quoted"]
+
+
+def test_csv_writes_client_chosen_formulas_as_text_and_numbers_as_numbers(tmp_path, capsys):
+    rows = make_rows(len(FORMULAS) * 3)
+    for i, row in enumerate(rows):
+        row["model"] = FORMULAS[i % len(FORMULAS)]
+        row["origin"] = "=cmd|' /C calc'!A0" if i % 2 else "plain-origin"
+    path = make_db(tmp_path / "m.db", rows)
+    assert main(["--db", path, "--format", "csv"]) == 0
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    models = [r["model"] for r in records if r["group_by"] == "model"]
+    assert sorted(models) == sorted("'" + f for f in FORMULAS)  # each with one ' in front
+    origins = {r["origin"] for r in records if r["group_by"] == "origin"}
+    assert origins == {"'=cmd|' /C calc'!A0", "plain-origin"}
+    for record in records:
+        assert record["model"][:1] not in ("=", "+", "-", "@", "\t", "\r", "\n")
+        assert int(record["requests"]) > 0 and int(record["prompt_tokens"]) > 0 and float(record["latency_p50_ms"]) > 0
+
+
+CONTROLS = {"model": "\x1b[2J\x1b[31mevil", "origin": "two\nlines", "provider": "\u202eeulav", "error_message": "bell\x07\x1b]0;title\x07"}
+
+
+def test_control_characters_in_stored_text_are_shown_escaped_never_sent_to_the_terminal(tmp_path):
+    rows = make_rows(40)
+    for row in rows:
+        row.update({k: v for k, v in CONTROLS.items() if k != "error_message" or not row["success"]})
+    path = make_db(tmp_path / "m.db", rows)
+    text = render(path, width=200)
+    assert not any(c in text for c in "\x1b\x07\u202e")
+    for shown in ("\\x1b[2J\\x1b[31mevil", "two\\nlines", "\\u202eeulav", "bell\\x07\\x1b]0;title\\x07"):
+        assert shown in text, shown
+
+
+def test_control_characters_in_a_db_path_are_shown_escaped(tmp_path, capsys):
+    folder = tmp_path / "x\x1b[2Jy"
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    assert main(["--db", str(folder / "m.db")], console) == 0  # no database there yet
+    assert "\x1b" not in console.file.getvalue() and "x\\x1b[2Jy" in console.file.getvalue()
+    folder.mkdir()
+    with pytest.raises(SystemExit):
+        main(["--db", str(folder)])  # a directory: argparse's error line
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "x\\x1b[2Jy is a directory" in err
