@@ -253,13 +253,14 @@ GROUP_TABLE_NOTE = (
 
 
 def render_group_table(table: GroupTable, cost_known: bool, note: str | None = None) -> FitTable:
-    notes = [note] if note else []
-    if cost_known and any(r.unpriced_calls or r.cost_usd is None for r in table.rows):
-        notes.insert(0, fmt.COST_NOTE)
+    """`note`: the footnote of the last table, which explains the tables above it as well (they
+    group the same calls, so each has an unpriced group when one has)."""
     columns = [
         Column(dim, [row.label()[i] for row in table.rows], keep=100, numeric=False, min_width=20 if i == 0 else 12)
         for i, dim in enumerate(table.dims)
     ]
     for header, keep, cell in _COLUMNS + ((_COST,) if cost_known else ()):
         columns.append(Column(header, [cell(row) for row in table.rows], keep=keep))
-    return FitTable(group_title(table.dims), columns, "\n".join(notes) or None)
+    if note and cost_known and any(r.unpriced_calls or r.cost_usd is None for r in table.rows):
+        columns[-1].note = fmt.COST_NOTE  # shown with the cost column only
+    return FitTable(group_title(table.dims), columns, note)

@@ -598,7 +598,8 @@ def test_a_group_with_some_unpriced_calls_shows_at_least_the_priced_cost_and_how
     lines = section(text, "By model")
     assert row_cells(lines, ("gpt-b",))[-1] == f"≥{usd(priced)}"
     assert row_cells(lines, ("gpt-a",))[-1] == usd(by_model["gpt-a"]["cost_usd"])  # all priced: no mark
-    assert "cost ≥$x: the priced calls cost $x, some others are unpriced; -: no call priced" in " ".join(" ".join(lines).split())
+    under_the_last_table = " ".join(section(text, "By origin")[-8:])
+    assert "cost ≥$x: the priced calls cost $x, some others are unpriced; -: no call priced" in " ".join(under_the_last_table.split())
 
 
 def test_an_overview_of_calls_without_usage_or_price_says_unknown(partly_unknown, capsys):
