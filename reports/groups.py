@@ -200,10 +200,10 @@ def _table(src: Source, dims: tuple[str, ...], totals: dict[tuple, Totals], foun
     for key, group in totals.items():
         row = GroupRow(
             {d: key_value(d, k) for d, k in zip(dims, key)},
-            group.requests, group.errors, group.known("prompt_tokens"), group.known("completion_tokens"),
+            group.requests, group.errors, group.tokens("prompt_tokens"), group.tokens("completion_tokens"),
         )
         if src.has_cost:
-            row.cost_usd, row.unpriced_calls = group.known("cost_usd"), group.unpriced_calls
+            row.cost_usd, row.unpriced_calls = group.cost(), group.unpriced_calls
         for metric in METRICS:
             n, at = _count(group, metric), found[metric.field].get(key, {})
             setattr(row, metric.field, {f"p{p}": at.get(nearest_rank(n, p)) if n else None for p in metric.pcts})

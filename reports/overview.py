@@ -74,8 +74,9 @@ def load_overview(src: Source, selection: Selection, combos: dict[tuple, Totals]
     first, last = _edge(src, selection, last=False), _edge(src, selection, last=True)
     return Overview(
         first, last, total.requests, total.errors, total.streamed,
-        *(total.known(name) for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")),
-        total.known("cost_usd") if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
+        total.tokens("prompt_tokens"), total.tokens("completion_tokens"), total.tokens("cached_tokens"),
+        total.tokens("reasoning_tokens"),
+        total.cost() if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
         load_drops(src, selection),
     )
 

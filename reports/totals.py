@@ -44,11 +44,14 @@ class Totals:
         for name, value in vars(other).items():
             setattr(self, name, getattr(self, name) + value)
 
-    def known(self, name: str) -> int | float | None:
-        """The sum `name` (a token count or cost_usd) over the calls that had a value; None, i.e.
-        unknown, when calls were selected and none had one. (Of no calls at all, the sum is 0.)"""
-        having = self.priced_calls if name == "cost_usd" else getattr(self, f"with_{name}")
-        return getattr(self, name) if having or not self.requests else None
+    def tokens(self, name: str) -> int | None:
+        """The sum of token count `name` over the calls that had one; None, i.e. unknown, when
+        calls were selected and none had one. (Of no calls at all, the sum is 0.)"""
+        return getattr(self, name) if getattr(self, f"with_{name}") or not self.requests else None
+
+    def cost(self) -> float | None:
+        """cost_usd of the priced calls; None when calls were selected and none was priced."""
+        return self.cost_usd if self.priced_calls or not self.requests else None
 
 
 def _aggregates(has_cost: bool) -> list[tuple[str, str]]:
