@@ -45,6 +45,9 @@ class Column:
         """What the column takes when nothing is folded."""
         return max(self._widest(), self._header_width())
 
+    def longest_word(self) -> int:
+        return max((cell_len(word) for c in self.cells for word in c.split()), default=0)
+
     def _widest(self) -> int:
         return max((cell_len(c) for c in self.cells), default=0)
 
@@ -89,16 +92,24 @@ def _needed(columns: list[Column]) -> int:
 
 
 def widths(columns: list[Column], max_width: int) -> list[int]:
-    """Each column's width in `max_width`: what it needs (all of it for numbers), then what is
-    left handed out one character at a time to the text column furthest from its natural width.
-    A lone column wider than the terminal is given the terminal's width, and folds."""
+    """Each column's width in `max_width`: what it needs (all of it for numbers); then, of what
+    is left, first enough for the longest word of the text columns that need least for it (a word
+    folded midway, `connection_refuse`+`d`, reads worst), then a character at a time to the text
+    column furthest from its natural width. A lone column wider than the terminal is given the
+    terminal's width, and folds."""
     given = [c.width() for c in columns]
     if len(columns) == 1:
         return [max(1, min(given[0] if columns[0].numeric else columns[0].natural_width(), max_width))]
     spare = max_width - _needed(columns)
-    short = [c.natural_width() - w if not c.numeric else 0 for c, w in zip(columns, given)]
-    while spare > 0 and max(short) > 0:
-        i = short.index(max(short))
+    text = [i for i, c in enumerate(columns) if not c.numeric]
+    for i in sorted(text, key=lambda i: columns[i].longest_word() - given[i]):
+        need = columns[i].longest_word() - given[i]
+        if 0 < need <= spare:
+            given[i] += need
+            spare -= need
+    short = {i: columns[i].natural_width() - given[i] for i in text}
+    while spare > 0 and short and max(short.values()) > 0:
+        i = max(short, key=lambda i: short[i])  # ties: the leftmost
         given[i] += 1
         short[i] -= 1
         spare -= 1
