@@ -3,6 +3,7 @@
 
     python3 dev.py run  [mitmdump args...]   install into ./.venv, start the proxy on port 8080
     python3 dev.py test [pytest args...]     install into ./.venv, run the whole test suite
+    python3 dev.py lint                      install into ./.venv, run ruff check and mypy (config: pyproject.toml)
     python3 dev.py report [report args...]   install into ./.venv, print the report (python -m reports)
     python3 dev.py migrations COMMAND ...    install into ./.venv, run python -m migrations
 
@@ -44,19 +45,43 @@ def ensure_venv(venv_dir: Path, extras: str) -> Path:
     return venv_dir / "bin"
 
 
+def lint(bin_dir: Path) -> int:
+    """ruff, then mypy, both whatever the first found: non-zero when either reports anything."""
+    failed = []
+    for name, args in (("ruff", ["check", "."]), ("mypy", [])):
+        print(f"== {name} {' '.join(args)}".rstrip(), flush=True)
+        if subprocess.run([str(bin_dir / name), *args], cwd=ROOT).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"lint: {' and '.join(failed)} found problems", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def mitmdump_args(bin_dir: Path, rest: list[str]) -> list[str]:
+    """The proxy as `run` starts it. Loopback unless asked otherwise: an open proxy on every
+    interface serves anyone. No per-request lines of mitmproxy's own (flow_detail=0) unless asked
+    for: they print each URL whole, a key in its query (Gemini's ?key=) included, and from
+    flow_detail=2 on every header (Authorization); the addon prints a line per LLM call instead."""
+    listen = [] if any(a.startswith("--listen-host") for a in rest) else ["--listen-host", "127.0.0.1"]
+    # -v, -q and --flow-detail are applied after --set, so they still win; a second --set of the
+    # same option would not (mitmproxy mishandles one option given twice).
+    quiet = [] if any("flow_detail" in a or "flow-detail" in a for a in rest) else ["--set", "flow_detail=0"]
+    return [str(bin_dir / "mitmdump"), *listen, *quiet, "-s", str(ROOT / "addon" / "llm_metrics.py"), *rest]
+
+
 def main(argv: list[str]) -> int:
     venv_dir = ROOT / ".venv"
     if len(argv) >= 2 and argv[0] == "--venv":
         venv_dir, argv = (ROOT / argv[1]).resolve(), argv[2:]
-    if not argv or argv[0] not in ("run", "test", "report", "migrations"):
+    if not argv or argv[0] not in ("run", "test", "lint", "report", "migrations"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
-    bin_dir = ensure_venv(venv_dir, "test" if command == "test" else "")
+    bin_dir = ensure_venv(venv_dir, "test" if command in ("test", "lint") else "")
+    if command == "lint":
+        return lint(bin_dir)
     if command == "run":
-        # Loopback unless asked otherwise: an open proxy on every interface serves anyone.
-        listen = [] if any(a.startswith("--listen-host") for a in rest) else ["--listen-host", "127.0.0.1"]
-        args = [str(bin_dir / "mitmdump"), *listen, "-s", str(ROOT / "addon" / "llm_metrics.py"), *rest]
+        args = mitmdump_args(bin_dir, rest)
     elif command in ("report", "migrations"):
         module = "reports" if command == "report" else "migrations"
         args = [str(bin_dir / "python"), "-m", module, *rest]

@@ -10,12 +10,13 @@ import argparse
 import os
 import shlex
 import sys
+from typing import NoReturn
 
 from .setup_env import DEFAULT_CONFDIR, MODES, SHELLS, EnvError, env_lines
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, like every other CLI error
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other CLI error
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 

@@ -6,7 +6,7 @@ in the database. Each step that can fail says why:
 
 - proxy not running: nothing accepts connections at the proxy's address;
 - not recognised: the call reached the endpoint with its `x-llm-metrics-origin` tag still on,
-  so no llm-metrics addon looked at it (the addon removes the tag from every call it records);
+  so no llm-metrics addon looked at it (the addon removes the tag from every request);
 - not stored: the addon took the call but no row appeared: the database is not writable, or
   the proxy writes to another database;
 - CA not trusted: a TLS handshake through the proxy (as an HTTPS client would make it, with
@@ -30,12 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import peewee
 
-from storage.db import NotSQLiteError, check_sqlite_header, sqlite_path
+from storage.db import NotSQLiteError, check_sqlite_header, connect_server, display_location, hide_password, sqlite_path
 from storage.models import CompletionRequest
 
 DOCTOR_MODEL = "llm-metrics-doctor"
@@ -138,7 +138,8 @@ class Report:
         return ok
 
     def lines(self) -> list[str]:
-        out = [f"llm-metrics doctor: proxy {self.proxy} ({self.proxy_source}), database {self.db}"]
+        out = [f"llm-metrics doctor: proxy {display_location(self.proxy)} ({self.proxy_source}), "
+               f"database {display_location(self.db)}"]
         for c in self.checks:
             mark = "info" if c.ok is None else ("ok" if c.ok else "FAIL")
             out.append(f"  {mark:<4}  {c.name:<9} {c.detail}")
@@ -154,7 +155,7 @@ def parse_proxy(url: str) -> tuple[str, int]:
     except ValueError:
         port = None
     if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in ("", "/"):
-        raise DoctorInputError(f"--proxy must look like http://HOST:PORT (got {url!r})")
+        raise DoctorInputError(f"--proxy must look like http://HOST:PORT (got {display_location(url)!r})")
     return parts.hostname, port
 
 
@@ -313,7 +314,10 @@ def _proxy_issuer_check(host: str, port: int, target_port: int):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         with _tunnel(host, port, target_port) as sock, context.wrap_socket(sock) as tls:
-            leaf = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+            der = tls.getpeercert(binary_form=True)
+            if der is None:  # no certificate to compare (load_der_x509_certificate would raise)
+                return None
+            leaf = x509.load_der_x509_certificate(der)
     except Exception:
         return None
 
@@ -362,12 +366,10 @@ class RowReader:
         elif self.path is not None and self.path.exists():
             raise DoctorInputError(f"--db {location} is not a file")
         elif self.path is None:
-            from playhouse.db_url import connect
-
             try:
-                self.db = connect(location)
+                self.db = connect_server(location)
             except (ValueError, RuntimeError) as exc:  # unknown scheme, driver missing
-                raise DoctorInputError(f"--db {location}: {exc}") from None
+                raise DoctorInputError(f"--db {display_location(location)}: {hide_password(str(exc), location)}") from None
 
     def _open(self) -> peewee.Database | None:
         if self.db is None and self.path is not None and self.path.is_file():
@@ -386,7 +388,8 @@ class RowReader:
                 query = (c.select(c.id, c.provider, c.host, c.status_code, c.response_time_ms)
                          .where(c.request_model == DOCTOR_MODEL, c.id > after_id)
                          .order_by(c.id.desc()).limit(1).dicts())
-                return list(query)
+                # .dicts() rows; peewee's stubs type .dicts() as returning the model query unchanged.
+                return cast("list[dict[str, Any]]", list(query))
         except peewee.DatabaseError:
             return []
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
+from storage.db import display_location
 
 from . import pricing
 from .capture import (
@@ -36,6 +37,7 @@ from .capture import (
 from .formats import ResponseFacts, recognise, recognise_by_path, recognise_by_shape, unknown_request_fields
 from .metering import StreamMeter, meter_body, stream_framing
 from .record import Call, build_row, origin_from_user_agent, provider_for
+from .redact import redact, redact_path
 from .run_summary import RunTotals
 from .summary import format_call_line
 from .transport import classify_flow_error
@@ -324,12 +326,14 @@ class Engine:
         if self.writer is not None:
             self.writer.close()
             log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped (%d counted in dropped_rows)",
-                     self.writer.written, self.location, self.writer.dropped, self.writer.drops_recorded)
+                     self.writer.written, self.location and display_location(self.location), self.writer.dropped,
+                     self.writer.drops_recorded)
         for line in self.run_totals.lines(self.unparsed):
             log.info(line)
 
     def _count_unparsed(self, path: str) -> None:
         """Named in the exit summary so a user can report them; bounded in distinct paths."""
+        path = redact_path(path)
         if path in self.unparsed or len(self.unparsed) < _MAX_UNPARSED_PATHS:
             self.unparsed[path] = self.unparsed.get(path, 0) + 1
         else:
@@ -340,7 +344,7 @@ class Engine:
         key = f"{where}:{type(exc).__name__}"
         if key not in self._logged_errors:
             self._logged_errors.add(key)
-            log.warning("llm-metrics: metering failed in %s (traffic unaffected): %r", where, exc)
+            log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where, redact(repr(exc)))
 
 
 def prepare_store(location: str, keep_backups: int):

@@ -1,6 +1,8 @@
 """mitmproxy addon: one row per LLM API call (latency, time to first token, tokens, errors).
 
-    mitmdump -s addon/llm_metrics.py [--set llm_metrics_db=PATH_OR_URL]
+    mitmdump -s addon/llm_metrics.py --set flow_detail=0 [--set llm_metrics_db=PATH_OR_URL]
+
+(flow_detail=0: mitmdump's own line per request prints each URL whole, a `?key=` included.)
 
 The hooks stay thin, because they run on mitmproxy's one event loop, between the user's bytes:
 they pick out requests that may be LLM calls (by method and path, without reading the body),
@@ -12,6 +14,7 @@ counted; it never changes, stalls or breaks the user's traffic.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -25,6 +28,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
+from mitmproxy.proxy.mode_specs import ProxyMode  # noqa: E402
 
 from addon.backends import Metering, open_metering  # noqa: E402
 from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
@@ -32,8 +36,10 @@ from addon.engine import prepare_store  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
+from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
 from migrations import DEFAULT_KEEP  # noqa: E402
 from storage import default_location  # noqa: E402
+from storage.db import display_location, hide_password  # noqa: E402
 from storage.writer import METERING_LOST  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,8 @@ class LLMMetrics:
 
     def load(self, loader) -> None:
         _line_buffered_stdout()
+        for logger in (log, *map(logging.getLogger, ("addon.backends", "addon.engine", "storage.writer"))):
+            logger.addFilter(REDACT_WARNINGS)  # their warnings quote exceptions and drivers' messages
         logging.getLogger("peewee").setLevel(logging.INFO)  # see addon.engine.start_engine
         loader.add_option(
             "llm_metrics_db", str, default_location(),
@@ -112,6 +120,7 @@ class LLMMetrics:
     def running(self) -> None:
         _warn_unknown_options()
         _warn_open_proxy()
+        _warn_flow_detail()
         if self.metering is not None:
             self.metering.watch()
 
@@ -132,27 +141,25 @@ class LLMMetrics:
     # -- hooks, in flow order ----------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A POST to an LLM API's path (or to a host named in llm_metrics_hosts) is a possible
-        LLM call: its body is read only later, in the metering."""
+        """Our origin tag comes off every request, an LLM call or not (one look at the headers):
+        it never reaches the provider. A POST to an LLM API's path (or to a host named in
+        llm_metrics_hosts) is a possible LLM call: its body is read only later, in the metering."""
         data = flow.request.data  # bytes as parsed: the Request properties decode on every access
-        if data.method != b"POST" or self.handover is None:
-            return
         try:
+            origin = self._take_origin(flow.request.headers)
+            if data.method != b"POST" or self.handover is None:
+                return
             host = data.host.lower()
             path = data.path.split(b"?", 1)[0]  # a key in the query (Gemini's ?key=) is never kept
             if not (path.endswith(_CANDIDATE_SUFFIXES) or host in self.extra_hosts):
                 return
-            user_agent = encoding = origin = None
+            user_agent = encoding = None
             for name, value in flow.request.headers.fields:  # one pass: each Headers.get is a pass too
                 name = name.lower()
                 if name == b"user-agent":
                     user_agent = value.decode("utf-8", "surrogateescape")
                 elif name == b"content-encoding":
                     encoding = value.decode("latin-1")
-                elif name == self.origin_header:
-                    origin = value.decode("utf-8", "surrogateescape")
-            if origin is not None and self.origin_header:
-                del flow.request.headers[self.origin_header.decode("latin-1")]  # ours: never forwarded
             self._next_cid += 1
             request = Request(_started(flow.request.timestamp_start), flow.request.timestamp_start or time.time(),
                               host, data.port, path.decode("utf-8", "surrogateescape"), b"", encoding, user_agent,
@@ -161,6 +168,15 @@ class LLMMetrics:
             self._flows[flow.id] = flow
         except Exception as exc:  # never let metering touch the user's traffic
             _hook_error("requestheaders", exc)
+
+    def _take_origin(self, headers: http.Headers) -> str | None:
+        """The origin tag's value (the last, if sent twice), its header removed: ours, never forwarded."""
+        tag = self.origin_header
+        values = [value for name, value in headers.fields if name.lower() == tag] if tag else None
+        if not values:
+            return None
+        headers.fields = tuple(field for field in headers.fields if field[0].lower() != tag)
+        return values[-1].decode("utf-8", "surrogateescape")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         capture = self.inflight.get(flow.id)
@@ -247,7 +263,8 @@ class LLMMetrics:
         except Exception as exc:
             # Logged, not raised: mitmdump then exits at start-up with this one paragraph instead
             # of the script loader's traceback.
-            log.error("llm-metrics: cannot use llm_metrics_db=%r: %s", location, exc)
+            log.error("llm-metrics: cannot use llm_metrics_db=%r: %s", display_location(location),
+                      hide_password(str(exc), location))
             return
         if migrated.applied:
             log.info("llm-metrics: schema upgraded to version %d (backup: %s)",
@@ -258,7 +275,7 @@ class LLMMetrics:
         self.metering = open_metering(start, in_process=not ctx.options.llm_metrics_worker, db=db,
                                       on_death=self._metering_died)
         self.handover = Handover(self.metering)
-        log.info("llm-metrics: recording LLM calls to %s", location)
+        log.info("llm-metrics: recording LLM calls to %s", display_location(location))
 
     def _metering_died(self) -> None:
         """The metering process ended while mitmproxy runs (a bug, or it was killed): the calls it
@@ -314,7 +331,7 @@ def _hook_error(where: str, exc: Exception) -> None:
     key = f"{where}:{type(exc).__name__}"
     if key not in _logged_hook_errors:
         _logged_hook_errors.add(key)
-        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %r", where, exc)
+        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where, redact(repr(exc)))
 
 
 def _parse_hosts(values: Sequence[str]) -> dict[str, str]:
@@ -327,17 +344,60 @@ def _parse_hosts(values: Sequence[str]) -> dict[str, str]:
     return hosts
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def _warn_open_proxy() -> None:
     """Anyone who can reach a non-loopback listener can send traffic through it (and read the
-    CA's trust): say so when no proxyauth guards it."""
-    host = ctx.options.listen_host
-    if host not in _LOOPBACK and not ctx.options.proxyauth:
+    CA's trust): say so, for each such listener, when no proxyauth guards them. mitmweb's
+    interface shows every request, headers (API keys) included: before mitmproxy 12 (no
+    web_password) it has no password at all."""
+    if not ctx.options.proxyauth:
+        for host, spec in open_listeners(ctx.options.mode, ctx.options.listen_host):
+            log.warning(
+                "llm-metrics: the proxy listens on %s without proxyauth (mode %s): anyone who can reach this "
+                "machine can use it. Use --listen-host 127.0.0.1 (or MODE@127.0.0.1:PORT), or set proxyauth.",
+                host or "all interfaces", spec)
+    options = ctx.options
+    if "web_host" in options and "web_password" not in options and not _is_loopback(options.web_host):
         log.warning(
-            "llm-metrics: the proxy listens on %s without proxyauth: anyone who can reach this "
-            "machine can use it. Use --listen-host 127.0.0.1, or set proxyauth.", host or "all interfaces")
+            "llm-metrics: mitmweb's interface listens on %s with no password: anyone who can reach it reads "
+            "every request, API keys in their headers included. Use --set web_host=127.0.0.1.",
+            options.web_host or "all interfaces")
+
+
+def open_listeners(modes: Sequence[str], listen_host: str) -> list[tuple[str, str]]:
+    """(host, mode spec) of each listener beyond loopback: a mode's own `@host:port`, else
+    --listen-host. Modes that open no listener (local, tun), and WireGuard and DNS, which carry
+    no proxied HTTP anyone could send, are not listed. A spec's URL is shown without secrets."""
+    found = []
+    for spec in modes:
+        try:
+            mode = ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy refuses it itself
+        if mode.listen_port() is None or mode.type_name in ("wireguard", "dns"):
+            continue
+        host = mode.listen_host(listen_host)
+        if not _is_loopback(host):
+            found.append((host, spec.replace(mode.data, redact(mode.data)) if mode.data else spec))
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "" (every interface) or a name that may resolve anywhere
+
+
+def _warn_flow_detail() -> None:
+    """mitmdump's own line per request (flow_detail 1, its default) prints the URL whole, a key
+    in its query (Gemini's ?key=) included; from 2 on it prints every header (Authorization)."""
+    detail = ctx.options.flow_detail if "flow_detail" in ctx.options else 0  # mitmweb has no such option
+    if detail >= 1:
+        shown = "URL and headers, API keys" if detail >= 2 else "URL whole, a key in its query (?key=)"
+        log.warning("llm-metrics: mitmproxy prints each request's %s included (flow_detail=%d): "
+                    "--set flow_detail=0 keeps them out of this output (python3 dev.py run sets it)", shown, detail)
 
 
 def _warn_unknown_options() -> None:

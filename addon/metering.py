@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from .formats import ARRAY_STREAM_SUFFIXES, ResponseFacts, WireFormat
-from .formats.errors import error_from_body
+from .formats.errors import describe_body, error_from_body
 from .wire.encoding import incremental_decoder
 from .wire.eventstream import EventStreamDecoder, Frame
 from .wire.json_array import JSONArrayDecoder
@@ -23,7 +23,10 @@ EVENTSTREAM_TYPES = ("application/vnd.amazon.eventstream",)
 JSON_TYPES = ("application/json", "")
 
 SSE, NDJSON, JSON_ARRAY, EVENTSTREAM = "sse", "ndjson", "json-array", "eventstream"
-_FRAMERS = {SSE: SSEDecoder, NDJSON: NDJSONDecoder, JSON_ARRAY: JSONArrayDecoder, EVENTSTREAM: EventStreamDecoder}
+Framer = SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder
+_FRAMERS: dict[str, type[Framer]] = {
+    SSE: SSEDecoder, NDJSON: NDJSONDecoder, JSON_ARRAY: JSONArrayDecoder, EVENTSTREAM: EventStreamDecoder
+}
 
 
 def media_type(content_type: str | None) -> str:
@@ -76,9 +79,8 @@ class StreamMeter:
         if framing is None:
             mt = media_type(content_type)
             framing = SSE if mt in SSE_TYPES else EVENTSTREAM if mt in EVENTSTREAM_TYPES else NDJSON
-        self._framing = framing
         self._sse = framing == SSE
-        self._framer: SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder = _FRAMERS[framing]()
+        self._framer: Framer = _FRAMERS[framing]()
         self.closed = False
 
     def feed(self, data: bytes) -> bool:
@@ -94,9 +96,9 @@ class StreamMeter:
             return False
         self.closed = True
         generated = self._handle(self._framer.close())
-        if self._sse:
+        if isinstance(self._framer, SSEDecoder):  # SSE: lines outside any field were kept aside
             self._read_stray(self._framer.stray)
-        if self._framing == EVENTSTREAM and self._framer.corrupt:
+        if isinstance(self._framer, EventStreamDecoder) and self._framer.corrupt:
             self.facts.malformed_events += 1  # framing stopped: the rest could not be read
         return generated
 
@@ -157,7 +159,7 @@ def meter_body(fmt: WireFormat, status: int, content_type: str | None, body: byt
     """Facts from a whole, already decoded body (the non-streamed path)."""
     if status >= 400:
         facts = ResponseFacts()
-        facts.set_error(*error_from_body(status, body))
+        facts.set_error(*error_from_body(status, body, content_type))
         return facts
     if is_stream_type(content_type):
         # Streaming was not switched on for this flow (it should have been): parse it whole.
@@ -169,7 +171,8 @@ def meter_body(fmt: WireFormat, status: int, content_type: str | None, body: byt
     try:
         obj = json.loads(body)
     except ValueError:
-        facts.set_error("malformed_response", body[:200].decode("utf-8", "replace"))
+        # Its text is what the model generated (or a page standing in for it): never stored.
+        facts.set_error("malformed_response", describe_body("response body is not JSON", body, content_type))
         return facts
     if isinstance(obj, list):
         # A streamed JSON array that was buffered (Gemini without alt=sse): its elements are

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
 from .pricing import cost_usd
+from .redact import redact, redact_path
 
 # Well-known API hosts name the provider; any other host is "openai-compatible" (vLLM,
 # llama.cpp, LM Studio, ...), except Ollama's default port.
@@ -71,7 +72,7 @@ def origin_from_user_agent(user_agent: str | None) -> str | None:
 
 def utc_timestamp(epoch_seconds: float) -> str:
     """`2026-11-22T14:03:07.123456Z`: fixed width, so rows sort and compare as text."""
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _ms(start: float, end: float | None) -> int | None:
@@ -122,7 +123,9 @@ def build_row(
     error_message: str | None = None,
 ) -> dict[str, Any]:
     """The row for `completion_requests`. Failure comes from the transport error if any, then
-    an error the body or stream carried (more specific than its status), then the HTTP status."""
+    an error the body or stream carried (more specific than its status), then the HTTP status.
+    Every free text of the row (path, origin, error type and message) is stored without secrets;
+    the model is kept as named (stored rows are repriced by it), and is redacted where printed."""
     if error_type is None and facts.error_type is not None:
         error_type, error_message = facts.error_type, facts.error_message
     if error_type is None and status_code is not None and status_code >= 400:
@@ -141,8 +144,8 @@ def build_row(
         "request_model": call.request.get("request_model"),
         "provider": call.provider,
         "host": call.host,
-        "path": call.path,
-        "origin": call.origin,
+        "path": redact_path(call.path),
+        "origin": call.origin and redact(call.origin),  # the client's own text (a tag, a User-Agent)
         "is_streaming": bool(call.request.get("is_streaming") or call.streamed),
         "max_tokens": call.request.get("max_tokens"),
         "temperature": call.request.get("temperature"),
@@ -169,8 +172,8 @@ def build_row(
         "time_to_last_token_ms": ttlt,
         "tokens_per_second": _tokens_per_second(call, facts) if streamed_times else None,
         "chunk_count": facts.events if call.streamed else None,
-        "error_type": error_type,
-        "error_message": error_message,
+        "error_type": error_type and redact(error_type),
+        "error_message": error_message and redact(error_message),
     }
 
 
@@ -190,7 +193,7 @@ def _cost(call: Call, facts: ResponseFacts, model: str | None) -> float | None:
         completion_tokens=facts.completion_tokens,
         cached_tokens=facts.cached_tokens,
         cache_creation_tokens=facts.cache_creation_tokens,
-        at=datetime.fromtimestamp(call.started_at, timezone.utc),
+        at=datetime.fromtimestamp(call.started_at, UTC),
     )
 
 

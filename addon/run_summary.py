@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .redact import redact
+
 MODEL_WIDTH = 32
 MAX_MODELS = 15
 MAX_UNPARSED = 5
@@ -141,4 +143,5 @@ def _ms(value: int | None) -> str:
 
 
 def _fit(name: str) -> str:
+    name = redact(name)  # a model's name is the provider's text
     return name if len(name) <= MODEL_WIDTH else name[: MODEL_WIDTH - 1] + "…"

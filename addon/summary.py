@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .redact import redact
+
 
 def _ms(value: int | None) -> str:
     return "-" if value is None else f"{value}ms"
@@ -14,9 +16,10 @@ def _n(value: int | None) -> str:
 
 
 def format_call_line(row: dict[str, Any]) -> str:
+    """The row's own error type and path are stored redacted already (`addon.record.build_row`)."""
     status = row["status_code"] if row["status_code"] is not None else "---"
     parts = [
-        f"llm {row['provider']} {row['model'] or '?'} {status}",
+        f"llm {row['provider']} {redact(row['model'] or '?')} {status}",  # the model is the provider's text
         f"latency {_ms(row['response_time_ms'])}",
     ]
     if row["is_streaming"]:

@@ -27,11 +27,7 @@ _PATTERNS = (
 def classify_flow_error(message: str, had_response: bool) -> tuple[str, str]:
     """(error_type, error_message) for a flow that ended in mitmproxy's `error` hook."""
     lowered = message.lower()
-    for needle, error_type in _PATTERNS:
-        if needle in lowered:
-            break
-    else:
-        error_type = "proxy_error"
+    error_type = next((kind for needle, kind in _PATTERNS if needle in lowered), "proxy_error")
     if had_response and error_type != "client_disconnected":
         message = f"{message} (after the response had started)"
     return error_type, message[:500]

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from .capture import FrameReader, LogRecord, Progress, Start, add_frame
+from .redact import REDACT_WARNINGS
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ def main() -> None:
         pass
     output = _Output(sys.stdout.fileno())
     root = logging.getLogger()
-    root.handlers[:] = [_ForwardHandler(output)]
+    handler = _ForwardHandler(output)
+    handler.addFilter(REDACT_WARNINGS)  # every warning of this process: the writer's, the engine's
+    root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     code = 0
     try:

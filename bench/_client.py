@@ -124,7 +124,7 @@ async def _stream_worker(spec, conn, start, out, worker):
 
         t0 = time.perf_counter()
         writer.write(_request(spec, STREAM_BODY, {**extra, "x-llm-metrics-origin": tag}))
-        status, body = await _read_response(reader, on_piece, lambda: first.setdefault("head", time.perf_counter()))
+        status, body = await _read_response(reader, on_piece, lambda first=first: first.setdefault("head", time.perf_counter()))
         t1 = time.perf_counter()
         events = body.count(b"data: ")  # [DONE] included
         if t1 > out["deadline"]:

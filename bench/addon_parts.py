@@ -23,8 +23,20 @@ from __future__ import annotations
 
 import sys
 
-from _harness import (BENCH, Proxy, Upstream, bench_options, loadavg, median, parse_options, print_end, print_start,
-                      run_client, scratch_dir, table)
+from _harness import (
+    BENCH,
+    Proxy,
+    Upstream,
+    bench_options,
+    loadavg,
+    median,
+    parse_options,
+    print_end,
+    print_start,
+    run_client,
+    scratch_dir,
+    table,
+)
 
 EMPTY_HOOKS = BENCH / "empty_hooks_addon.py"
 VARIANTS = {  # name: (script or kind, --set options, whether it is the metrics addon)
@@ -68,7 +80,6 @@ def measure(args) -> dict:
 
 def render(data: dict, args) -> str:
     rate, cpu = data["rate"], data["cpu"]
-    bare_rate = median(rate["bare"])
     bare_cpu = cpu["bare"][0] * 1e6 / max(1, cpu["bare"][1])
     rows = []
     for name in VARIANTS:

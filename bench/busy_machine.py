@@ -21,8 +21,20 @@ import sys
 import threading
 import time
 
-from _harness import (Proxy, Upstream, bench_options, count_rows, parse_options, pct, print_end, print_start,
-                      run_client, scratch_dir, table, wait_rows)
+from _harness import (
+    Proxy,
+    Upstream,
+    bench_options,
+    count_rows,
+    parse_options,
+    pct,
+    print_end,
+    print_start,
+    run_client,
+    scratch_dir,
+    table,
+    wait_rows,
+)
 
 SWITCH = "llm-metrics: the metering process, at idle CPU priority, fell behind"
 

@@ -122,10 +122,12 @@ def layers(fixtures: dict[str, tuple[str, str]]) -> dict[str, list[tuple[str, ob
             out[f"framing: {framing}"] = [(f, framer, False) for f in files]
     for file, (fmt_name, framing) in fixtures.items():
         fmt, ctype = FORMAT_BY_NAME[fmt_name], CONTENT_TYPES[framing]
-        make = (lambda fmt=fmt, ctype=ctype, framing=framing: metering.StreamMeter(fmt, ctype, None, framing))
+        def make(fmt=fmt, ctype=ctype, framing=framing):
+            return metering.StreamMeter(fmt, ctype, None, framing)
         out.setdefault(f"StreamMeter: {fmt_name} ({framing})", []).append((file, make, False))
         if fmt_name == "OpenAIChat":
-            gz = (lambda fmt=fmt: metering.StreamMeter(fmt, "text/event-stream", "gzip", metering.SSE))
+            def gz(fmt=fmt):
+                return metering.StreamMeter(fmt, "text/event-stream", "gzip", metering.SSE)
             out.setdefault("StreamMeter: OpenAIChat (sse, gzip)", []).append((file, gz, True))
     return out
 

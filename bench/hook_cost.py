@@ -30,7 +30,6 @@ import time
 from collections import defaultdict
 
 from _harness import bench_options, count_rows, parse_options, pct, print_start, scratch_dir, table
-
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -49,7 +48,8 @@ def _event(obj) -> bytes:
 
 
 ROLE = _event({**_BASE, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}], "usage": None})
-CONTENT = [_event({**_BASE, "choices": [{"index": 0, "delta": {"content": f" word{i}"}, "logprobs": None, "finish_reason": None}], "usage": None}) for i in range(20)]
+CONTENT = [_event({**_BASE, "choices": [{"index": 0, "delta": {"content": f" word{i}"}, "logprobs": None, "finish_reason": None}],
+                   "usage": None}) for i in range(20)]
 FINISH = _event({**_BASE, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}], "usage": None})
 USAGE = _event({**_BASE, "choices": [], "usage": {"prompt_tokens": 19, "completion_tokens": 20, "total_tokens": 39,
                                                    "prompt_tokens_details": {"cached_tokens": 0},

@@ -19,8 +19,7 @@ import subprocess
 import sys
 import time
 
-from _harness import (Proxy, Upstream, bench_options, parse_options, print_start, run_client, scratch_dir,
-                      table)
+from _harness import Proxy, Upstream, bench_options, parse_options, print_start, run_client, scratch_dir, table
 
 # Parts of the work, by the innermost frame that names one (frames look like `func (addon/x.py:12)`).
 PARTS = (

@@ -18,8 +18,21 @@ from __future__ import annotations
 
 import sys
 
-from _harness import (Proxy, Upstream, bench_options, loadavg, median, parse_options, pct, print_end,
-                      print_start, run_client, scratch_dir, table, wait_rows)
+from _harness import (
+    Proxy,
+    Upstream,
+    bench_options,
+    loadavg,
+    median,
+    parse_options,
+    pct,
+    print_end,
+    print_start,
+    run_client,
+    scratch_dir,
+    table,
+    wait_rows,
+)
 
 VARIANTS = ("direct", "bare", "addon")
 

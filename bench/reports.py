@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def _rows(n: int, seed: int, has_cost: bool, days: int, count: int):
             tokens_per_second = round(completion / ((last - first) / 1000), 3) if last > first else None
         status, error_type, message = (200, None, None) if ok else rng.choice(FAILURES)
         row = (
-            datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), ok, status, latency,
+            datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), ok, status, latency,
             model, model, provider, host, "/v1/chat/completions", rng.choice(ORIGINS), streamed, prompt, completion,
             prompt + (completion or 0), prompt // 3, "stop" if ok else None, min(latency, ttft), first, last,
             tokens_per_second, completion if streamed else None, error_type, message,
@@ -248,7 +248,7 @@ def selected(path: Path, args: list[str]) -> int:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     if not args:
         return con.execute("SELECT count(*) FROM completion_requests").fetchone()[0]
-    since = datetime.fromtimestamp(time.time() - 86400, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    since = datetime.fromtimestamp(time.time() - 86400, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return con.execute("SELECT count(*) FROM completion_requests WHERE timestamp >= ?", (since,)).fetchone()[0]
 
 
@@ -266,7 +266,8 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the copies without the report indexes")
     parser.add_argument("--no-views", action="store_true", help="skip timing the report")
     parser.add_argument("--inserts", action="store_true", help="also the writer's rows/s with and without the indexes")
-    parser.add_argument("--sample", type=Path, metavar="PATH", help="only write a small database (3,000 calls over the last day, 6 models) to PATH: the README's example")
+    parser.add_argument("--sample", type=Path, metavar="PATH",
+                        help="only write a small database (3,000 calls over the last day, 6 models) to PATH: the README's example")
     args = parser.parse_args()
     if args.sample:
         generate(args.sample, 3000, days=1, models=6, seed=11)

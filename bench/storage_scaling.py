@@ -5,10 +5,20 @@
 Needs a PostgreSQL server at 127.0.0.1:5432 (trust auth, database `test`) for the second line.
 Its SQLite file and PostgreSQL database are scratch: both are removed at the end.
 """
-import argparse, os, shutil, sys, time, tempfile
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+
+import psycopg
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from storage import open_database, RowWriter
 from migrations import upgrade
+from storage import RowWriter, open_database
+
 
 def row(i):
     return {"timestamp": f"2026-11-{1+i%28:02d}T{i%24:02d}:00:00.{i%1000000:06d}Z", "success": i % 20 != 0, "status_code": 200,
@@ -20,10 +30,15 @@ def row(i):
             "tokens_per_second": 55.5, "chunk_count": 120, "error_type": None, "error_message": None}
 
 def measure(location, n):
-    db = open_database(location); upgrade(db)
+    db = open_database(location)
+    upgrade(db)
     w = RowWriter(db, queue_size=n + 10)
-    for i in range(n): w.submit(row(i))
-    t = time.perf_counter(); w.start(); w.close(timeout=600); dt = time.perf_counter() - t
+    for i in range(n):
+        w.submit(row(i))
+    t = time.perf_counter()
+    w.start()
+    w.close(timeout=600)
+    dt = time.perf_counter() - t
     return w.written, dt
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -36,13 +51,15 @@ try:
     print(f"sqlite: {written} rows in {dt:.2f} s = {written/dt:,.0f} rows/s; {size/written:.0f} bytes/row on disk (WAL included)")
 finally:
     shutil.rmtree(d, ignore_errors=True)
-import psycopg, uuid
 name = "lmp_scale_" + uuid.uuid4().hex[:8]
-with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as c: c.execute(f'CREATE DATABASE "{name}"')
+with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as c:
+    c.execute(f'CREATE DATABASE "{name}"')
 try:
     written, dt = measure(f"postgresql://postgres@127.0.0.1:5432/{name}", n)
     db = open_database(f"postgresql://postgres@127.0.0.1:5432/{name}")
-    size = db.execute_sql("select pg_total_relation_size('completion_requests')").fetchone()[0]; db.close()
+    size = db.execute_sql("select pg_total_relation_size('completion_requests')").fetchone()[0]
+    db.close()
     print(f"postgresql: {written} rows in {dt:.2f} s = {written/dt:,.0f} rows/s; {size/written:.0f} bytes/row (table + indexes)")
 finally:
-    with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as c: c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as c:
+        c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

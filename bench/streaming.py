@@ -21,8 +21,21 @@ from __future__ import annotations
 
 import sys
 
-from _harness import (Proxy, Upstream, bench_options, loadavg, median, parse_options, pct, print_end,
-                      print_start, rows_by_origin, run_client, scratch_dir, table)
+from _harness import (
+    Proxy,
+    Upstream,
+    bench_options,
+    loadavg,
+    median,
+    parse_options,
+    pct,
+    print_end,
+    print_start,
+    rows_by_origin,
+    run_client,
+    scratch_dir,
+    table,
+)
 
 VARIANTS = ("direct", "stream-only", "addon")
 PHASES = {
@@ -78,7 +91,8 @@ def render(data: dict, args) -> str:
     thr = []
     for v in VARIANTS:
         a = acc[(v, "throughput")]
-        per = (lambda key: "-" if v == "direct" or not a["events"] else a[key] * 1e6 / a["events"])
+        def per(key, v=v, a=a):
+            return "-" if v == "direct" or not a["events"] else a[key] * 1e6 / a["events"]
         thr.append([v, median(a["eps"]), len(a["streams"]), per("cpu"), per("cpu_worker")])
     out.append(table(["path", "events/s", "streams done", "mitmdump CPU us/event", "metering process CPU us/event"], thr,
                      title=f"1. Throughput: 50 concurrent streams of 100 content events, {args.rounds} rounds x {args.seconds:g} s"))

@@ -10,9 +10,7 @@ many times the proxied one and the proxied figure does not change with the upstr
 
 from __future__ import annotations
 
-
-from _harness import (Proxy, Upstream, bench_options, median, parse_options, print_start, run_client,
-                      scratch_dir, table)
+from _harness import Proxy, Upstream, bench_options, median, parse_options, print_start, run_client, scratch_dir, table
 
 
 def main() -> None:

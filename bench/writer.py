@@ -22,8 +22,22 @@ import sqlite3
 import sys
 import time
 
-from _harness import (BENCH, FLOOD_ROW, Proxy, Upstream, bench_options, loadavg, median, parse_options, pct,
-                      print_end, print_start, run_client, scratch_dir, table)
+from _harness import (
+    BENCH,
+    FLOOD_ROW,
+    Proxy,
+    Upstream,
+    bench_options,
+    loadavg,
+    median,
+    parse_options,
+    pct,
+    print_end,
+    print_start,
+    run_client,
+    scratch_dir,
+    table,
+)
 
 from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database

@@ -14,10 +14,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import peewee
 
-from storage.db import NotSQLiteError, default_location, enable_wal, open_database, sqlite_path
+from storage.db import (
+    NotSQLiteError,
+    default_location,
+    display_location,
+    enable_wal,
+    hide_password,
+    open_database,
+    sqlite_path,
+)
 
 from .backup import DEFAULT_KEEP, BackupError, check_file, list_backups, make_backup, restore
 from .registry import STEPS
@@ -26,7 +35,7 @@ from .schema import differences, promised, snapshot
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, like every other CLI error
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other CLI error
         print(f"error: {_one_line(message)}", file=sys.stderr)
         sys.exit(2)
 
@@ -64,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in ("status", "upgrade", "backup", "backups", "restore", "verify", "reprice"):
         cmd = sub.add_parser(name)
-        cmd.add_argument("--db", default=None, type=_location, help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+        cmd.add_argument("--db", default=None, type=_location,
+                         help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
         if name in ("upgrade", "backup", "restore"):
             cmd.add_argument("--keep", type=_keep, default=DEFAULT_KEEP, help=f"backups to keep (default {DEFAULT_KEEP})")
         if name == "restore":
@@ -103,7 +113,7 @@ def cmd_status(args) -> int:
         return 0
     db = _open(args.location)
     todo = pending(db)
-    print(f"database {args.location}: schema version {current_version(db)}, this build's is {CURRENT_SCHEMA_VERSION}")
+    print(f"database {display_location(args.location)}: schema version {current_version(db)}, this build's is {CURRENT_SCHEMA_VERSION}")
     for step in todo:
         print(f"  pending: {step.version} {step.name}: {step.description}")
     if not todo:
@@ -202,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     args.location = args.db or default_location()
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, MigrationError, BackupError, NotSQLiteError) as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+    except (UsageError, MigrationError, BackupError, NotSQLiteError, ValueError, peewee.DatabaseError) as exc:
+        # A server's message (a refused connection, say) is one line too, and never shows the password.
+        print(f"error: {_one_line(hide_password(str(exc), args.location))}", file=sys.stderr)
         return 2
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 DEFAULT_KEEP = 10
@@ -60,7 +60,7 @@ def make_backup(db_path: Path, *, keep: int = DEFAULT_KEEP) -> Path:
 def _new_file(directory: Path, db_path: Path) -> Path:
     """Creates the backup file, readable by its owner only (it holds the user's data)."""
     while True:
-        target = directory / backup_name(db_path, datetime.now(timezone.utc))
+        target = directory / backup_name(db_path, datetime.now(UTC))
         try:
             os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             return target
@@ -112,7 +112,7 @@ def list_backups(db_path: Path) -> list[BackupFile]:
     for directory in backup_dirs(db_path):
         for path in directory.glob(f"{db_path.name}.*{SUFFIX}") if directory.is_dir() else []:
             stat = path.stat()
-            modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             found.append(BackupFile(path, stat.st_size, modified))
     return sorted(found, key=lambda b: b.path.name, reverse=True)
 

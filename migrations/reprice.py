@@ -9,7 +9,7 @@ too when their counts allow it. Counts and every other column are left as they a
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import peewee
 
@@ -52,4 +52,4 @@ def _when(timestamp: str | None) -> datetime | None:
         when = datetime.fromisoformat((timestamp or "").replace("Z", "+00:00"))
     except ValueError:
         return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

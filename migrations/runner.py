@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import peewee
@@ -61,7 +61,7 @@ def _migrator(db: peewee.Database) -> SchemaMigrator:
 
 
 def _now_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # -- reading the state (read-only) -----------------------------------------------------------
@@ -240,7 +240,7 @@ class _write_lock:
 
     def __init__(self, db: peewee.Database) -> None:
         self.db = db
-        self.txn = None
+        self.txn: peewee._atomic | None = None
 
     def __enter__(self):
         deadline = time.monotonic() + LOCK_WAIT_S
@@ -260,6 +260,7 @@ class _write_lock:
                 time.sleep(0.1)
 
     def __exit__(self, *exc_info):
+        assert self.txn is not None  # set by __enter__, which `with` ran first
         return self.txn.__exit__(*exc_info)
 
 
@@ -316,7 +317,9 @@ def _report_failure(db, exc: Exception, intact: bool, result: UpgradeResult) -> 
     from .backup import restore
 
     db.close()
-    restore(_sqlite_path(db), result.backup)
+    path = _sqlite_path(db)
+    assert path is not None  # result.backup is only ever taken of a SQLite file
+    restore(path, result.backup)
     return MigrationError(
         f"Upgrading the database failed at {failed} ({reason}). The rollback left it "
         f"different from before, so it was restored from the verified backup {result.backup}."

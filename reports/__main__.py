@@ -19,7 +19,8 @@ def _skip_postgres_drivers(argv: list[str]) -> None:
             location = argv[i + 1]
     if "://" not in location or location.startswith("sqlite:"):
         for driver in ("psycopg", "psycopg2"):
-            sys.modules.setdefault(driver, None)  # None in sys.modules makes `import` fail at once
+            # None in sys.modules makes `import` fail at once; typeshed types the values as modules only.
+            sys.modules.setdefault(driver, None)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

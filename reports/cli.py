@@ -8,14 +8,15 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import NoReturn
 
 import peewee
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from storage.db import default_location, sqlite_path
+from storage.db import default_location, display_location, hide_password, sqlite_path
 
 from . import fmt
 from .groups import DIMENSIONS
@@ -50,7 +51,7 @@ MAX_FILTER_VALUES = 1_000  # --model/--provider/--host/--origin values together:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own usage errors: one line too
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line too
         self.exit(2, f"error: {fmt.one_line(message)}\n")
 
 
@@ -76,7 +77,7 @@ def _seconds(text: str) -> float:
 
 def _when(text: str) -> str:
     try:
-        parse_when(text, datetime.now(timezone.utc))  # checked now, resolved when each report is made
+        parse_when(text, datetime.now(UTC))  # checked now, resolved when each report is made
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -106,18 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m reports", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--db", metavar="PATH_OR_URL", type=_location, help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+    parser.add_argument("--db", metavar="PATH_OR_URL", type=_location,
+                        help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
     pick = parser.add_argument_group("which calls")
-    pick.add_argument("--since", metavar="WHEN", type=_when, help="only calls at or after WHEN: 15m, 24h, 7d, 2w ago, or an ISO time (UTC unless it has an offset)")
+    pick.add_argument("--since", metavar="WHEN", type=_when,
+                      help="only calls at or after WHEN: 15m, 24h, 7d, 2w ago, or an ISO time (UTC unless it has an offset)")
     pick.add_argument("--until", metavar="WHEN", type=_when, help="only calls before WHEN (same forms as --since)")
     for name in ("model", "provider", "host", "origin"):
         pick.add_argument(f"--{name}", action="append", default=[], type=_text, metavar="NAME", help=f"only calls with this {name} (repeat for several)")
     pick.add_argument("--errors-only", action="store_true", help="only failed calls")
     view = parser.add_argument_group("what to show")
     view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
-    view.add_argument("--top", type=_top, default=DEFAULT_TOP, metavar="N", help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP}, at most {MAX_TOP:,})")
+    view.add_argument("--top", type=_top, default=DEFAULT_TOP, metavar="N",
+                      help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP}, at most {MAX_TOP:,})")
     view.add_argument("--format", choices=("text", "json", "csv"), default="text", help="text (default); json: the whole report; csv: one row per group")
-    view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_seconds, metavar="SECONDS", help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
+    view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_seconds, metavar="SECONDS",
+                      help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
     return parser
 
 
@@ -143,7 +148,7 @@ def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
 
 def make_report(args: argparse.Namespace, location: str) -> Report:
     """Raises NothingYet or ReportError."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     selection = selection_from(args, now)
     if selection.since_utc and selection.until_utc and selection.since_utc >= selection.until_utc:
         raise ReportError(f"--since ({selection.since_utc}) must be before --until ({selection.until_utc})")
@@ -151,7 +156,7 @@ def make_report(args: argparse.Namespace, location: str) -> Report:
     try:
         return load_report(src, selection, group_by=args.group_by, top=args.top, now=now)
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
-        raise ReportError(f"cannot read {location}: {exc}") from None
+        raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None
     finally:
         src.close()
 
@@ -184,7 +189,7 @@ def _nothing(args: argparse.Namespace, location: str, note: str, console: Consol
         console.print(Text(fmt.printable(note)), soft_wrap=True)  # one line, however narrow the terminal
         return 0
     print(note, file=sys.stderr)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     _emit(empty_report(location, selection_from(args, now), False, utc_text(now)), args.format, console)
     return 0
 
@@ -226,6 +231,7 @@ def _watch_frame(args: argparse.Namespace, location: str) -> Group:
     header = Text(
         f"updated {datetime.now().strftime('%H:%M:%S')} · every {args.watch:g} s · Ctrl-C to stop", style="dim"
     )
+    body: Report | Text
     try:
         body = make_report(args, location)
     except NothingYet as note:

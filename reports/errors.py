@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from addon.redact import redact
 
 from . import fmt
 from .layout import Column, FitTable
@@ -75,7 +76,8 @@ def _sample(src: Source, selection: Selection, code: int | None, kind, last) -> 
     params += [v for v in (last, code, kind) if v is not None]
     row = src.one(f"SELECT error_message FROM {TABLE}{where} ORDER BY error_message IS NULL, id DESC LIMIT 1", params)
     message = text(row[0]) if row else None
-    return message[:SAMPLE_CHARS] if message else message
+    # Rows stored before messages were redacted on the way in may still hold a key.
+    return redact(message)[:SAMPLE_CHARS] if message else message
 
 
 def render_errors(errors: Errors) -> FitTable:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from addon.redact import redact_path
 
 from . import fmt
-from .layout import Column, FitTable
 from .indexes import RUN_KEYS
+from .layout import Column, FitTable
 from .percentiles import nearest_rank, ranked_in_memory, ranked_pass
 from .runs import MAX_RUNS_PER_GROUP, merged_values_at_ranks, run_samples, runs_serve_ranks, streams_from_index
 from .selection import Selection
@@ -97,7 +98,10 @@ def key_value(dim: str, raw: str | None) -> str | None:
         return f"{raw}:00:00Z"
     if dim == "day":
         return f"{raw}T00:00:00Z"
-    return text(raw)
+    value = text(raw)
+    if dim == "path" and value is not None:
+        return redact_path(value)  # rows stored before paths were redacted on the way in
+    return value
 
 
 def load_groups(

@@ -17,6 +17,7 @@ Every percentile is therefore "the value at rank k in group g", and two function
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .selection import TABLE, Selection
 from .source import Source
@@ -47,7 +48,7 @@ def ranked_pass(
     where, params = selection.where(src.param, measure(value))
     sql = f"SELECT {', '.join(exprs)}, {value} FROM {TABLE}{where} ORDER BY {value}"
     # Per grouping: group key -> [rows seen so far, ranks wanted, values found]
-    states = [{key: [0, ranks, {}] for key, ranks in w.items()} for w in wanted]
+    states: list[dict[Key, list[Any]]] = [{key: [0, ranks, {}] for key, ranks in w.items()} for w in wanted]
     positions = [[exprs.index(e) for e in grouping] for grouping in groupings]
     # Each combination of key values seen maps once to its group in every grouping, so a row
     # costs one dict lookup however many groupings there are.

@@ -6,15 +6,25 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.text import Text
 
+from storage.db import display_location
+
 from . import fmt
 from .errors import Errors, load_errors, render_errors
-from .groups import DEFAULT_GROUPINGS, DIMENSIONS, GROUP_TABLE_NOTE, GroupTable, load_groups, render_group_table, totals_keys
+from .groups import (
+    DEFAULT_GROUPINGS,
+    DIMENSIONS,
+    GROUP_TABLE_NOTE,
+    GroupTable,
+    load_groups,
+    render_group_table,
+    totals_keys,
+)
 from .indexes import RUN_KEYS
 from .overview import Overview, empty_overview, load_overview, render_overview
 from .percentiles import METHOD
@@ -37,7 +47,7 @@ CSV_METRICS = (
 
 @dataclass
 class Report:
-    database: str
+    database: str  # as display_location shows it: a URL without its password
     generated_at_utc: str
     selection: Selection
     cost_known: bool
@@ -158,7 +168,7 @@ def load_report(
 
 def _load_report(src: Source, selection: Selection, group_by: str | None, top: int, now: datetime | None) -> Report:
     groupings = ((group_by,),) if group_by else DEFAULT_GROUPINGS
-    generated = utc_text(now or datetime.now(timezone.utc))
+    generated = utc_text(now or datetime.now(UTC))
     with src.db.atomic():
         keys = totals_keys(src, selection, groupings)
         combos = load_totals(src, selection, keys)
@@ -166,7 +176,7 @@ def _load_report(src: Source, selection: Selection, group_by: str | None, top: i
         if not overview.requests:
             return empty_report(src.location, selection, src.has_cost, generated, overview)
         return Report(
-            src.location, generated, selection, src.has_cost, overview,
+            display_location(src.location), generated, selection, src.has_cost, overview,
             load_groups(src, selection, groupings, keys, combos),
             load_errors(src, selection, top),
             load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds, overview.requests),
@@ -179,6 +189,6 @@ def empty_report(
 ) -> Report:
     """The report of no calls: what JSON and CSV print when there is nothing to report yet."""
     return Report(
-        location, generated_utc, selection, cost_known, overview or empty_overview(cost_known),
+        display_location(location), generated_utc, selection, cost_known, overview or empty_overview(cost_known),
         [], Errors([], 0, 0), Timeline(choose_bucket(0), []), [],
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from .stored import time_like
 
@@ -21,7 +21,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def utc_text(moment: datetime) -> str:
     """The row format of `timestamp`, so a bound compares with rows as text. The year is padded
     here: strftime's %Y gives "999", not "0999", for years before 1000, which sorts after "2026"."""
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -36,7 +36,7 @@ def parse_when(text: str, now: datetime) -> str:
             return utc_text(now - timedelta(seconds=amount * _UNIT_SECONDS[unit]))
         moment = _iso(text, spec)
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return utc_text(moment)
     except OverflowError:  # before year 1 or after 9999, once ago or in UTC
         raise ValueError(f"{text!r} is out of range: a time must fall between {FIRST_DAY} and {LAST_DAY} UTC") from None

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-
 from . import fmt
-from .layout import Column, FitTable
 from .indexes import RUN_KEYS
+from .layout import Column, FitTable
 from .runs import runs_serve_ranks
 from .selection import TABLE, Selection
 from .source import Source

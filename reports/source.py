@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import peewee
-from playhouse.db_url import connect as connect_url
 
 from migrations import CURRENT_SCHEMA_VERSION, current_version
-from storage.db import BUSY_TIMEOUT_S, sqlite_path
+from storage.db import BUSY_TIMEOUT_S, connect_server, display_location, hide_password, sqlite_path
 
 from .selection import TABLE
 
@@ -98,7 +97,7 @@ def open_source(location: str) -> Source:
         return Source(db, location, _check(db, location, tables), tables)
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         db.close()
-        raise ReportError(f"cannot read {location}: {exc}") from None
+        raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None
     except Exception:
         db.close()
         raise
@@ -108,11 +107,11 @@ def _connect_read_only(location: str) -> peewee.Database:
     path = sqlite_path(location)
     if path is None:
         try:
-            db = connect_url(location)
+            db = connect_server(location)
             db.connect()
             db.execute_sql("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         except Exception as exc:  # driver missing, refused, bad URL: one line, not a traceback
-            raise ReportError(f"cannot open {location}: {exc}") from None
+            raise ReportError(f"cannot open {display_location(location)}: {hide_password(str(exc), location)}") from None
         return db
     if not path.exists():
         raise NothingYet(f"No database at {path} yet: {START_CAPTURING}.")
@@ -128,6 +127,7 @@ def _connect_read_only(location: str) -> peewee.Database:
 
 
 def _check(db: peewee.Database, location: str, tables: frozenset[str]) -> frozenset[str]:
+    location = display_location(location)  # named in messages: never with its password
     if TABLE not in tables:
         raise NothingYet(f"{location} holds no LLM calls yet: {START_CAPTURING}.")
     version = current_version(db)

@@ -20,7 +20,7 @@ ranks a value it cannot trust:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 MAX_STORED = 2**63 - 1  # the largest SQLite integer, and PostgreSQL's bigint
 _HALF = 2**32
@@ -65,7 +65,7 @@ def utc(value) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 once in UTC
         return None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
@@ -99,7 +99,7 @@ def load_timeline(
 def _start(prefix, pattern: str) -> datetime | None:
     """The time a bucket named by `prefix` (the first characters of a timestamp) starts."""
     try:
-        return datetime.strptime(prefix, pattern).replace(tzinfo=timezone.utc)
+        return datetime.strptime(prefix, pattern).replace(tzinfo=UTC)
     except (TypeError, ValueError):
         return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .selection import TABLE, Selection
 from .source import Source
@@ -99,9 +100,10 @@ def load_totals(src: Source, selection: Selection, keys: Sequence[str]) -> dict[
             continue
         for name in TOKENS:
             values[name] = exact_sum(values.pop(f"{name}:high"), values.pop(f"{name}:low"))
-        found[tuple(record[: len(keys)])] = Totals(**{
+        sums: dict[str, Any] = {
             name: (float(v or 0) if name == "cost_usd" else int(v or 0)) for name, v in values.items()
-        })
+        }
+        found[tuple(record[: len(keys)])] = Totals(**sums)
     return found
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import peewee
 from playhouse.db_url import connect as connect_url
@@ -33,6 +35,58 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
+# A password can also be a URL parameter: libpq reads `?password=` and `?sslpassword=`.
+_PASSWORD_PARAM = re.compile(r"(?i)([?&](?:ssl)?pass(?:word|wd)?=)([^&#]*)")
+_USERINFO_PASSWORD = re.compile(r"(://[^\s/:@]*:)[^\s@/]+(?=@)")
+MASK = "***"
+
+
+def display_location(location: str) -> str:
+    """`location` as it may be printed or stored: a URL with its password, in the user info or
+    a `password=` parameter, replaced by `***`. Every message that names the database uses it."""
+    if not is_url(location):
+        return location
+    scheme, _, rest = location.partition("://")
+    # The user info ends at the last "@": a password can hold "@", "/" or "#" not percent-encoded.
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+    return f"{scheme}://{_PASSWORD_PARAM.sub(lambda m: m.group(1) + MASK, rest)}"
+
+
+def hide_password(text: str, location: str) -> str:
+    """`text` (a driver's error message, say) with `location`'s password not in it, in any form
+    it was given or decoded to, and any URL's user-info password masked."""
+    text = text.replace(location, display_location(location))
+    for secret in _passwords(location):
+        if len(secret) >= 3:  # a shorter one would mask unrelated letters, and tells little
+            text = text.replace(secret, MASK)
+    return _USERINFO_PASSWORD.sub(lambda m: m.group(1) + MASK, text)
+
+
+def _passwords(location: str) -> set[str]:
+    if not is_url(location):
+        return set()
+    rest = location.partition("://")[2]
+    userinfo, at, _ = rest.rpartition("@")
+    found = [m.group(2) for m in _PASSWORD_PARAM.finditer(rest)]
+    if at and ":" in userinfo:
+        found.append(userinfo.split(":", 1)[1])
+    return {form for secret in found if secret for form in (secret, unquote(secret))}
+
+
+def connect_server(location: str) -> peewee.Database:
+    """A database server's URL as a peewee database, not yet connected. A URL that cannot be
+    parsed is refused without the parser's message, which can quote part of the password."""
+    try:
+        return connect_url(location)
+    except ValueError:
+        raise ValueError(
+            f"the database URL {display_location(location)} cannot be parsed: check its port, and "
+            "percent-encode its password's special characters (@ %40, / %2F, # %23, ? %3F, : %3A)"
+        ) from None
+
+
 def sqlite_path(location: str) -> Path | None:
     """The file behind a SQLite location (plain path or sqlite:/// URL); None for other engines."""
     if location.startswith("sqlite:///"):
@@ -50,7 +104,7 @@ def open_database(location: str, *, create: bool = True, wal: bool = True) -> pe
     """
     path = sqlite_path(location)
     if path is None:
-        return connect_url(location)
+        return connect_server(location)
     if path.exists():
         check_sqlite_header(path)
     elif create:

@@ -9,6 +9,7 @@ import peewee
 class CompletionRequest(peewee.Model):
     """One LLM API call. Names carry units; a value the call did not report is NULL, never 0."""
 
+    id = peewee.AutoField()  # what peewee adds by itself when no field is the key; named so type checkers see it
     timestamp = peewee.TextField()  # request start, UTC, 2026-11-22T14:03:07.123456Z
     success = peewee.BooleanField()
     status_code = peewee.IntegerField(null=True)  # NULL when no response came

@@ -338,7 +338,7 @@ class RowWriter:
             self._db.close()
         except Exception:
             # A dead connection cannot roll back or close cleanly: forget it, reconnect next time.
-            self._db._state.reset()
+            self._db._state.reset()  # type: ignore[attr-defined]  # peewee's stubs lack the private _state
 
 
 class _Insert:
@@ -370,7 +370,8 @@ class _Insert:
                     values[i] = adapt(values[i])
                 params.extend(values)
             statements.append((self._statement(db.param, len(chunk)), params))
-        with peewee.__exception_wrapper__:  # driver errors as peewee's, as insert_many raised them
+        # Driver errors as peewee's, as insert_many raised them (peewee's stubs lack __exception_wrapper__).
+        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
             with db.atomic():
                 cursor = db.cursor()
                 for sql, params in statements:

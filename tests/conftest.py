@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -28,27 +29,33 @@ def free_port() -> int:
 
 
 class Proxy:
-    """One real mitmdump process with the addon, its own confdir and SQLite file."""
+    """One real mitmdump process with the addon (or bare), its own confdir and SQLite file."""
 
-    def __init__(self, workdir: Path, *extra_args: str, wait: bool = True, new_session: bool = False) -> None:
+    def __init__(self, workdir: Path, *extra_args: str, wait: bool = True, new_session: bool = False,
+                 scripts_before: Sequence[Path] = (), addon: bool = True, env_unset: Sequence[str] = ()) -> None:
+        """`scripts_before`: script addons loaded ahead of ours (their hooks run first);
+        `addon=False`: a bare mitmdump, started the same way; `env_unset`: variables removed
+        from the environment mitmdump gets."""
         self.port = free_port()
+        self.addon = addon
         self.confdir = workdir / "confdir"
         self.db_path = workdir / "metrics.db"
         self.log_path = workdir / "mitmdump.log"
         # mitmproxy mishandles one option given twice with --set: give the database once.
         db_arg = next((a for a in extra_args if a.startswith("llm_metrics_db=")), None)
-        if db_arg is None:
+        if db_arg is None and addon:
             extra_args = ("--set", f"llm_metrics_db={self.db_path}", *extra_args)
-        else:
+        elif db_arg is not None:
             self.db_path = Path(db_arg.split("=", 1)[1])
+        scripts = [*scripts_before, *([ADDON] if addon else [])]
         args = [
             str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
-            "-s", str(ADDON),
+            *(arg for script in scripts for arg in ("-s", str(script))),
             "--set", f"confdir={self.confdir}",
             "--set", "flow_detail=0",
             *extra_args,
         ]
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k not in env_unset}
         self._log = open(self.log_path, "wb")
         # new_session: a process group of its own, as a terminal or a service manager starts it
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
@@ -64,7 +71,9 @@ class Proxy:
     def ca_cert(self) -> Path:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 20.0, addon_line: bool = True) -> None:
+        """Until mitmdump listens and (with the addon, unless `addon_line` is false) the addon
+        has said it records."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -73,7 +82,7 @@ class Proxy:
             # opened the database: wait for both.
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                if "llm-metrics: recording LLM calls" in self.log():
+                if not (self.addon and addon_line) or "llm-metrics: recording LLM calls" in self.log():
                     return
             except OSError:
                 pass
@@ -151,6 +160,15 @@ def read_rows(db_path: Path) -> list[dict]:
         con.close()
 
 
+def read_drops(db_path: Path) -> dict[str, int]:
+    """`dropped_rows` summed by reason ({} when there are none)."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return dict(con.execute("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason"))
+    finally:
+        con.close()
+
+
 @pytest.fixture
 def upstream():
     with FakeUpstream() as server:
@@ -167,10 +185,11 @@ def tls_upstream(tmp_path):
 def start_proxy(tmp_path):
     started: list[Proxy] = []
 
-    def start(*extra_args: str, name: str = "proxy", wait: bool = True, new_session: bool = False) -> Proxy:
+    def start(*extra_args: str, name: str = "proxy", **options) -> Proxy:
+        """`options`: Proxy's keyword arguments (wait, new_session, scripts_before, addon, env_unset)."""
         workdir = tmp_path / name
         workdir.mkdir()
-        proxy = Proxy(workdir, *extra_args, wait=wait, new_session=new_session)
+        proxy = Proxy(workdir, *extra_args, **options)
         started.append(proxy)
         return proxy
 
@@ -217,3 +236,101 @@ def pg_url():
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     except Exception:
         pass  # a test that stopped the server restarts it; a leftover test database is harmless
+
+
+# -- A PostgreSQL server of a test's own ---------------------------------------------------
+# For tests that freeze or stop the server: started from the installed binaries on a free port
+# of 127.0.0.1, trust auth, and thrown away after the test. The shared server is never touched.
+
+
+class PgCluster:
+    """A throwaway PostgreSQL server; `freeze` stops its processes (SIGSTOP: a hung server, whose
+    connections accept bytes and never answer) and `thaw` lets them go on."""
+
+    def __init__(self, bindir: Path, base: Path, run_as: list[str]) -> None:
+        self.bindir, self.data, self._run_as = bindir, base / "data", run_as
+        self.port = free_port()
+        self._pg("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "--no-instructions")
+        self._options = f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._log = base / "server.log"
+        self.start()
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self._log), "-o", self._options, "-w", "-t", "30", "start")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        return [postmaster, *child_pids(postmaster)]
+
+    def freeze(self) -> None:
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")
+
+    def _pg(self, program: str, *args: str) -> None:
+        result = subprocess.run([*self._run_as, str(self.bindir / program), *args],
+                                check=False, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"{program} failed: {result.stdout}{result.stderr}")
+
+
+def child_pids(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def pg_cluster(tmp_path):
+    """A PostgreSQL server of the test's own (skipped where no initdb is installed). PostgreSQL
+    refuses to run as root: as root, it runs as the `postgres` user from a directory of its own
+    under /tmp, since pytest's tmp_path is private to root."""
+    import glob
+    import pwd
+    import shutil
+    import tempfile
+
+    installed = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not installed:
+        pytest.skip("no PostgreSQL binaries under /usr/lib/postgresql/*/bin")
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+        base = Path(tempfile.mkdtemp(prefix="lmp-pg-"))
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    else:
+        base, run_as = tmp_path / "pg", []
+        base.mkdir()
+    cluster = None
+    try:
+        cluster = PgCluster(Path(installed[-1]).parent, base, run_as)
+        yield cluster
+    finally:
+        if cluster is not None:
+            try:
+                cluster.thaw()
+            finally:
+                cluster.stop()
+        if run_as:
+            shutil.rmtree(base, ignore_errors=True)

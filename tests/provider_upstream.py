@@ -93,7 +93,8 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
 
             event("response.created", response=_response_object(model, "in_progress", None))
             event("response.in_progress", response=_response_object(model, "in_progress", None))
-            event("response.output_item.added", output_index=0, item={"id": "msg_1", "type": "message", "status": "in_progress", "content": [], "role": "assistant"})
+            event("response.output_item.added", output_index=0,
+                  item={"id": "msg_1", "type": "message", "status": "in_progress", "content": [], "role": "assistant"})
             event("response.content_part.added", item_id="msg_1", output_index=0, content_index=0, part={"type": "output_text", "annotations": [], "text": ""})
             for i, word in enumerate(WORDS):
                 self._content(i)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -71,41 +69,29 @@ def test_three_proxies_start_together_one_migrates_and_all_rows_land(start_proxy
     assert pg_rows(pg_url) == 360
 
 
-def _cluster() -> tuple[str, str] | None:
-    if shutil.which("pg_ctlcluster") is None:
-        return None
-    versions = sorted(glob.glob("/etc/postgresql/*/main"))
-    return (versions[-1].split("/")[3], "main") if versions else None
-
-
-def _pg_ctl(action: str) -> None:
-    version, name = _cluster()
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, action, *(["-m", "fast"] if action == "stop" else [])],
-                   check=True, capture_output=True, timeout=60)
-
-
-@pytest.mark.skipif(_cluster() is None or os.geteuid() != 0, reason="needs a local Debian PostgreSQL cluster this test may stop and start")
-def test_server_restart_mid_load_loses_no_row_within_the_buffer_and_counts_drops(start_proxy, upstream, pg_url):
+def test_server_restart_mid_load_loses_no_row_within_the_buffer_and_counts_drops(start_proxy, upstream, pg_cluster):
+    """On a server of the test's own: stopping the shared one would fail every other test using it."""
+    url = pg_cluster.url
     upstream.scenarios["default"] = Scenario(words=("a", "b"))
-    roomy = start_proxy("--set", f"llm_metrics_db={pg_url}", name="roomy")
-    tight = start_proxy("--set", f"llm_metrics_db={pg_url}", "--set", "llm_metrics_queue_size=5", name="tight")
+    roomy = start_proxy("--set", f"llm_metrics_db={url}", name="roomy")
+    tight = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_queue_size=5", name="tight")
     send(roomy, upstream, 10)
-    assert wait_rows(pg_url, 10) == 10
-    _pg_ctl("stop")
+    assert wait_rows(url, 10) == 10
+    pg_cluster.stop()
     try:
         errors: list[str] = []
         send(roomy, upstream, 60, errors=errors)  # traffic is unaffected while the store is away
         send(tight, upstream, 30, errors=errors)
         assert errors == []
     finally:
-        _pg_ctl("start")
+        pg_cluster.start()
     # roomy kept all 60 in its buffer; tight kept what fits (a batch in flight plus its queue of 5)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (pg_rows_safe(pg_url) or 0) < 70:
+    while time.monotonic() < deadline and (pg_rows_safe(url) or 0) < 70:
         time.sleep(0.5)
     roomy.stop()
     tight.stop()
-    total = pg_rows(pg_url)
+    total = pg_rows(url)
     dropped = _dropped(tight.log())
     assert _dropped(roomy.log()) == 0
     assert total == 10 + 60 + (30 - dropped)

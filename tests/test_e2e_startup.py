@@ -76,27 +76,42 @@ def test_proxy_upgrades_an_original_database_at_start_with_a_backup(tmp_path, st
     con.close()
 
 
-def test_listening_beyond_loopback_without_proxyauth_is_warned_about(start_proxy, tmp_path):
+def startup_lines(tmp_path, *args: str, until: str, count: int = 1, timeout: float = 20) -> str:
+    """mitmdump's output from its start until `count` lines with `until` (or `timeout`)."""
     import subprocess as sp
-
-    from tests.conftest import free_port
-
-    port = free_port()
-    proc = sp.Popen([str(MITMDUMP), "--listen-host", "0.0.0.0", "--listen-port", str(port), "-s", str(ADDON),
-                     "--set", f"confdir={tmp_path / 'c'}", "--set", f"llm_metrics_db={tmp_path / 'm.db'}"],
-                    stdout=sp.PIPE, stderr=sp.STDOUT, text=True, cwd=tmp_path)
     import threading
 
-    guard = threading.Timer(15, proc.terminate)  # if the warning never comes, stop waiting
+    proc = sp.Popen([str(MITMDUMP), "-s", str(ADDON), "--set", f"confdir={tmp_path / 'c'}",
+                     "--set", f"llm_metrics_db={tmp_path / 'm.db'}", *args],
+                    stdout=sp.PIPE, stderr=sp.STDOUT, text=True, cwd=tmp_path)
+    guard = threading.Timer(timeout, proc.terminate)  # if the lines never come, stop waiting
     guard.start()
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if "without proxyauth" in line:
+        if sum(until in s for s in seen) >= count:
             break
     guard.cancel()
     proc.terminate()
-    output = "".join(seen) + proc.communicate(timeout=20)[0]
+    return "".join(seen) + proc.communicate(timeout=20)[0]
+
+
+def test_listening_beyond_loopback_without_proxyauth_is_warned_about(start_proxy, tmp_path):
+    from tests.conftest import free_port
+
+    output = startup_lines(tmp_path, "--listen-host", "0.0.0.0", "--listen-port", str(free_port()),
+                           until="without proxyauth")
     assert "listens on 0.0.0.0 without proxyauth" in output
     loopback = start_proxy()  # the suite's proxies listen on 127.0.0.1: no warning
     assert "without proxyauth" not in loopback.log()
+
+
+def test_each_mode_listener_beyond_loopback_is_warned_about(tmp_path):
+    from tests.conftest import free_port
+
+    modes = {f"regular@127.0.0.1:{free_port()}": False, f"reverse:http://127.0.0.1:9@0.0.0.0:{free_port()}": True,
+             f"socks5@0.0.0.0:{free_port()}": True}
+    output = startup_lines(tmp_path, "--listen-host", "127.0.0.1", *[a for m in modes for a in ("--mode", m)],
+                           until="without proxyauth", count=2)
+    for mode, warned in modes.items():
+        assert (f"without proxyauth (mode {mode})" in output) is warned, output

@@ -199,12 +199,14 @@ def _json(obj) -> bytes:
             503,
             b"<html><body><h1>Service Unavailable</h1>\n<p>Try later.</p></body></html>",
             "http_503",
-            "Service Unavailable Try later.",
-            id="html-without-title-tags-stripped",
+            "error body is not a provider error object (72 bytes, no content type)",
+            id="html-without-title-described",
         ),
-        pytest.param(500, b"Internal Server Error", "http_500", "Internal Server Error", id="plain-text"),
+        pytest.param(500, b"Internal Server Error", "http_500",
+                     "error body is not a provider error object (21 bytes, no content type)", id="plain-text-described"),
         pytest.param(
-            504, b"upstream request timeout\n", "http_504", "upstream request timeout", id="plain-text-envoy"
+            400, b"Invalid prompt: my password is hunter2\n", "http_400",
+            "error body is not a provider error object (39 bytes, no content type)", id="plain-text-echo-described",
         ),
         pytest.param(503, b"", "http_503", None, id="empty"),
         pytest.param(503, b" \r\n\t", "http_503", None, id="whitespace-only"),
@@ -212,11 +214,14 @@ def _json(obj) -> bytes:
             500,
             b'{"error": {"message": "cut off',
             "http_500",
-            '{"error": {"message": "cut off',
-            id="invalid-json-kept-as-text",
+            "error body is not a provider error object (30 bytes, no content type)",
+            id="invalid-json-described",
         ),
+        pytest.param(404, b'{"detail":"Not Found"}', "http_404", "Not Found", id="fastapi-detail"),
         pytest.param(
-            404, b'{"detail":"Not Found"}', "http_404", '{"detail":"Not Found"}', id="json-not-an-envelope"
+            422, b'{"detail":[{"loc":["body","messages"],"msg":"Field required","input":{"prompt":"hunter2"}}]}',
+            "http_422", "error body is not a provider error object (92 bytes, no content type)",
+            id="fastapi-validation-list-described",
         ),
     ],
 )
@@ -224,10 +229,48 @@ def test_error_body_gives_type_and_message(status, body, error_type, message):
     assert error_from_body(status, body) == (error_type, message)
 
 
-def test_error_object_without_message_keeps_the_envelope_as_message():
-    error_type, message = error_from_body(500, _json({"error": {"type": "server_error", "code": None}}))
-    assert error_type == "server_error"
-    assert json.loads(message) == {"type": "server_error", "code": None}
+def test_error_object_without_message_keeps_its_type_and_no_message():
+    # Its other fields (param, details) can quote the request.
+    body = _json({"error": {"type": "server_error", "code": None, "param": "my password is hunter2"}})
+    assert error_from_body(500, body) == ("server_error", None)
+
+
+def test_error_body_description_names_the_content_type():
+    assert error_from_body(502, b"Bad gateway", "text/plain; charset=utf-8") == (
+        "http_502", "error body is not a provider error object (11 bytes, text/plain)")
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        pytest.param(
+            "1 validation error for ChatCompletionRequest messages.0.content Input should be a valid string "
+            "[type=string_type, input_value={'text': 'my password is hunter2'}, input_type=dict]",
+            "1 validation error for ChatCompletionRequest messages.0.content Input should be a valid string "
+            "[type=string_type, input_value=…, input_type=dict]",
+            id="pydantic-input-value",
+        ),
+        pytest.param(
+            "Invalid value for 'content': 'Summarise this confidential merger memo for the board'.",
+            "Invalid value for 'content': '…'.",
+            id="long-quote-elided-short-quote-kept",
+        ),
+        pytest.param(
+            "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens.",
+            "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens.",
+            id="apostrophes-are-no-quotes",
+        ),
+        pytest.param("The model `gpt2` does not exist.", "The model `gpt2` does not exist.", id="short-code-quote"),
+    ],
+)
+def test_quoted_request_text_in_a_provider_message_is_elided(message, kept):
+    assert error_from_body(400, _json({"error": {"message": message, "type": "invalid_request_error"}})) == (
+        "invalid_request_error", kept)
+
+
+def test_error_type_that_is_free_text_is_not_kept_as_a_kind():
+    body = _json({"error": {"message": "bad", "type": "the prompt said: my password is hunter2"}})
+    assert error_from_body(400, body) == ("http_400", "bad")
 
 
 @pytest.mark.parametrize(
@@ -235,21 +278,23 @@ def test_error_object_without_message_keeps_the_envelope_as_message():
     [
         _json({"error": {"message": "x" * 2000, "type": "invalid_request_error"}}),
         _json({"error": "x" * 2000}),
-        b"x" * 2000,
-        b"<html><head><title>" + b"x" * 2000 + b"</title></head></html>",
     ],
-    ids=["openai-envelope", "ollama-string", "plain-text", "html-title"],
+    ids=["openai-envelope", "ollama-string"],
 )
-def test_long_message_is_truncated_to_500_chars(body):
+def test_long_message_is_truncated_to_300_chars(body):
     _, message = error_from_body(500, body)
-    assert ERROR_MESSAGE_MAX_CHARS == 500
-    assert len(message) == 500
-    assert message == "x" * 499 + "\u2026"
+    assert ERROR_MESSAGE_MAX_CHARS == 300
+    assert message == "x" * 299 + "\u2026"
 
 
-def test_message_of_exactly_500_chars_is_kept_whole():
-    _, message = error_from_body(400, _json({"error": {"message": "y" * 500}}))
-    assert message == "y" * 500
+def test_long_html_title_is_truncated_to_100_chars():
+    _, message = error_from_body(500, b"<html><head><title>" + b"x" * 2000 + b"</title></head></html>")
+    assert message == "x" * 99 + "\u2026"
+
+
+def test_message_of_exactly_300_chars_is_kept_whole():
+    _, message = error_from_body(400, _json({"error": {"message": "y" * 300}}))
+    assert message == "y" * 300
 
 
 def test_message_whitespace_is_collapsed_to_single_spaces():

@@ -157,6 +157,17 @@ def test_a_request_at_an_llm_path_that_is_no_llm_call_passes_unchanged_and_is_co
     assert "1 request looked like LLM calls but were not parsed (please report them): /v1/chat/completions (1)" in text
 
 
+@pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("POST", "/v1/files"), ("PUT", "/v1/chat/completions"),
+                                          ("POST", "/v1/chat/completions/")])
+def test_origin_tag_header_is_removed_from_requests_that_are_not_llm_calls(metrics, method, path):
+    flow = llm_flow(path=path, **{"X-LLM-Metrics-Origin": "nightly-eval", "user-agent": "curl/8.5.0"})
+    flow.request.method = method
+    run_request(metrics, flow)
+    assert "x-llm-metrics-origin" not in flow.request.headers
+    assert flow.request.headers["user-agent"] == "curl/8.5.0"
+    assert metrics.inflight == {}
+
+
 def test_origin_tag_header_is_recorded_and_removed(metrics):
     flow = llm_flow(**{"x-llm-metrics-origin": "nightly-eval", "user-agent": "curl/8.5.0"})
     run_request(metrics, flow)
@@ -369,3 +380,77 @@ def test_a_request_body_beyond_the_limit_is_recorded_by_its_path_without_its_fie
     assert (row["success"], row["prompt_tokens"], row["completion_tokens"]) == (1, 3, 1)
     assert row["request_model"] == request_model
     assert (row["message_count"], row["temperature"], row["max_tokens"]) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("modes", "listen_host", "open_hosts"),
+    [
+        (["regular"], "127.0.0.1", []),
+        (["regular"], "", [""]),  # mitmproxy's default: every interface
+        (["regular"], "0.0.0.0", ["0.0.0.0"]),
+        (["regular@0.0.0.0:8080"], "127.0.0.1", ["0.0.0.0"]),
+        (["reverse:https://api.openai.com@0.0.0.0:8081"], "127.0.0.1", ["0.0.0.0"]),
+        (["socks5@[::]:1080"], "127.0.0.1", ["[::]"]),
+        (["upstream:http://corp-proxy:3128@192.168.1.5:8080"], "127.0.0.1", ["192.168.1.5"]),
+        (["regular@8080", "reverse:http://127.0.0.1:8000@10.0.0.2:8085"], "localhost", ["10.0.0.2"]),
+        (["regular@::1:8080", "socks5@127.0.0.2:1080"], "", []),
+        (["reverse:https://api.openai.com@8081"], "", [""]),  # no host of its own: --listen-host's
+        (["local:node", "wireguard", "dns@53"], "", []),  # no listener, or no proxied HTTP
+    ],
+)
+def test_each_listener_beyond_loopback_is_found_in_the_mode_specs(modes, listen_host, open_hosts):
+    from addon.llm_metrics import open_listeners
+
+    assert [host for host, _ in open_listeners(modes, listen_host)] == open_hosts
+
+
+def test_a_listener_bound_through_a_mode_spec_is_warned_about_unless_proxyauth_guards_it(tmp_path, caplog):
+    from mitmproxy.addons.proxyauth import ProxyAuth
+
+    from addon.llm_metrics import _warn_open_proxy
+
+    addon = LLMMetrics()
+    with taddons.context(addon, ProxyAuth()) as tctx:
+        tctx.configure(addon, listen_host="127.0.0.1", mode=["regular@127.0.0.1:8080", "socks5@0.0.0.0:1080"])
+        with caplog.at_level(logging.WARNING):
+            _warn_open_proxy()
+        warned = [r.getMessage() for r in caplog.records if "without proxyauth" in r.getMessage()]
+        assert len(warned) == 1 and "listens on 0.0.0.0 without proxyauth (mode socks5@0.0.0.0:1080)" in warned[0]
+        caplog.clear()
+        tctx.configure(addon, proxyauth="user:pass")
+        with caplog.at_level(logging.WARNING):
+            _warn_open_proxy()
+        assert not [r for r in caplog.records if "without proxyauth" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("flow_detail", "warned"), [(0, None), (1, "URL whole"), (2, "URL and headers, API keys")])
+def test_mitmdumps_own_request_lines_are_warned_about_when_they_print_urls(flow_detail, warned, caplog):
+    from mitmproxy.addons.dumper import Dumper
+
+    from addon.llm_metrics import _warn_flow_detail
+
+    addon = LLMMetrics()
+    with taddons.context(addon, Dumper()) as tctx:
+        tctx.configure(addon, flow_detail=flow_detail)
+        with caplog.at_level(logging.WARNING):
+            _warn_flow_detail()
+    lines = [r.getMessage() for r in caplog.records if "flow_detail=0 keeps them out" in r.getMessage()]
+    assert len(lines) == (0 if warned is None else 1)
+    assert warned is None or warned in lines[0]
+
+
+@pytest.mark.parametrize(("web_host", "warned"), [("127.0.0.1", False), ("0.0.0.0", True), ("", True)])
+def test_mitmweb_interface_beyond_loopback_without_a_password_is_warned_about(web_host, warned, caplog):
+    from mitmproxy.addons.proxyauth import ProxyAuth
+    from mitmproxy.tools.web.webaddons import WebAddon
+
+    from addon.llm_metrics import _warn_open_proxy
+
+    addon = LLMMetrics()
+    with taddons.context(addon, ProxyAuth(), WebAddon()) as tctx:
+        tctx.configure(addon, listen_host="127.0.0.1", web_host=web_host)
+        if "web_password" in tctx.options:
+            pytest.skip("this mitmweb has a password (mitmproxy 12): its interface is not open")
+        with caplog.at_level(logging.WARNING):
+            _warn_open_proxy()
+    assert any("mitmweb's interface listens on" in r.getMessage() for r in caplog.records) is warned

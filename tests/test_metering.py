@@ -242,9 +242,9 @@ def test_first_error_in_a_stream_is_kept():
     assert (facts.error_type, facts.error_message) == ("a", "first")
 
 
-def test_long_in_stream_error_message_is_truncated_to_500_chars():
+def test_long_in_stream_error_message_is_truncated_to_300_chars():
     facts = _stream(_sse({"error": {"message": "m" * 900, "type": "server_error"}}))
-    assert facts.error_message == "m" * 499 + "\u2026"
+    assert facts.error_message == "m" * 299 + "\u2026"
 
 
 def test_bare_json_error_after_the_events_is_read_at_close():
@@ -523,9 +523,16 @@ def test_error_envelope_in_a_200_body_is_an_error():
     assert (facts.error_type, facts.error_message) == ("insufficient_quota", "quota")
 
 
-def test_invalid_json_200_body_is_a_malformed_response():
+def test_invalid_json_200_body_is_a_malformed_response_described_not_quoted():
     facts = meter_body(CHAT, 200, "application/json", b"<html>oops</html>")
-    assert (facts.error_type, facts.error_message) == ("malformed_response", "<html>oops</html>")
+    assert (facts.error_type, facts.error_message) == (
+        "malformed_response", "response body is not JSON (17 bytes, application/json)")
+
+
+def test_generated_text_of_a_non_json_200_body_is_never_kept():
+    body = b"Sure! Here is the plan, and my password is hunter2. " * 40
+    facts = meter_body(CHAT, 200, "text/plain; charset=utf-8", body)
+    assert facts.error_message == f"response body is not JSON ({len(body)} bytes, text/plain)"
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ def run_child(code: str, env: dict[str, str], *args: str, timeout: float = 60) -
 
 def start_command_args(lines: str) -> list[str]:
     """The mitmdump arguments of the printed `Start the proxy: python3 dev.py run ...` line."""
-    line = next(l for l in lines.splitlines() if l.startswith("# Start the proxy: python3 dev.py run"))
+    line = next(candidate for candidate in lines.splitlines() if candidate.startswith("# Start the proxy: python3 dev.py run"))
     return line.split("python3 dev.py run", 1)[1].split()
 
 

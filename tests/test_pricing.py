@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,7 +14,7 @@ from migrations import upgrade
 from migrations.reprice import reprice
 from storage import open_database
 
-AT = datetime(2026, 1, 15, tzinfo=timezone.utc)
+AT = datetime(2026, 1, 15, tzinfo=UTC)
 PER_M = 1e-6
 
 
@@ -150,4 +150,4 @@ def test_reprice_prices_each_row_as_of_its_own_timestamp(db_path, monkeypatch):
     monkeypatch.setattr("migrations.reprice.cost_usd", spy)
     insert(db_path, row(stamp="2025-03-01T08:00:00.000000Z"), row(stamp="not a time"))
     reprice(open_database(str(db_path)))
-    assert seen == [datetime(2025, 3, 1, 8, tzinfo=timezone.utc), None]
+    assert seen == [datetime(2025, 3, 1, 8, tzinfo=UTC), None]

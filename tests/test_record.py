@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -131,7 +131,7 @@ def test_origin_is_capped_at_100_characters(user_agent):
 
 # --- utc_timestamp ------------------------------------------------------------------------------
 
-EXAMPLE_EPOCH = datetime(2026, 11, 22, 14, 3, 7, 123456, tzinfo=timezone.utc).timestamp()
+EXAMPLE_EPOCH = datetime(2026, 11, 22, 14, 3, 7, 123456, tzinfo=UTC).timestamp()
 
 
 @pytest.fixture
@@ -451,3 +451,26 @@ def test_cache_writes_and_server_timings_are_stored_in_their_columns():
     row = build_row(make_call(), facts, status_code=200, t_end=T0)
     assert (row["cache_creation_tokens"], row["prompt_eval_duration_ms"], row["eval_duration_ms"]) == (20, 313.56, 1577.99)
     assert (row["finish_category"], row["operation"]) == ("stop", "chat")
+
+
+@pytest.mark.parametrize(
+    ("facts_error", "transport_error"),
+    [
+        (("invalid_api_key", "Incorrect API key provided: sk-abc***...w9yz. You can find your API key"), None),
+        (None, ("proxy_error", "Invalid request to http://h/v1/chat/completions?key=AIzaSyPLANTED0123456789")),
+    ],
+    ids=["provider-message", "transport-message"],
+)
+def test_row_stores_path_origin_and_error_message_without_secrets(facts_error, transport_error):
+    call = make_call(origin="nightly token=PLANTEDorigin01")
+    call.path = "/v1/keys/sk-PLANTEDpath0123456789/chat/completions"
+    facts = ResponseFacts()
+    if facts_error:
+        facts.set_error(*facts_error)
+    row = build_row(call, facts, status_code=401, t_end=T0 + 1, error_type=transport_error and transport_error[0],
+                    error_message=transport_error and transport_error[1])
+    assert row["path"] == "/v1/keys/***/chat/completions"
+    assert row["origin"] == "nightly token=***"
+    assert "***" in row["error_message"]
+    for secret in ("w9yz", "AIzaSyPLANTED", "sk-PLANTED"):
+        assert secret not in row["error_message"] and secret not in row["path"]

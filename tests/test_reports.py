@@ -11,7 +11,7 @@ import random
 import re
 import sqlite3
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from reports.selection import Selection
 from reports.source import open_source
 from storage import open_database
 
-BASE = datetime(2026, 11, 1, tzinfo=timezone.utc)
+BASE = datetime(2026, 11, 1, tzinfo=UTC)
 COLUMNS = (
     "timestamp", "success", "status_code", "response_time_ms", "model", "provider", "host", "origin", "path",
     "is_streaming", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
@@ -659,3 +659,22 @@ def test_control_characters_in_a_db_path_are_shown_escaped(tmp_path, capsys):
         main(["--db", str(folder)])  # a directory: argparse's error line
     err = capsys.readouterr().err
     assert "\x1b" not in err and "x\\x1b[2Jy is a directory" in err
+
+
+# -- secrets stored by builds that did not redact them ------------------------------------------
+
+
+def test_keys_in_rows_stored_before_redaction_are_not_reported(tmp_path, capsys):
+    rows = make_rows(20)
+    rows[3].update(success=False, status_code=401, error_type="invalid_api_key",
+                   error_message="Incorrect API key provided: sk-abc***...OLDtail. You can find your API key …")
+    rows[4].update(path="/v1/keys/sk-OLDpathKEY0123456789/chat/completions")
+    path = make_db(tmp_path / "old.db", rows)
+    outputs = [render(path, width=200), render(path, width=200, group_by="path")]
+    for args in ((), ("--group-by", "path"), ("--group-by", "path", "--format", "csv")):
+        assert main(["--db", path, *(args if "--format" in args else ("--format", "json", *args))]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert any("Incorrect API key provided: ***" in out for out in outputs)
+    assert any("/v1/keys/***/chat/completions" in out for out in outputs)
+    for out in outputs:
+        assert "OLDtail" not in out and "sk-OLDpathKEY" not in out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -25,7 +25,7 @@ from tests.test_reports import expected_group, grouped, make_db, make_rows, slow
 def report_dict(path: str, selection: Selection = Selection(), group_by: str | None = None) -> dict:
     src = open_source(path)
     try:
-        out = load_report(src, selection, group_by=group_by, now=datetime(2026, 12, 1, tzinfo=timezone.utc)).as_dict()
+        out = load_report(src, selection, group_by=group_by, now=datetime(2026, 12, 1, tzinfo=UTC)).as_dict()
     finally:
         src.close()
     return _round_costs(out)
@@ -192,7 +192,7 @@ def test_nearest_rank_is_ceil_of_p_times_n(n, pct, rank):
     assert nearest_rank(n, pct) == rank
 
 
-NOW = datetime(2026, 11, 22, 14, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("text, utc", [

@@ -6,8 +6,8 @@ from array import array
 
 import pytest
 
-from addon.record import Call, build_row
 from addon.formats import ResponseFacts, recognise
+from addon.record import Call, build_row
 from addon.run_summary import RunTotals, p50, summary_lines
 
 

@@ -15,8 +15,8 @@ import socket
 import ssl
 import struct
 import threading
-import zlib
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +41,7 @@ class Scenario:
     error_content_type: str = "application/json"
     reset_after_chunks: int | None = None  # send a TCP RST after this many content chunks
     end_delay: float = 0.0  # after `data: [DONE]`, before the body's terminating chunk
+    response_delay: float = 0.0  # before a non-streamed completion's response
     content_encoding: str | None = None  # gzip, br or zstd: the stream is compressed, flushed per event
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -119,7 +120,10 @@ class UpstreamHandler(BaseHTTPRequestHandler):
     def _receive(self, upstream: LocalServer) -> Served:
         received = time.perf_counter()
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        body = json.loads(raw or b"{}")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:  # a multipart upload, say: recorded all the same
+            body = {}
         served = Served(self.path, {k.lower(): v for k, v in self.headers.items()}, body, received)
         upstream.served.append(served)
         return served
@@ -174,6 +178,13 @@ class FakeUpstream(LocalServer):
 
 def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
     class Handler(UpstreamHandler):
+        def do_GET(self) -> None:
+            """Any other method (GET /v1/models, PUT, DELETE): recorded, answered with an empty list."""
+            self._receive(upstream)
+            self._send_whole(200, "application/json", b'{"object": "list", "data": []}')
+
+        do_PUT = do_DELETE = do_PATCH = do_GET
+
         def do_POST(self) -> None:
             served = self._receive(upstream)
             body = served.body
@@ -185,6 +196,7 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             elif body.get("stream"):
                 self._stream(sc, body, served)
             else:
+                time.sleep(sc.response_delay)
                 self._send_whole(sc.status, "application/json", json.dumps(_completion(sc, body)).encode(),
                                  sc.extra_headers)
 
@@ -267,15 +279,16 @@ def _completion(sc: Scenario, body: dict[str, Any]) -> dict[str, Any]:
 
 def _self_signed(directory: Path) -> tuple[str, str]:
     """A throwaway certificate for 127.0.0.1 (the proxy runs with ssl_insecure for it)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -71,4 +71,7 @@ def recognise_by_shape(body: dict[str, Any]) -> WireFormat | None:
     return None
 
 
-__all__ = ["FORMATS", "CANDIDATE_SUFFIXES", "ARRAY_STREAM_SUFFIXES", "ResponseFacts", "WireFormat", "recognise", "recognise_by_path", "recognise_by_shape", "unknown_request_fields"]
+__all__ = [
+    "FORMATS", "CANDIDATE_SUFFIXES", "ARRAY_STREAM_SUFFIXES", "ResponseFacts", "WireFormat", "recognise",
+    "recognise_by_path", "recognise_by_shape", "unknown_request_fields",
+]

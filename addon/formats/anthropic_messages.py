@@ -86,7 +86,7 @@ class AnthropicMessages:
 def _read_delta(facts: ResponseFacts, delta: Any) -> bool:
     if not isinstance(delta, dict):
         return False
-    kind = _DELTAS.get(delta.get("type"))
+    kind = _DELTAS.get(delta.get("type", ""))
     if kind is None or not delta.get(kind[0]):
         return False  # signature_delta, an empty first tool-argument delta, unknown types
     facts.content_events += 1

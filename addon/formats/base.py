@@ -7,10 +7,20 @@ elsewhere, so adding a provider means adding one module and registering it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-ERROR_MESSAGE_MAX_CHARS = 500
+# What of a provider's error message a row keeps (README, "What is recorded"): a message that
+# echoes the request (a validation error quoting a prompt) must not store the prompt.
+ERROR_MESSAGE_MAX_CHARS = 300
+QUOTE_MAX_CHARS = 32
+_LONG_QUOTE = re.compile(
+    rf"(?<!\w)(?:'[^'\n]{{{QUOTE_MAX_CHARS + 1},}}?'|\"[^\"\n]{{{QUOTE_MAX_CHARS + 1},}}?\""
+    rf"|`[^`\n]{{{QUOTE_MAX_CHARS + 1},}}?`|\u201c[^\u201d\n]{{{QUOTE_MAX_CHARS + 1},}}?\u201d)(?!\w)"
+)
+_INPUT_ECHO = re.compile(r"\binput(?:_value)?=.*?(?=, input_type=|\]|$)")  # pydantic: input_value={...}
+_ERROR_KIND = re.compile(r"[\w.:/\-]{1,80}")
 
 
 @dataclass(slots=True)
@@ -38,10 +48,11 @@ class ResponseFacts:
     terminated: bool = False  # the format's own end-of-stream marker was seen
 
     def set_error(self, error_type: str | None, message: str | None) -> None:
-        """Keeps the first error: later ones are usually consequences of it."""
+        """Keeps the first error: later ones are usually consequences of it. The message is
+        kept as `kept_message` says."""
         if self.error_type is None:
-            self.error_type = error_type or "error"
-            self.error_message = truncate(message)
+            self.error_type = error_kind(error_type) or "error"
+            self.error_message = kept_message(message)
 
     def set_model(self, value: Any) -> None:
         """Keeps the first non-empty model: a stream repeats it (Azure's first chunk leaves it empty)."""
@@ -73,12 +84,25 @@ class WireFormat(Protocol):
         """Reads a whole non-streamed response body."""
 
 
-def truncate(message: Any, limit: int = ERROR_MESSAGE_MAX_CHARS) -> str | None:
+def kept_message(message: Any, limit: int = ERROR_MESSAGE_MAX_CHARS) -> str | None:
+    """What a row keeps of an error message: whitespace collapsed; a quoted passage longer than
+    QUOTE_MAX_CHARS and a pydantic `input_value=…` (both quote the request) replaced by `'…'`; at
+    most `limit` characters. Secrets are taken out later, of every stored message
+    (`addon.redact`, in `addon.record.build_row`)."""
     if message is None:
         return None
     text = message if isinstance(message, str) else str(message)
     text = " ".join(text.split())
+    if "=" in text:
+        text = _INPUT_ECHO.sub("input_value=…", text)
+    text = _LONG_QUOTE.sub("'…'", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_kind(value: Any) -> str | None:
+    """A provider's error code or type as `error_type`: a code-like word (`rate_limit_exceeded`,
+    `RESOURCE_EXHAUSTED`, `throttlingException`), never free text; else None."""
+    return value if isinstance(value, str) and _ERROR_KIND.fullmatch(value) else None
 
 
 def as_int(value: Any) -> int | None:

@@ -33,7 +33,7 @@ def model_from_path(path: str) -> str | None:
 
 def _read_exception(facts: ResponseFacts, event: str | None, obj: Any) -> bool:
     """An exception frame (`throttlingException`, `modelStreamErrorException`, …) fails the call."""
-    if not (event or "").startswith(EXCEPTION_PREFIX):
+    if event is None or not event.startswith(EXCEPTION_PREFIX):
         return False
     message = obj.get("message") or obj.get("Message") if isinstance(obj, dict) else None
     facts.set_error(event[len(EXCEPTION_PREFIX):] or "bedrock_exception", message)

@@ -2,8 +2,12 @@
 
 OpenAI and most compatible servers: {"error": {"message", "type", "code", "param"}}; Anthropic:
 {"type": "error", "error": {"type", "message"}}; OpenRouter: integer `code`; vLLM (old):
-{"object": "error", "message", "type"}; Ollama: {"error": "text"}. Anything else (an HTML page
-from a gateway, plain text) becomes `http_<status>` with the page's title or text as message.
+{"object": "error", "message", "type"}; Ollama: {"error": "text"}; FastAPI: {"detail": "text"}.
+
+Only those messages are kept (as `kept_message` shapes them), and an HTML page's `<title>` (a
+gateway's "502 Bad Gateway"). Any other body (plain text, other JSON, an HTML page without a
+title) can be anything, the request's own text included: it becomes `http_<status>` with a
+description of the body, never its content.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import json
 import re
 from typing import Any
 
-from .base import ResponseFacts, truncate
+from .base import ResponseFacts, error_kind, kept_message
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
+TITLE_MAX_CHARS = 100
 
 
 def error_from_object(obj: Any) -> tuple[str | None, str | None] | None:
@@ -51,16 +56,18 @@ def read_stream_error(facts: ResponseFacts, obj: Any) -> None:
 def _kind(err: dict[str, Any]) -> str | None:
     """The most specific machine-readable name: a string `code`, else `type`, else `status`."""
     code = err.get("code")
-    if isinstance(code, str) and code and not code.isdigit():
+    if isinstance(code, str) and code and not code.isdigit() and error_kind(code):
         return code
     for key in ("type", "status"):
         value = err.get(key)
-        if isinstance(value, str) and value and value != "error":
+        if isinstance(value, str) and value and value != "error" and error_kind(value):
             return value
     return None
 
 
 def _message(err: dict[str, Any]) -> str | None:
+    """The provider's message; an error object without one gives none (its other fields, such
+    as `param` or `details`, can quote the request)."""
     message = err.get("message")
     metadata = err.get("metadata")
     raw = metadata.get("raw") if isinstance(metadata, dict) else None
@@ -68,13 +75,15 @@ def _message(err: dict[str, Any]) -> str | None:
         return f"{message}: {raw}"  # OpenRouter: the upstream provider's own words
     if isinstance(message, str):
         return message
-    return json.dumps(err)[:1000]
+    return None
 
 
-def error_from_body(status: int, body: bytes) -> tuple[str, str | None]:
+def error_from_body(status: int, body: bytes, content_type: str | None = None) -> tuple[str, str | None]:
     """(error_type, message) for a failed non-streamed response of any shape."""
     fallback = f"http_{status}"
     stripped = body.strip()
+    if not stripped:
+        return fallback, None
     if stripped[:1] in (b"{", b"["):
         try:
             obj = json.loads(stripped)
@@ -83,14 +92,19 @@ def error_from_body(status: int, body: bytes) -> tuple[str, str | None]:
         if isinstance(obj, list) and obj:
             obj = obj[0]  # Gemini's streamed-array mode wraps errors in an array
         found = error_from_object(obj)
+        if found is None and isinstance(obj, dict) and isinstance(obj.get("detail"), str):
+            found = (None, obj["detail"])  # FastAPI's own errors ({"detail": "Not Found"})
         if found is not None:
-            return found[0] or fallback, truncate(found[1])
-    return fallback, _text_message(stripped)
+            return found[0] or fallback, kept_message(found[1])
+    title = _TITLE.search(stripped[:65536])
+    if title:
+        text = kept_message(_TAGS.sub(" ", title.group(1).decode("utf-8", "replace")), TITLE_MAX_CHARS)
+        if text:
+            return fallback, text
+    return fallback, describe_body("error body is not a provider error object", body, content_type)
 
 
-def _text_message(body: bytes) -> str | None:
-    if not body:
-        return None
-    title = _TITLE.search(body[:65536])
-    text = (title.group(1) if title else body[:4096]).decode("utf-8", "replace")
-    return truncate(_TAGS.sub(" ", text)) or None
+def describe_body(what: str, body: bytes, content_type: str | None) -> str:
+    """A body named by its size and type, never by its content: `what (1234 bytes, text/html)`."""
+    media = (content_type or "").split(";", 1)[0].strip().lower() or "no content type"
+    return f"{what} ({len(body)} bytes, {media})"

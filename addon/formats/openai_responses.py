@@ -89,7 +89,7 @@ class OpenAIResponses:
             facts.finish_reason = status
         details = response.get("incomplete_details")
         if status == "incomplete" and isinstance(details, dict):
-            facts.finish_category = _INCOMPLETE.get(details.get("reason"), "other")
+            facts.finish_category = _INCOMPLETE.get(details.get("reason", ""), "other")
         for item in response.get("output") or ():
             if isinstance(item, dict) and item.get("type") in _TOOL_ITEMS:
                 facts.tool_calls = True
