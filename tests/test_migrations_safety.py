@@ -320,6 +320,14 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, args, needle):
     assert needle in result.stderr
 
 
+def test_a_server_error_is_one_line_and_never_shows_the_password(tmp_path):
+    """A driver's message spans lines (libpq adds a hint): joined into one, the password masked."""
+    result = run_cli("status", "--db", "postgresql://bob:PLANTED-pw-9Kq@127.0.0.1:1/none")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Connection refused" in result.stderr and "PLANTED-pw-9Kq" not in result.stderr
+
+
 def test_verify_reports_a_damaged_schema(tmp_path):
     path = tmp_path / "metrics.db"
     upgrade(open_database(str(path)))

@@ -678,3 +678,21 @@ def test_keys_in_rows_stored_before_redaction_are_not_reported(tmp_path, capsys)
     assert any("/v1/keys/***/chat/completions" in out for out in outputs)
     for out in outputs:
         assert "OLDtail" not in out and "sk-OLDpathKEY" not in out
+
+
+def test_a_key_in_stored_text_with_control_characters_is_both_redacted_and_escaped(tmp_path, capsys):
+    rows = make_rows(20)
+    rows[3].update(success=False, status_code=401, error_type="invalid_api_key",
+                   error_message="bad key sk-abc***...OLDtail\x1b[31m\nnext line")
+    rows[4].update(path="/v1/keys/sk-OLDpathKEY0123456789/\x1b[2Jchat")
+    path = make_db(tmp_path / "old.db", rows)
+    texts = [render(path, width=200), render(path, width=200, group_by="path")]
+    assert "bad key ***\\x1b[31m" in texts[0] and "/v1/keys/***/\\x1b[2Jchat" in texts[1]
+    outputs = list(texts)
+    for args in (("--format", "json"), ("--format", "json", "--group-by", "path"), ("--format", "csv", "--group-by", "path")):
+        assert main(["--db", path, *args]) == 0
+        outputs.append(capsys.readouterr().out)
+    for out in outputs:
+        assert "OLDtail" not in out and "sk-OLDpathKEY" not in out
+    for out in texts:
+        assert "\x1b" not in out

@@ -198,6 +198,12 @@ def one_error_line(result: subprocess.CompletedProcess, says: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_server_error_is_one_line_and_never_shows_the_password():
+    result = run("--db", "postgresql://bob:PLANTED-pw-9Kq@127.0.0.1:1/none")
+    one_error_line(result, "cannot open postgresql://bob:***@127.0.0.1:1/none: ")
+    assert "PLANTED-pw-9Kq" not in result.stderr
+
+
 def test_since_far_past_is_one_error_line_and_exit_2(database):
     one_error_line(run("--db", database, "--since", "99999999999d"), "argument --since: '99999999999d' is out of range")
 
