@@ -36,8 +36,32 @@ from .schema import differences, promised, snapshot
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other CLI error
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(message)}", file=sys.stderr)
         sys.exit(2)
+
+
+def _one_line(message: str) -> str:
+    """Drivers' messages span lines (PostgreSQL adds hints on a second one)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _location(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a SQLite path or a database URL, got an empty value")
+    path = sqlite_path(text)
+    if path is not None and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a database file")
+    return text
+
+
+def _keep(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 class UsageError(Exception):
@@ -49,9 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in ("status", "upgrade", "backup", "backups", "restore", "verify", "reprice"):
         cmd = sub.add_parser(name)
-        cmd.add_argument("--db", default=None, help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+        cmd.add_argument("--db", default=None, type=_location,
+                         help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
         if name in ("upgrade", "backup", "restore"):
-            cmd.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"backups to keep (default {DEFAULT_KEEP})")
+            cmd.add_argument("--keep", type=_keep, default=DEFAULT_KEEP, help=f"backups to keep (default {DEFAULT_KEEP})")
         if name == "restore":
             cmd.add_argument("file", type=Path, help="the backup file to restore")
     return parser
@@ -59,11 +84,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _open(location: str, *, create: bool = False) -> peewee.Database:
     try:
-        return open_database(location, create=create, wal=False)  # never changes the file by itself
+        db = open_database(location, create=create, wal=False)  # never changes the file by itself
+        db.connect(reuse_if_open=True)  # a server database: refused, unknown host, bad credentials
+        return db
     except FileNotFoundError:
         raise UsageError(f"no database at {location}") from None
     except (NotSQLiteError, peewee.DatabaseError) as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # not a file we may open: permissions, a directory
+        raise UsageError(f"cannot open {location}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:  # playhouse.db_url: a scheme it does not know
+        raise UsageError(f"cannot open {location}: {exc}") from None
 
 
 def _sqlite_file(location: str, what: str) -> Path:
@@ -179,14 +210,11 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.location = args.db or default_location()
-    if getattr(args, "keep", 1) < 1:
-        print("error: --keep must be at least 1", file=sys.stderr)
-        return 2
     try:
         return COMMANDS[args.command](args)
     except (UsageError, MigrationError, BackupError, NotSQLiteError, ValueError, peewee.DatabaseError) as exc:
         # A server's message (a refused connection, say) is one line too, and never shows the password.
-        print(f"error: {hide_password(str(exc), args.location)}", file=sys.stderr)
+        print(f"error: {_one_line(hide_password(str(exc), args.location))}", file=sys.stderr)
         return 2
 
 

@@ -10,10 +10,13 @@ def _skip_postgres_drivers(argv: list[str]) -> None:
     $LLM_METRICS_DB with "://") keeps the drivers importable."""
     location = os.environ.get("LLM_METRICS_DB", "")
     for i, arg in enumerate(argv):
-        if arg == "--db" and i + 1 < len(argv):
+        name, equals, value = arg.partition("=")
+        if len(name) < 3 or not "--db".startswith(name):  # argparse takes `--d` for `--db` too
+            continue
+        if equals:
+            location = value
+        elif i + 1 < len(argv):
             location = argv[i + 1]
-        elif arg.startswith("--db="):
-            location = arg[len("--db="):]
     if "://" not in location or location.startswith("sqlite:"):
         for driver in ("psycopg", "psycopg2"):
             # None in sys.modules makes `import` fail at once; typeshed types the values as modules only.

@@ -16,8 +16,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from storage.db import default_location, display_location, hide_password
+from storage.db import default_location, display_location, hide_password, sqlite_path
 
+from . import fmt
 from .groups import DIMENSIONS
 from .percentiles import METHOD
 from .report import DEFAULT_TOP, Report, empty_report, load_report
@@ -44,28 +45,33 @@ examples:
 """
 
 
+MAX_TOP = 100_000  # rows of the slowest-calls and error tables; a bound SQL's LIMIT always takes
+MAX_WATCH_SECONDS = 86_400.0
+MAX_FILTER_VALUES = 1_000  # --model/--provider/--host/--origin values together: one SQL parameter each
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line too
-        self.exit(2, f"error: {message}\n")
+        self.exit(2, f"error: {fmt.one_line(message)}\n")
 
 
-def _positive_int(text: str) -> int:
+def _top(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    if not 1 <= value <= MAX_TOP:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_TOP:,}, got {text!r}")
     return value
 
 
-def _positive_seconds(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    if not 0 < value <= MAX_WATCH_SECONDS:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, at most {MAX_WATCH_SECONDS:,.0f}, got {text!r}")
     return value
 
 
@@ -77,27 +83,58 @@ def _when(text: str) -> str:
     return text
 
 
+def _text(text: str) -> str:
+    """A filter value: bytes that are not UTF-8 reach argv as lone surrogates, which no database
+    can be asked about."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not UTF-8 text") from None
+    return text
+
+
+def _location(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a SQLite path or a database URL, got an empty value")
+    path = sqlite_path(text)
+    if path is not None and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a database file")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m reports", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--db", metavar="PATH_OR_URL", help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+    parser.add_argument("--db", metavar="PATH_OR_URL", type=_location,
+                        help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
     pick = parser.add_argument_group("which calls")
     pick.add_argument("--since", metavar="WHEN", type=_when,
                       help="only calls at or after WHEN: 15m, 24h, 7d, 2w ago, or an ISO time (UTC unless it has an offset)")
     pick.add_argument("--until", metavar="WHEN", type=_when, help="only calls before WHEN (same forms as --since)")
     for name in ("model", "provider", "host", "origin"):
-        pick.add_argument(f"--{name}", action="append", default=[], metavar="NAME", help=f"only calls with this {name} (repeat for several)")
+        pick.add_argument(f"--{name}", action="append", default=[], type=_text, metavar="NAME", help=f"only calls with this {name} (repeat for several)")
     pick.add_argument("--errors-only", action="store_true", help="only failed calls")
     view = parser.add_argument_group("what to show")
     view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
-    view.add_argument("--top", type=_positive_int, default=DEFAULT_TOP, metavar="N",
-                      help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP})")
+    view.add_argument("--top", type=_top, default=DEFAULT_TOP, metavar="N",
+                      help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP}, at most {MAX_TOP:,})")
     view.add_argument("--format", choices=("text", "json", "csv"), default="text", help="text (default); json: the whole report; csv: one row per group")
-    view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_positive_seconds, metavar="SECONDS",
+    view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_seconds, metavar="SECONDS",
                       help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, each checked: a bad one exits 2 with one `error: …` line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("model", "provider", "host", "origin"):  # the same value twice is one filter
+        setattr(args, name, list(dict.fromkeys(getattr(args, name))))
+    if sum(len(getattr(args, name)) for name in ("model", "provider", "host", "origin")) > MAX_FILTER_VALUES:
+        parser.error(f"at most {MAX_FILTER_VALUES:,} values of --model, --provider, --host and --origin together")
+    return args
 
 
 def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
@@ -125,7 +162,7 @@ def make_report(args: argparse.Namespace, location: str) -> Report:
 
 
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     location = args.db or default_location()
     console = console or Console()
     if args.watch is not None:
@@ -141,7 +178,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
 
 
 def _error(exc: Exception) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    print(f"error: {fmt.one_line(str(exc))}", file=sys.stderr)
     return 2
 
 
@@ -149,7 +186,7 @@ def _nothing(args: argparse.Namespace, location: str, note: str, console: Consol
     """Nothing recorded yet is not an error. Machine formats still get a valid, empty document
     on stdout (the note goes to stderr) so a script's parser never chokes on prose."""
     if args.format == "text":
-        console.print(Text(note), soft_wrap=True)  # one line, however narrow the terminal
+        console.print(Text(fmt.printable(note)), soft_wrap=True)  # one line, however narrow the terminal
         return 0
     print(note, file=sys.stderr)
     now = datetime.now(UTC)
@@ -198,5 +235,5 @@ def _watch_frame(args: argparse.Namespace, location: str) -> Group:
     try:
         body = make_report(args, location)
     except NothingYet as note:
-        body = Text(f"{note} Waiting…")
+        body = Text(f"{fmt.printable(str(note))} Waiting…")
     return Group(header, body)

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rich.markup import escape
+
+from .fmt import printable
 from .selection import Selection
 from .source import Source
+from .stored import exact_sum, exact_sum_sql, text, time_like, utc
 
 TABLE = "dropped_rows"
 
@@ -36,18 +40,23 @@ def load_drops(src: Source, selection: Selection) -> Drops | None:
     if not src.has_drops:
         return None
     where, params = _time_range(selection, src.param)
+    high, low = exact_sum_sql("row_count")  # any stored value: see reports.stored
     rows = src.rows(
-        f"SELECT reason, sum(row_count), min(first_dropped_at), max(last_dropped_at) FROM {TABLE}{where} "
-        "GROUP BY reason ORDER BY 2 DESC, 1",
+        f"SELECT reason, {high}, {low}, min(CASE WHEN {time_like('first_dropped_at')} THEN first_dropped_at END), "
+        f"max(CASE WHEN {time_like('last_dropped_at')} THEN last_dropped_at END) FROM {TABLE}{where} GROUP BY reason",
         params,
     )
-    if not rows:
-        return Drops()
+    counts: dict[str, int] = {}
+    for reason, high_sum, low_sum, _, _ in rows:
+        name = text(reason) or "(none)"
+        counts[name] = counts.get(name, 0) + exact_sum(high_sum, low_sum)
+    firsts = [t for _, _, _, t, _ in rows if utc(t)]
+    lasts = [t for _, _, _, _, t in rows if utc(t)]
     return Drops(
-        row_count=sum(int(n) for _, n, _, _ in rows),
-        first_dropped_utc=min(first for _, _, first, _ in rows),
-        last_dropped_utc=max(last for _, _, _, last in rows),
-        by_reason={reason: int(n) for reason, n, _, _ in rows},
+        row_count=sum(counts.values()),
+        first_dropped_utc=min(firsts, default=None),
+        last_dropped_utc=max(lasts, default=None),
+        by_reason=dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))),
     )
 
 
@@ -60,7 +69,7 @@ def drops_line(drops: Drops | None, filtered: bool) -> str | None:
     """The overview's line (rich markup), shown only when rows were dropped."""
     if drops is None or not drops.row_count:
         return None
-    reasons = ", ".join(f"{reason} {n:,}" for reason, n in drops.by_reason.items())
+    reasons = ", ".join(f"{escape(printable(reason))} {n:,}" for reason, n in drops.by_reason.items())
     when = drops.last_dropped_utc[:19].replace("T", " ") if drops.last_dropped_utc else "?"
     scope = " · in this time range, whatever the other filters" if filtered else ""
     return (f"[bold red]{drops.row_count:,} row(s) dropped by the proxy[/] (never stored: {reasons}) · "

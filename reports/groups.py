@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rich.text import Text
-
 from addon.redact import redact_path
 
 from . import fmt
@@ -17,6 +15,7 @@ from .percentiles import nearest_rank, ranked_in_memory, ranked_pass
 from .runs import MAX_RUNS_PER_GROUP, merged_values_at_ranks, run_samples, runs_serve_ranks, streams_from_index
 from .selection import Selection
 from .source import Source
+from .stored import text, time_like
 from .totals import Totals, merge, totals_sql
 
 # What `--group-by` accepts, and the SQL that gives each group's key.
@@ -26,8 +25,9 @@ DIMENSIONS = {
     "host": "host",
     "origin": "origin",
     "path": "path",
-    "hour": "substr(timestamp, 1, 13)",
-    "day": "substr(timestamp, 1, 10)",
+    # A call whose timestamp is not a time is in the group of no hour (NULL), not in "garbage".
+    "hour": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 13) END",
+    "day": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 10) END",
 }
 DEFAULT_GROUPINGS: tuple[tuple[str, ...], ...] = (("model",), ("provider", "host"), ("origin",))
 # Up to this many selected calls, percentiles without index runs are sorted in memory from one
@@ -58,10 +58,10 @@ class GroupRow:
     key: dict[str, str | None]
     requests: int
     errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None = None
-    unpriced_calls: int | None = None
+    prompt_tokens: int | None  # None: no call of the group reported it
+    completion_tokens: int | None
+    cost_usd: float | None = None  # of the priced calls; None: none priced, or no cost column
+    unpriced_calls: int | None = None  # successful calls without a cost; None: no cost column
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     ttft_ms: dict[str, float | None] = field(default_factory=dict)
     time_per_output_token_ms: dict[str, float | None] = field(default_factory=dict)
@@ -79,7 +79,7 @@ class GroupTable:
 
 def key_label(dim: str, value: str | None) -> str:
     if value is None:
-        return "(none)"
+        return "(no time)" if dim in TIME_DIMENSIONS else "(none)"
     if dim == "hour":
         return f"{value[:10]} {value[11:13]}:00"
     if dim == "day":
@@ -88,16 +88,20 @@ def key_label(dim: str, value: str | None) -> str:
 
 
 def key_value(dim: str, raw: str | None) -> str | None:
-    """JSON/CSV form of a key: hours and days as the ISO time they start at."""
+    """JSON/CSV form of a key: hours and days as the ISO time they start at; stored text as
+    `reports.stored.text` reads it."""
     if raw is None:
+        return None
+    if dim in TIME_DIMENSIONS and not isinstance(raw, str):  # a blob that LIKE read as a date
         return None
     if dim == "hour":
         return f"{raw}:00:00Z"
     if dim == "day":
         return f"{raw}T00:00:00Z"
-    if dim == "path":
-        return redact_path(raw)  # rows stored before paths were redacted on the way in
-    return raw
+    value = text(raw)
+    if dim == "path" and value is not None:
+        return redact_path(value)  # rows stored before paths were redacted on the way in
+    return value
 
 
 def load_groups(
@@ -145,7 +149,7 @@ def totals_keys(src: Source, selection: Selection, groupings: Sequence[tuple[str
     """What to count and sum by: the index's run keys when SQLite reads a whole table's totals
     from that index in order and every grouping is made of runs, else the groupings' own keys."""
     keys = combo_keys(groupings)
-    if not (src.is_sqlite and selection.is_everything and set(keys) <= set(RUN_KEYS)):
+    if not (src.walks_runs and selection.is_everything and set(keys) <= set(RUN_KEYS)):
         return keys
     sql, params = totals_sql(src, selection, RUN_KEYS)
     return list(RUN_KEYS) if streams_from_index(src, sql, params) else keys
@@ -171,7 +175,7 @@ def _runs_usable(src: Source, selection: Selection, keys, metric: Metric, runs: 
     """SQLite, whole table, totals by run, an index serving runs of this metric, and no group of
     more runs than one merge takes."""
     return (
-        src.is_sqlite and selection.is_everything and list(keys) == list(RUN_KEYS)
+        src.walks_runs and selection.is_everything and list(keys) == list(RUN_KEYS)
         and all(len(members) <= MAX_RUNS_PER_GROUP for r in runs for members in r.values())
         and runs_serve_ranks(src, keys, metric.column)
     )
@@ -179,7 +183,7 @@ def _runs_usable(src: Source, selection: Selection, keys, metric: Metric, runs: 
 
 def _count(group: Totals, metric: Metric) -> int:
     if metric is LATENCY:
-        return group.requests  # response_time_ms is never NULL
+        return group.with_latency
     return group.with_ttft if metric is TTFT else group.with_tokens_per_second
 
 
@@ -200,10 +204,10 @@ def _table(src: Source, dims: tuple[str, ...], totals: dict[tuple, Totals], foun
     for key, group in totals.items():
         row = GroupRow(
             {d: key_value(d, k) for d, k in zip(dims, key)},
-            group.requests, group.errors, group.prompt_tokens, group.completion_tokens,
+            group.requests, group.errors, group.tokens("prompt_tokens"), group.tokens("completion_tokens"),
         )
         if src.has_cost:
-            row.cost_usd, row.unpriced_calls = group.cost_usd, group.unpriced_calls
+            row.cost_usd, row.unpriced_calls = group.cost(), group.unpriced_calls
         for metric in METRICS:
             n, at = _count(group, metric), found[metric.field].get(key, {})
             setattr(row, metric.field, {f"p{p}": at.get(nearest_rank(n, p)) if n else None for p in metric.pcts})
@@ -243,7 +247,7 @@ _COLUMNS = (
     ("in", 44, lambda r: fmt.compact(r.prompt_tokens)),
     ("out", 45, lambda r: fmt.compact(r.completion_tokens)),
 )
-_COST = ("cost", 65, lambda r: fmt.usd(r.cost_usd))
+_COST = ("cost", 65, lambda r: fmt.cost(r.cost_usd, r.unpriced_calls))
 
 
 GROUP_TABLE_NOTE = (
@@ -253,10 +257,14 @@ GROUP_TABLE_NOTE = (
 
 
 def render_group_table(table: GroupTable, cost_known: bool, note: str | None = None) -> FitTable:
+    """`note`: the footnote of the last table, which explains the tables above it as well (they
+    group the same calls, so each has an unpriced group when one has)."""
     columns = [
-        Column(dim, [Text(row.label()[i]) for row in table.rows], keep=100, numeric=False, min_width=20 if i == 0 else 12)
+        Column(dim, [row.label()[i] for row in table.rows], keep=100, numeric=False, min_width=20 if i == 0 else 12)
         for i, dim in enumerate(table.dims)
     ]
     for header, keep, cell in _COLUMNS + ((_COST,) if cost_known else ()):
         columns.append(Column(header, [cell(row) for row in table.rows], keep=keep))
+    if note and cost_known and any(r.unpriced_calls or r.cost_usd is None for r in table.rows):
+        columns[-1].note = fmt.COST_NOTE  # shown with the cost column only
     return FitTable(group_title(table.dims), columns, note)

@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from rich.markup import escape
 from rich.panel import Panel
 
 from . import fmt
 from .drops import Drops, drops_line, load_drops
-from .selection import TABLE, Selection
+from .selection import TABLE, Selection, utc_text
 from .source import Source
+from .stored import time_like, utc
 from .totals import Totals
+
+EDGE_PAGE = 100  # stored times read at a time while looking for the first (last) that is a time
 
 
 @dataclass
 class Overview:
-    first_utc: str | None
+    first_utc: str | None  # None: no selected call has a timestamp that is a time
     last_utc: str | None
     requests: int
     errors: int
     streamed: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    reasoning_tokens: int
-    cost_usd: float | None = None  # None: this database has no cost column
-    unpriced_calls: int | None = None  # successful calls with no cost_usd
+    prompt_tokens: int | None  # None: calls were selected, and none reported it
+    completion_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: float | None = None  # of the priced calls; None: none priced, or no cost column
+    unpriced_calls: int | None = None  # successful calls with no cost_usd; None: no cost column
     dropped: Drops | None = None  # None: this database has no dropped_rows table
 
     @property
@@ -35,10 +37,9 @@ class Overview:
         return None if not self.requests else (self.requests - self.errors) / self.requests
 
     @property
-    def span_seconds(self) -> float:
-        if not self.first_utc or not self.last_utc:
-            return 0.0
-        return (_parse(self.last_utc) - _parse(self.first_utc)).total_seconds()
+    def span_seconds(self) -> float | None:
+        first, last = utc(self.first_utc), utc(self.last_utc)
+        return None if first is None or last is None else (last - first).total_seconds()
 
     def as_dict(self) -> dict:
         return {
@@ -60,10 +61,6 @@ class Overview:
         }
 
 
-def _parse(utc: str) -> datetime:
-    return datetime.fromisoformat(utc.replace("Z", "+00:00"))
-
-
 def empty_overview(cost_known: bool = False) -> Overview:
     zero = 0 if cost_known else None
     return Overview(None, None, 0, 0, 0, 0, 0, 0, 0, zero, zero)
@@ -74,19 +71,38 @@ def load_overview(src: Source, selection: Selection, combos: dict[tuple, Totals]
     total = Totals()
     for value in combos.values():
         total.add(value)
-    where, params = selection.where(src.param)
-    # Alone in its query, min() or max() of an indexed column is one index lookup.
-    first = src.one(f"SELECT min(timestamp) FROM {TABLE}{where}", params)[0]
-    last = src.one(f"SELECT max(timestamp) FROM {TABLE}{where}", params)[0]
+    first, last = _edge(src, selection, last=False), _edge(src, selection, last=True)
     return Overview(
-        first, last, total.requests, total.errors, total.streamed, total.prompt_tokens, total.completion_tokens,
-        total.cached_tokens, total.reasoning_tokens,
-        total.cost_usd if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
+        first, last, total.requests, total.errors, total.streamed,
+        total.tokens("prompt_tokens"), total.tokens("completion_tokens"), total.tokens("cached_tokens"),
+        total.tokens("reasoning_tokens"),
+        total.cost() if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
         load_drops(src, selection),
     )
 
 
-def span_text(seconds: float) -> str:
+def _edge(src: Source, selection: Selection, *, last: bool) -> str | None:
+    """The first (last) stored timestamp that is a time, in the row format. Read in order
+    through the timestamp index: the first value read is nearly always one, and stored values
+    that are not (text of any shape, a blob) are passed over a page at a time."""
+    order, beyond = (" DESC", "<") if last else ("", ">")
+    after: list = []
+    while True:
+        terms = [time_like("timestamp")] + ([f"timestamp {beyond} {src.param}"] if after else [])
+        where, params = selection.where(src.param, *terms)
+        sql = f"SELECT timestamp FROM {TABLE}{where} ORDER BY timestamp{order} LIMIT {EDGE_PAGE}"
+        values = [row[0] for row in src.rows(sql, params + after)]
+        moment = next((m for m in map(utc, values) if m is not None), None)
+        if moment is not None:
+            return utc_text(moment)
+        if len(values) < EDGE_PAGE:
+            return None
+        after = [values[-1]]
+
+
+def span_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
@@ -97,19 +113,21 @@ def span_text(seconds: float) -> str:
 
 
 def render_overview(o: Overview, title: str, filters: str | None = None, *, filtered_beyond_time: bool = False) -> Panel:
+    span = f"{fmt.when(o.first_utc)} → {fmt.when(o.last_utc)} UTC ({span_text(o.span_seconds)})"
     lines = [
-        f"{fmt.when(o.first_utc)} → {fmt.when(o.last_utc)} UTC ({span_text(o.span_seconds)})",
+        span if o.first_utc else "time unknown: no stored timestamp of these calls is a time",
         f"[bold]{fmt.count(o.requests)}[/] requests · {fmt.share(o.requests - o.errors, o.requests)} succeeded · "
         f"[bold]{fmt.count(o.errors)}[/] errors · {fmt.share(o.streamed, o.requests)} streamed",
         f"tokens in {fmt.count(o.prompt_tokens)} (cached {fmt.count(o.cached_tokens)}) · "
         f"out {fmt.count(o.completion_tokens)} (reasoning {fmt.count(o.reasoning_tokens)})",
     ]
-    if o.cost_usd is not None:
-        lines.append(f"cost {fmt.usd(o.cost_usd)} · {fmt.count(o.unpriced_calls)} successful calls unpriced")
+    if o.unpriced_calls is not None:  # the database has a cost column
+        cost = "unknown: no call priced" if o.cost_usd is None else fmt.cost(o.cost_usd, o.unpriced_calls)
+        lines.append(f"cost {cost} · {fmt.count(o.unpriced_calls)} successful calls unpriced")
     if filters:
-        lines.append(f"[italic]filters: {escape(filters)}[/]")
+        lines.append(f"[italic]filters: {escape(fmt.printable(filters))}[/]")
     if not o.requests:
-        lines = [f"No calls match these filters{': ' + escape(filters) if filters else ''}."]
+        lines = [f"No calls match these filters{': ' + escape(fmt.printable(filters)) if filters else ''}."]
     dropped = drops_line(o.dropped, filtered=filtered_beyond_time)
     if dropped:
         lines.insert(2 if o.requests else 1, dropped)  # beside the request counts it belongs to

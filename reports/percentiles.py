@@ -21,6 +21,7 @@ from typing import Any
 
 from .selection import TABLE, Selection
 from .source import Source
+from .stored import known, measure
 
 METHOD = (
     "exact nearest rank: the p-th percentile is the smallest recorded value with at least p% of "
@@ -40,10 +41,11 @@ def nearest_rank(n: int, pct: int) -> int:
 def ranked_pass(
     src: Source, selection: Selection, groupings: Sequence[Sequence[str]], value: str, wanted: Sequence[Wanted]
 ) -> list[Found]:
-    """For each grouping (a list of SQL key expressions), the non-NULL `value`s at the wanted
-    ranks of each group. `wanted[i]` must list every group of grouping i that has values."""
+    """For each grouping (a list of SQL key expressions), the known `value`s (`reports.stored`)
+    at the wanted ranks of each group. `wanted[i]` must list every group of grouping i that has
+    values."""
     exprs = list(dict.fromkeys(e for grouping in groupings for e in grouping))
-    where, params = selection.where(src.param, f"{value} IS NOT NULL")
+    where, params = selection.where(src.param, measure(value))
     sql = f"SELECT {', '.join(exprs)}, {value} FROM {TABLE}{where} ORDER BY {value}"
     # Per grouping: group key -> [rows seen so far, ranks wanted, values found]
     states: list[dict[Key, list[Any]]] = [{key: [0, ranks, {}] for key, ranks in w.items()} for w in wanted]
@@ -81,7 +83,8 @@ def ranked_in_memory(
     # row costs one dict lookup and an append per value and grouping.
     combos: dict[tuple, list[list[list]]] = {}
     width = len(exprs)
-    for row in src.db.execute_sql(f"SELECT {', '.join([*exprs, *values])} FROM {TABLE}{where}", params):
+    selected = ", ".join([*exprs, *(known(v) for v in values)])  # an unknown value reads as NULL
+    for row in src.db.execute_sql(f"SELECT {selected} FROM {TABLE}{where}", params):
         combo = row[:width]
         targets = combos.get(combo)
         if targets is None:

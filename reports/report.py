@@ -14,6 +14,7 @@ from rich.text import Text
 
 from storage.db import display_location
 
+from . import fmt
 from .errors import Errors, load_errors, render_errors
 from .groups import (
     DEFAULT_GROUPINGS,
@@ -29,7 +30,7 @@ from .overview import Overview, empty_overview, load_overview, render_overview
 from .percentiles import METHOD
 from .selection import Selection, utc_text
 from .slowest import SlowCall, load_slowest, render_slowest
-from .source import Source
+from .source import Source, is_undecodable
 from .timeline import Timeline, choose_bucket, load_timeline
 from .totals import load_totals
 
@@ -75,18 +76,22 @@ class Report:
 
     def as_csv(self) -> str:
         """One row per group of every table: `group_by`, one column per key dimension used by any
-        table (empty where a table does not group by it), then CSV_METRICS."""
+        table (empty where a table does not group by it), then CSV_METRICS. Text cells go through
+        `_text_cell`; numbers, which the report computed, are written as numbers."""
         dims = [d for d in DIMENSIONS if any(d in t.dims for t in self.groups)]
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        # RFC 4180's CRLF: with "\n" alone, the csv module leaves a cell holding a carriage return
+        # unquoted, and that stored "\r" would split the row for every reader.
+        writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(["group_by", *dims, *CSV_METRICS])
         for table in self.groups:
             for row in table.rows:
-                writer.writerow(["/".join(table.dims), *(_cell(row.key.get(d)) for d in dims), *_csv_metrics(row)])
+                keys = ["/".join(table.dims), *(row.key.get(d) for d in dims)]
+                writer.writerow([*map(_text_cell, keys), *_csv_metrics(row)])
         return out.getvalue()
 
     def __rich__(self) -> RenderableType:
-        title = f"LLM calls · {escape(self.database)}"
+        title = f"LLM calls · {escape(fmt.printable(self.database))}"
         parts: list[RenderableType] = [render_overview(
             self.overview, title, _filters_text(self.selection), filtered_beyond_time=self.selection.filters_calls,
         )]
@@ -103,6 +108,19 @@ class Report:
 
 def _cell(value) -> str:
     return "" if value is None else str(value)
+
+
+# A spreadsheet runs a cell that starts with one of OWASP's list (=, +, -, @, tab, carriage
+# return; line feed too) as a formula: `=HYPERLINK(…)` as a model name would be a live link. Such
+# a text cell gets a ' in front, as OWASP advises, and so does one that starts with ' already, so
+# that taking one leading ' off a text cell always gives back the stored value.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
+
+
+def _text_cell(value: str | None) -> str:
+    if value is None:
+        return ""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
 def _csv_metrics(row) -> list[str]:
@@ -139,6 +157,16 @@ def load_report(
     now: datetime | None = None,
 ) -> Report:
     """Every section from one snapshot of the database (one read transaction)."""
+    try:
+        return _load_report(src, selection, group_by, top, now)
+    except Exception as exc:
+        if not (src.is_sqlite and is_undecodable(exc)):
+            raise
+    src.replace_undecodable_text()  # rare, and slower: only once a value needs it
+    return _load_report(src, selection, group_by, top, now)
+
+
+def _load_report(src: Source, selection: Selection, group_by: str | None, top: int, now: datetime | None) -> Report:
     groupings = ((group_by,),) if group_by else DEFAULT_GROUPINGS
     generated = utc_text(now or datetime.now(UTC))
     with src.db.atomic():
@@ -151,7 +179,7 @@ def load_report(
             display_location(src.location), generated, selection, src.has_cost, overview,
             load_groups(src, selection, groupings, keys, combos),
             load_errors(src, selection, top),
-            load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds),
+            load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds, overview.requests),
             load_slowest(src, selection, top, combos if keys == list(RUN_KEYS) else ()),
         )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .percentiles import Found, Key, Wanted
 from .selection import TABLE
 from .source import Source
+from .stored import known, measure
 
 # SQLite's default limit on the arms of one compound SELECT (SQLITE_MAX_COMPOUND_SELECT).
 MAX_RUNS_PER_GROUP = 500
@@ -25,7 +26,7 @@ SAMPLE_BLOCK = 64  # consecutive ids read together
 
 def _run_arm(src: Source, keys: Sequence[str], value: str) -> str:
     match = " AND ".join(f"{k} IS {src.param}" for k in keys)  # IS: NULL-safe equality
-    return f"SELECT {value} FROM {TABLE} WHERE {match} AND {value} IS NOT NULL"
+    return f"SELECT {value} FROM {TABLE} WHERE {match} AND {measure(value)}"
 
 
 def _merged_rank_sql(src: Source, keys: Sequence[str], value: str, runs: int, direction: str = "") -> str:
@@ -54,7 +55,7 @@ def run_samples(src: Source, keys: Sequence[str], values: Sequence[str]) -> dict
     """A sample of the table (1 row in SAMPLE_EVERY), by run, sorted: value -> run -> sample. Only
     bounds come from it. It is read as blocks of consecutive ids: rows one by one every few ids
     would touch nearly every page of the table, blocks touch 1 page in SAMPLE_EVERY."""
-    selected = ", ".join(f"c.{c}" for c in (*keys, *values))
+    selected = ", ".join([*(f"c.{k}" for k in keys), *(known(f"c.{v}") for v in values)])
     stride = SAMPLE_EVERY * SAMPLE_BLOCK
     sql = (
         f"WITH RECURSIVE block(id) AS (SELECT min(id) FROM {TABLE} UNION ALL SELECT id + {stride} "
@@ -146,7 +147,7 @@ def _counts_short_of_bounds(src: Source, keys: Sequence[str], value: str, ranks:
         if plan.bound is not None:
             for run in plan.members:
                 bounds.setdefault((run, plan.ascending), set()).add(plan.bound)
-    arm = f"SELECT count(*) FROM {TABLE} WHERE " + " AND ".join(f"{k} IS {src.param}" for k in keys)
+    arm = f"SELECT count(*) FROM {TABLE} WHERE " + " AND ".join([*(f"{k} IS {src.param}" for k in keys), measure(value)])
     short_of = {}
     for (run, ascending), wanted in bounds.items():
         ordered = sorted(wanted, reverse=not ascending)

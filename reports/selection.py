@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .stored import time_like
+
 TABLE = "completion_requests"
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -17,28 +19,40 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def utc_text(moment: datetime) -> str:
-    """The row format of `timestamp`, so a bound compares with rows as text."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The row format of `timestamp`, so a bound compares with rows as text. The year is padded
+    here: strftime's %Y gives "999", not "0999", for years before 1000, which sorts after "2026"."""
+    moment = moment.astimezone(UTC)
+    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_when(text: str, now: datetime) -> str:
     """`15m`, `24h`, `7d`, `2w` before `now`, or an ISO date/time (UTC unless it has an offset).
     Raises ValueError with a message fit for `error: …`."""
     spec = text.strip()
-    relative = _RELATIVE.match(spec)
-    if relative:
-        amount, unit = int(relative.group(1)), relative.group(2)
-        return utc_text(now - timedelta(seconds=amount * _UNIT_SECONDS[unit]))
     try:
-        moment = datetime.fromisoformat(spec.replace("z", "Z").replace("Z", "+00:00"))
+        relative = _RELATIVE.match(spec)
+        if relative:
+            amount, unit = int(relative.group(1)), relative.group(2)
+            return utc_text(now - timedelta(seconds=amount * _UNIT_SECONDS[unit]))
+        moment = _iso(text, spec)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return utc_text(moment)
+    except OverflowError:  # before year 1 or after 9999, once ago or in UTC
+        raise ValueError(f"{text!r} is out of range: a time must fall between {FIRST_DAY} and {LAST_DAY} UTC") from None
+
+
+FIRST_DAY, LAST_DAY = "0001-01-01", "9999-12-31"
+
+
+def _iso(text: str, spec: str) -> datetime:
+    try:
+        return datetime.fromisoformat(spec.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(
             f"{text!r} is not a time: use a duration like 15m, 24h, 7d, 2w or an ISO time like "
             "2026-11-22 or 2026-11-22T14:00Z"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return utc_text(moment)
 
 
 @dataclass(frozen=True)
@@ -63,9 +77,12 @@ class Selection:
         return bool(self.models or self.providers or self.hosts or self.origins or self.errors_only)
 
     def time_terms(self, column: str, param: str) -> tuple[list[str], list]:
-        """`--since`/`--until` as conditions on `column`, and their parameters."""
+        """`--since`/`--until` as conditions on `column`, and their parameters. A stored value that
+        is not a time is in no time range, though "garbage" sorts after every "2026-…"."""
         terms: list[str] = []
         params: list = []
+        if self.since_utc is not None or self.until_utc is not None:
+            terms.append(time_like(column))
         if self.since_utc is not None:
             terms.append(f"{column} >= {param}")
             params.append(self.since_utc)

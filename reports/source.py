@@ -6,8 +6,10 @@ server database in a read-only session.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import peewee
 
@@ -35,6 +37,7 @@ class Source:
     location: str
     columns: frozenset[str]
     tables: frozenset[str] = frozenset()
+    text_replaced: bool = False  # see replace_undecodable_text
 
     @property
     def param(self) -> str:
@@ -52,6 +55,12 @@ class Source:
     def is_sqlite(self) -> bool:
         return isinstance(self.db, peewee.SqliteDatabase)
 
+    @property
+    def walks_runs(self) -> bool:
+        """Whether index runs can be walked (`reports.runs`): SQLite, and every key read as
+        stored, since a walk sends the keys it read back as parameters."""
+        return self.is_sqlite and not self.text_replaced
+
     def rows(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         return list(self.db.execute_sql(sql, params).fetchall())
 
@@ -61,6 +70,23 @@ class Source:
     def close(self) -> None:
         if not self.db.is_closed():
             self.db.close()
+
+    def replace_undecodable_text(self) -> None:
+        """From now on, stored text that is not UTF-8 (SQLite keeps any bytes as text) is read
+        with U+FFFD for the bad bytes, where sqlite3 refuses it. Not the default: a text factory
+        in Python makes reading rows about a third slower. A key read so is not the key stored,
+        so index runs are no longer walked (`walks_runs`)."""
+        self.db.connection().text_factory = _lenient_text
+        self.text_replaced = True
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def is_undecodable(exc: Exception) -> bool:
+    """sqlite3's refusal of a stored text value that is not UTF-8."""
+    return isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)) and "Could not decode to UTF-8" in str(exc)
 
 
 def open_source(location: str) -> Source:
@@ -89,7 +115,10 @@ def _connect_read_only(location: str) -> peewee.Database:
         return db
     if not path.exists():
         raise NothingYet(f"No database at {path} yet: {START_CAPTURING}.")
-    db = peewee.SqliteDatabase(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    # A URI, for mode=ro: the path is percent-encoded, or a `?` or `#` in it would end the path and
+    # a `%` start an escape (`a?b.db` would open, even create, a file named `a`, read-write).
+    uri = f"file:{quote(os.fsencode(path))}?mode=ro"
+    db = peewee.SqliteDatabase(uri, uri=True, timeout=BUSY_TIMEOUT_S)
     try:
         db.connect()
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:

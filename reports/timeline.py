@@ -10,6 +10,7 @@ from rich.text import Text
 
 from .selection import TABLE, Selection
 from .source import Source
+from .stored import time_like
 
 # bucket name -> (characters of `timestamp` that name it, its length, strftime of that prefix)
 BUCKETS = {
@@ -18,6 +19,9 @@ BUCKETS = {
     "day": (10, timedelta(days=1), "%Y-%m-%d"),
 }
 _SUFFIX = {"minute": ":00Z", "hour": ":00:00Z", "day": "T00:00:00Z"}
+# Up to this many buckets from the first call's to the last's, every one is listed, empty or not;
+# beyond, only those with calls (one stray call stored in year 1 would make 740,000 days).
+MAX_BUCKETS = 1_000
 
 
 @dataclass
@@ -31,12 +35,21 @@ class Bucket:
 class Timeline:
     bucket: str  # minute, hour or day
     buckets: list[Bucket]  # every bucket from the first call's to the last's, empty ones included
+    requests_without_time: int = 0  # calls in no bucket: their stored timestamp is not a time
+    empty_buckets_left_out: bool = False  # more than MAX_BUCKETS: only buckets with calls listed
 
     def as_dict(self) -> dict:
-        return {"bucket": self.bucket, "buckets": [asdict(b) for b in self.buckets]}
+        return {
+            "bucket": self.bucket, "buckets": [asdict(b) for b in self.buckets],
+            "requests_without_time": self.requests_without_time, "empty_buckets_left_out": self.empty_buckets_left_out,
+        }
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield Text(f"Timeline (per {self.bucket}; █ calls, ░ errors)", style="italic")
+        if self.empty_buckets_left_out:
+            yield Text(f"only the {self.bucket}s with calls: more than {MAX_BUCKETS:,} from the first to the last", style="italic")
+        if self.requests_without_time:
+            yield Text(f"{self.requests_without_time:,} call(s) in no {self.bucket}: their stored timestamp is not a time", style="italic")
         if not self.buckets:
             return
         labels = [_label(self.bucket, b.start_utc) for b in self.buckets]
@@ -52,39 +65,77 @@ class Timeline:
             yield line
 
 
-def choose_bucket(span_seconds: float) -> str:
-    if span_seconds <= 3600:
+def choose_bucket(span_seconds: float | None) -> str:
+    if span_seconds is None or span_seconds <= 3600:
         return "minute"
     if span_seconds <= 2 * 86400:
         return "hour"
     return "day"
 
 
-def load_timeline(src: Source, selection: Selection, first_utc: str | None, last_utc: str | None, span_seconds: float) -> Timeline:
+def load_timeline(
+    src: Source, selection: Selection, first_utc: str | None, last_utc: str | None, span_seconds: float | None, requests: int,
+) -> Timeline:
+    """`first_utc` and `last_utc`: the first and last call's time in the row format (the
+    overview's), None when no call's timestamp is a time; `requests`: the calls selected."""
     bucket = choose_bucket(span_seconds)
     if first_utc is None or last_utc is None:
-        return Timeline(bucket, [])
+        return Timeline(bucket, [], requests)
     length, step, pattern = BUCKETS[bucket]
-    where, params = selection.where(src.param, "NOT success")
-    errors = {
-        prefix: int(n)
-        for prefix, n in src.rows(
-            f"SELECT substr(timestamp, 1, {length}), count(*) FROM {TABLE}{where} GROUP BY substr(timestamp, 1, {length})",
-            params,
-        )
-    }
-    # Calls per bucket as range counts: the timestamp index answers each without reading rows.
+    start, end = _start(first_utc[:length], pattern), _start(last_utc[:length], pattern)
+    if start is None or end is None:
+        return Timeline(bucket, [], requests)
+    errors = _counts(src, selection, length, "NOT success")
+    too_many = (end - start) // step >= MAX_BUCKETS
+    if not too_many:
+        buckets = _every_bucket(src, selection, bucket, start, end, errors)
+    else:
+        found = [(prefix, n) for prefix, n in _counts(src, selection, length).items() if _start(prefix, pattern)]
+        buckets = [Bucket(prefix + _SUFFIX[bucket], n, errors.get(prefix, 0)) for prefix, n in sorted(found)]
+    placed = sum(b.requests for b in buckets)
+    return Timeline(bucket, buckets, requests - placed, too_many)
+
+
+def _start(prefix, pattern: str) -> datetime | None:
+    """The time a bucket named by `prefix` (the first characters of a timestamp) starts."""
+    try:
+        return datetime.strptime(prefix, pattern).replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+def _counts(src: Source, selection: Selection, length: int, *terms: str) -> dict:
+    """Calls per bucket prefix, for those whose timestamp looks like a time."""
+    where, params = selection.where(src.param, time_like("timestamp"), *terms)
+    prefix = f"substr(timestamp, 1, {length})"
+    return {p: int(n) for p, n in src.rows(f"SELECT {prefix}, count(*) FROM {TABLE}{where} GROUP BY {prefix}", params)}
+
+
+def _every_bucket(src: Source, selection: Selection, bucket: str, start: datetime, end: datetime, errors: dict) -> list[Bucket]:
+    """Every bucket from `start` to `end`, by range counts: the timestamp index answers each
+    without reading rows."""
+    _, step, pattern = BUCKETS[bucket]
     where, params = selection.where(src.param, f"timestamp >= {src.param}", f"timestamp < {src.param}")
     count_sql = f"SELECT count(*) FROM {TABLE}{where}"
     buckets = []
-    moment = datetime.strptime(first_utc[:length], pattern).replace(tzinfo=UTC)
-    end = last_utc[:length]
-    while (prefix := moment.strftime(pattern)) <= end:
-        following = (moment + step).strftime(pattern)
-        n = int(src.one(count_sql, [*params, prefix, following])[0])
+    moment: datetime | None = start
+    while moment is not None and moment <= end:
+        prefix = _prefix(moment, pattern)
+        try:
+            following: datetime | None = moment + step
+        except OverflowError:  # the last bucket of year 9999
+            following = None
+        # "~" sorts after every character of the row format: the bound past any time in the prefix
+        bound = prefix + "~" if following is None else _prefix(following, pattern)
+        n = int(src.one(count_sql, [*params, prefix, bound])[0])
         buckets.append(Bucket(prefix + _SUFFIX[bucket], n, errors.get(prefix, 0)))
-        moment += step
-    return Timeline(bucket, buckets)
+        moment = following
+    return buckets
+
+
+def _prefix(moment: datetime, pattern: str) -> str:
+    """`pattern` (which starts with %Y) of `moment`, the year padded as in the rows' format."""
+    return f"{moment.year:04d}" + moment.strftime(pattern[2:])
 
 
 def _label(bucket: str, start_utc: str) -> str:

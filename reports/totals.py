@@ -13,10 +13,16 @@ from typing import Any
 
 from .selection import TABLE, Selection
 from .source import Source
+from .stored import SUCCESS, exact_sum, exact_sum_sql, known, measure
+
+TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 
 
 @dataclass
 class Totals:
+    """Counts and sums of one combination. A sum covers the calls whose value is known (see
+    `reports.stored`); `with_*` counts those calls, so a sum of none reads as unknown, not 0."""
+
     requests: int = 0
     errors: int = 0
     streamed: int = 0
@@ -24,35 +30,54 @@ class Totals:
     completion_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    with_prompt_tokens: int = 0
+    with_completion_tokens: int = 0
+    with_cached_tokens: int = 0
+    with_reasoning_tokens: int = 0
+    with_latency: int = 0  # calls with a known response_time_ms
     with_ttft: int = 0  # calls with a time to first token (streamed)
     with_tokens_per_second: int = 0
     cost_usd: float = 0.0
-    unpriced_calls: int = 0  # successful calls with no cost_usd
+    priced_calls: int = 0  # calls with a known cost_usd
+    unpriced_calls: int = 0  # successful calls without one
 
     def add(self, other: Totals) -> None:
         for name, value in vars(other).items():
             setattr(self, name, getattr(self, name) + value)
 
+    def tokens(self, name: str) -> int | None:
+        """The sum of token count `name` over the calls that had one; None, i.e. unknown, when
+        calls were selected and none had one. (Of no calls at all, the sum is 0.)"""
+        return getattr(self, name) if getattr(self, f"with_{name}") or not self.requests else None
 
-_SUMS = (
-    ("requests", "count(*)"),
-    ("errors", "sum(CASE WHEN success THEN 0 ELSE 1 END)"),
-    ("streamed", "sum(CASE WHEN is_streaming THEN 1 ELSE 0 END)"),
-    ("prompt_tokens", "sum(prompt_tokens)"),
-    ("completion_tokens", "sum(completion_tokens)"),
-    ("cached_tokens", "sum(cached_tokens)"),
-    ("reasoning_tokens", "sum(reasoning_tokens)"),
-    ("with_ttft", "count(time_to_first_token_ms)"),
-    ("with_tokens_per_second", "count(tokens_per_second)"),
-)
-_COST_SUMS = (
-    ("cost_usd", "sum(cost_usd)"),
-    ("unpriced_calls", "sum(CASE WHEN success AND cost_usd IS NULL THEN 1 ELSE 0 END)"),
-)
+    def cost(self) -> float | None:
+        """cost_usd of the priced calls; None when calls were selected and none was priced."""
+        return self.cost_usd if self.priced_calls or not self.requests else None
+
+
+def _aggregates(has_cost: bool) -> list[tuple[str, str]]:
+    """(name, SQL) of every count and sum; an exact sum is two, `name:high` and `name:low`."""
+    found = [
+        ("requests", "count(*)"),
+        ("errors", f"sum(1 - {SUCCESS})"),
+        ("streamed", "sum(CASE WHEN is_streaming THEN 1 ELSE 0 END)"),
+        ("with_latency", f"count({known('response_time_ms')})"),
+        ("with_ttft", f"count({known('time_to_first_token_ms')})"),
+        ("with_tokens_per_second", f"count({known('tokens_per_second')})"),
+    ]
+    for name in TOKENS:
+        high, low = exact_sum_sql(name)
+        found += [(f"{name}:high", high), (f"{name}:low", low), (f"with_{name}", f"count({known(name)})")]
+    if has_cost:
+        found += [
+            ("cost_usd", f"sum({known('cost_usd')})"),
+            ("priced_calls", f"count({known('cost_usd')})"),
+            ("unpriced_calls", f"sum(CASE WHEN {measure('cost_usd')} THEN 0 ELSE {SUCCESS} END)"),
+        ]
+    return found
 
 
 def totals_sql(src: Source, selection: Selection, keys: Sequence[str]) -> tuple[str, list]:
-    sums = _SUMS + (_COST_SUMS if src.has_cost else ())
     where, params = selection.where(src.param)
     if selection.since_utc or selection.until_utc:
         # A time range is best read through the timestamp index. Offered an index in key order,
@@ -60,21 +85,23 @@ def totals_sql(src: Source, selection: Selection, keys: Sequence[str]) -> tuple[
         # day of a million calls); a key it cannot find in an index keeps it on the time range.
         keys = [f"coalesce({k}, NULL)" for k in keys]
     group = f" GROUP BY {', '.join(keys)}" if keys else ""
-    select = ", ".join([*keys, *(sql for _, sql in sums)])
+    select = ", ".join([*keys, *(sql for _, sql in _aggregates(src.has_cost))])
     return f"SELECT {select} FROM {TABLE}{where}{group}", params
 
 
 def load_totals(src: Source, selection: Selection, keys: Sequence[str]) -> dict[tuple, Totals]:
     """Key values (one per SQL expression in `keys`) -> Totals, for every combination present."""
     sql, params = totals_sql(src, selection, keys)
-    names = [name for name, _ in _SUMS + (_COST_SUMS if src.has_cost else ())]
+    names = [name for name, _ in _aggregates(src.has_cost)]
     found: dict[tuple, Totals] = {}
     for record in src.rows(sql, params):
-        values = record[len(keys):]
-        if not values[0]:  # no GROUP BY and no rows: one row of NULL sums
+        values = dict(zip(names, record[len(keys):]))
+        if not values["requests"]:  # no GROUP BY and no rows: one row of NULL sums
             continue
+        for name in TOKENS:
+            values[name] = exact_sum(values.pop(f"{name}:high"), values.pop(f"{name}:low"))
         sums: dict[str, Any] = {
-            name: (float(v or 0) if name == "cost_usd" else int(v or 0)) for name, v in zip(names, values)
+            name: (float(v or 0) if name == "cost_usd" else int(v or 0)) for name, v in values.items()
         }
         found[tuple(record[: len(keys)])] = Totals(**sums)
     return found

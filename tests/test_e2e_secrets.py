@@ -266,6 +266,8 @@ def test_database_password_is_masked_in_failure_messages(tmp_path, scram_server,
         assert output.returncode != 0 and "Traceback" not in text, text
         for secret in (ROLE_PASSWORD, planted, planted.replace("/", ""), "PLANTED-wrong-pw"):
             assert secret not in text, (output.args, text)
+    for output in outputs[1:3]:  # reports and migrations: one error line, the password masked in it
+        assert output.stderr.startswith("error: ") and output.stderr.count("\n") == 1, output.stderr
 
 
 def test_password_from_pgpassword_or_a_pgpass_file_reaches_the_server(

@@ -295,14 +295,22 @@ def test_cli_status_upgrade_backup_restore_round_trip(tmp_path):
         (["status", "--db", "{missing}"], None),
         (["verify", "--db", "{missing}"], "no database at"),
         (["restore", "--db", "{db}", "{missing}"], "no backup file at"),
-        (["backup", "--db", "{db}", "--keep", "0"], "--keep must be at least 1"),
+        (["backup", "--db", "{db}", "--keep", "0"], "argument --keep: expected a whole number of at least 1, got '0'"),
+        (["upgrade", "--db", "{db}", "--keep", "ten"], "argument --keep: expected a whole number of at least 1, got 'ten'"),
         (["frobnicate"], "invalid choice"),
+        (["status", "--db", ""], "argument --db: expected a SQLite path or a database URL, got an empty value"),
+        (["status", "--db", "{dir}"], "is a directory, not a database file"),
+        (["verify", "--db", "{dir}"], "is a directory, not a database file"),
+        (["backup", "--db", "{dir}"], "is a directory, not a database file"),
+        (["status", "--db", "frob://x"], "cannot open frob://x: Unrecognized or unsupported scheme"),
+        (["status", "--db", "postgresql://127.0.0.1:1/none"], "Connection refused"),
+        (["status", "--db", "{db}", "un\nknown"], "unrecognized arguments: un known"),
     ],
 )
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, args, needle):
     path = tmp_path / "metrics.db"
     upgrade(open_database(str(path)))
-    args = [a.format(missing=tmp_path / "missing.db", db=path) for a in args]
+    args = [a.format(missing=tmp_path / "missing.db", db=path, dir=tmp_path) for a in args]
     result = run_cli(*args)
     if needle is None:  # status of a database not made yet is information, not an error
         assert result.returncode == 0 and "no database at" in result.stdout
@@ -310,6 +318,14 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, args, needle):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert needle in result.stderr
+
+
+def test_a_server_error_is_one_line_and_never_shows_the_password(tmp_path):
+    """A driver's message spans lines (libpq adds a hint): joined into one, the password masked."""
+    result = run_cli("status", "--db", "postgresql://bob:PLANTED-pw-9Kq@127.0.0.1:1/none")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Connection refused" in result.stderr and "PLANTED-pw-9Kq" not in result.stderr
 
 
 def test_verify_reports_a_damaged_schema(tmp_path):

@@ -124,15 +124,21 @@ def expected_group(rows: list[dict]) -> dict:
     return {
         "requests": len(rows),
         "errors": sum(not r["success"] for r in rows),
-        "prompt_tokens": sum(r["prompt_tokens"] or 0 for r in rows),
-        "completion_tokens": sum(r["completion_tokens"] or 0 for r in rows),
-        "cost_usd": sum(r.get("cost_usd") or 0 for r in rows),
+        "prompt_tokens": known_sum(r["prompt_tokens"] for r in rows),
+        "completion_tokens": known_sum(r["completion_tokens"] for r in rows),
+        "cost_usd": known_sum(r.get("cost_usd") for r in rows),
         "unpriced_calls": sum(1 for r in rows if r["success"] and r.get("cost_usd") is None),
         "latency_ms": {f"p{p}": pct(latency, p) for p in (50, 95, 99)},
         "ttft_ms": {f"p{p}": pct(ttft, p) for p in (50, 95)},
         "time_per_output_token_ms": {"p50": pct([1000 / t for t in tps], 50)},
         "output_tokens_per_second": {"p50": pct(tps, 50)},
     }
+
+
+def known_sum(values) -> int | float | None:
+    """The sum of the values stored; None (unknown) when none was."""
+    stored = [v for v in values if v is not None]
+    return sum(stored) if stored else None
 
 
 def grouped(rows: list[dict], dims: tuple[str, ...]) -> dict[tuple, dict]:
@@ -220,6 +226,13 @@ def usd(v) -> str:
     return f"${v:,.2f}" if v >= 1 or v == 0 else f"${v:.4f}"
 
 
+def cost(group: dict) -> str:
+    """As the text report shows a group's cost: ≥ when some successful calls are unpriced."""
+    if group["cost_usd"] is None:
+        return "-"
+    return ("≥" if group["unpriced_calls"] else "") + usd(group["cost_usd"])
+
+
 # -- text --------------------------------------------------------------------------------------
 
 
@@ -239,7 +252,7 @@ def test_text_overview_states_span_counts_tokens_and_cost(database):
     assert f"tokens in {sum(r['prompt_tokens'] for r in rows):,} (cached {sum(r['cached_tokens'] for r in rows):,})" in text
     assert f"out {sum(r['completion_tokens'] or 0 for r in rows):,} (reasoning {sum(r['reasoning_tokens'] or 0 for r in rows):,})" in text
     whole = expected_group(rows)
-    assert f"cost {usd(whole['cost_usd'])} · {whole['unpriced_calls']:,} successful calls unpriced" in text
+    assert f"cost {cost(whole)} · {whole['unpriced_calls']:,} successful calls unpriced" in text
 
 
 @pytest.mark.parametrize("title, dims", [
@@ -257,7 +270,7 @@ def test_text_group_tables_match_independent_numbers(database, title, dims):
             *(ms(want["latency_ms"][p]) for p in ("p50", "p95", "p99")),
             *(ms(want["ttft_ms"][p]) for p in ("p50", "p95")),
             dec(want["time_per_output_token_ms"]["p50"]), dec(want["output_tokens_per_second"]["p50"]),
-            f"{want['prompt_tokens']:,}", f"{want['completion_tokens']:,}", usd(want["cost_usd"]),
+            f"{want['prompt_tokens']:,}", f"{want['completion_tokens']:,}", cost(want),
         ], key
 
 
@@ -535,6 +548,119 @@ def test_without_a_dropped_rows_table_drops_are_null_not_zero(database, capsys):
     assert "dropped by the proxy" not in render(path)
 
 
+# -- unknown is not zero -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def partly_unknown(tmp_path):
+    """gpt-a: priced and reported as usual; local: no usage reported and no price; gpt-b: usage
+    reported, some successful calls priced and some not."""
+    rows = make_rows(120)
+    for row in rows:
+        if row["model"] in (None, "claude-[c]"):
+            row["model"] = "local"
+    path = make_db(tmp_path / "m.db", rows)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE completion_requests SET prompt_tokens = NULL, completion_tokens = NULL, cached_tokens = NULL, "
+                "reasoning_tokens = NULL, cost_usd = NULL WHERE model = 'local'")
+    con.execute("UPDATE completion_requests SET cost_usd = 0.5 WHERE model = 'gpt-a' AND success")
+    con.execute("UPDATE completion_requests SET cost_usd = CASE WHEN id % 2 THEN 0.25 END WHERE model = 'gpt-b' AND success")
+    con.commit()
+    con.close()
+    return path, rows
+
+
+def test_a_group_of_unpriced_calls_without_usage_reads_unknown_not_zero(partly_unknown, capsys):
+    path, rows = partly_unknown
+    out = run_json(path, capsys=capsys)
+    local = next(r for r in out["groups"][0]["rows"] if r["key"]["model"] == "local")
+    assert (local["prompt_tokens"], local["completion_tokens"], local["cost_usd"]) == (None, None, None)
+    assert local["unpriced_calls"] == sum(r["model"] == "local" and r["success"] for r in rows)
+    cells = row_cells(section(render(path), "By model"), ("local",))
+    assert cells[-3:] == ["-", "-", "-"]  # in, out, cost
+    assert main(["--db", path, "--format", "csv"]) == 0
+    record = next(r for r in csv.DictReader(io.StringIO(capsys.readouterr().out)) if r["model"] == "local")
+    assert (record["prompt_tokens"], record["completion_tokens"], record["cost_usd"]) == ("", "", "")
+
+
+def test_a_group_with_some_unpriced_calls_shows_at_least_the_priced_cost_and_how_many_were_not(partly_unknown, capsys):
+    path, _ = partly_unknown
+    out = run_json(path, capsys=capsys)
+    by_model = {r["key"]["model"]: r for r in out["groups"][0]["rows"]}
+    con = sqlite3.connect(path)
+    priced, unpriced = con.execute(
+        "SELECT sum(cost_usd), sum(success AND cost_usd IS NULL) FROM completion_requests WHERE model = 'gpt-b'").fetchone()
+    con.close()
+    assert unpriced > 0
+    assert by_model["gpt-b"]["cost_usd"] == pytest.approx(priced) and by_model["gpt-b"]["unpriced_calls"] == unpriced
+    assert by_model["gpt-a"]["unpriced_calls"] == 0
+    text = render(path)
+    lines = section(text, "By model")
+    assert row_cells(lines, ("gpt-b",))[-1] == f"≥{usd(priced)}"
+    assert row_cells(lines, ("gpt-a",))[-1] == usd(by_model["gpt-a"]["cost_usd"])  # all priced: no mark
+    under_the_last_table = " ".join(section(text, "By origin")[-8:])
+    assert "cost ≥$x: the priced calls cost $x, some others are unpriced; -: no call priced" in " ".join(under_the_last_table.split())
+
+
+def test_an_overview_of_calls_without_usage_or_price_says_unknown(partly_unknown, capsys):
+    path, _ = partly_unknown
+    out = run_json(path, "--model", "local", capsys=capsys)["overview"]
+    assert [out[k] for k in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_usd")] == [None] * 5
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    assert main(["--db", path, "--model", "local"], console) == 0
+    text = " ".join(overview_lines(console.file.getvalue()))
+    assert "tokens in - (cached -) · out - (reasoning -)" in text
+    assert f"cost unknown: no call priced · {out['unpriced_calls']} successful calls unpriced" in text
+
+
+# -- client-chosen text never becomes live content ---------------------------------------------
+
+FORMULAS = ['=HYPERLINK("http://evil.test","click")', "+1+1", "-5", "@SUM(A1:A9)", "\tx", "\rx", "\nx", "'quoted"]
+
+
+def test_csv_writes_client_chosen_formulas_as_text_and_numbers_as_numbers(tmp_path, capsys):
+    rows = make_rows(len(FORMULAS) * 3)
+    for i, row in enumerate(rows):
+        row["model"] = FORMULAS[i % len(FORMULAS)]
+        row["origin"] = "=cmd|' /C calc'!A0" if i % 2 else "plain-origin"
+    path = make_db(tmp_path / "m.db", rows)
+    assert main(["--db", path, "--format", "csv"]) == 0
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    models = [r["model"] for r in records if r["group_by"] == "model"]
+    assert sorted(models) == sorted("'" + f for f in FORMULAS)  # each with one ' in front
+    origins = {r["origin"] for r in records if r["group_by"] == "origin"}
+    assert origins == {"'=cmd|' /C calc'!A0", "plain-origin"}
+    for record in records:
+        assert record["model"][:1] not in ("=", "+", "-", "@", "\t", "\r", "\n")
+        assert int(record["requests"]) > 0 and int(record["prompt_tokens"]) > 0 and float(record["latency_p50_ms"]) > 0
+
+
+CONTROLS = {"model": "\x1b[2J\x1b[31mevil", "origin": "two\nlines", "provider": "\u202eeulav", "error_message": "bell\x07\x1b]0;title\x07"}
+
+
+def test_control_characters_in_stored_text_are_shown_escaped_never_sent_to_the_terminal(tmp_path):
+    rows = make_rows(40)
+    for row in rows:
+        row.update({k: v for k, v in CONTROLS.items() if k != "error_message" or not row["success"]})
+    path = make_db(tmp_path / "m.db", rows)
+    text = render(path, width=200)
+    assert not any(c in text for c in "\x1b\x07\u202e")
+    for shown in ("\\x1b[2J\\x1b[31mevil", "two\\nlines", "\\u202eeulav", "bell\\x07\\x1b]0;title\\x07"):
+        assert shown in text, shown
+
+
+def test_control_characters_in_a_db_path_are_shown_escaped(tmp_path, capsys):
+    folder = tmp_path / "x\x1b[2Jy"
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    assert main(["--db", str(folder / "m.db")], console) == 0  # no database there yet
+    assert "\x1b" not in console.file.getvalue() and "x\\x1b[2Jy" in console.file.getvalue()
+    folder.mkdir()
+    with pytest.raises(SystemExit):
+        main(["--db", str(folder)])  # a directory: argparse's error line
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "x\\x1b[2Jy is a directory" in err
+
+
 # -- secrets stored by builds that did not redact them ------------------------------------------
 
 
@@ -552,3 +678,21 @@ def test_keys_in_rows_stored_before_redaction_are_not_reported(tmp_path, capsys)
     assert any("/v1/keys/***/chat/completions" in out for out in outputs)
     for out in outputs:
         assert "OLDtail" not in out and "sk-OLDpathKEY" not in out
+
+
+def test_a_key_in_stored_text_with_control_characters_is_both_redacted_and_escaped(tmp_path, capsys):
+    rows = make_rows(20)
+    rows[3].update(success=False, status_code=401, error_type="invalid_api_key",
+                   error_message="bad key sk-abc***...OLDtail\x1b[31m\nnext line")
+    rows[4].update(path="/v1/keys/sk-OLDpathKEY0123456789/\x1b[2Jchat")
+    path = make_db(tmp_path / "old.db", rows)
+    texts = [render(path, width=200), render(path, width=200, group_by="path")]
+    assert "bad key ***\\x1b[31m" in texts[0] and "/v1/keys/***/\\x1b[2Jchat" in texts[1]
+    outputs = list(texts)
+    for args in (("--format", "json"), ("--format", "json", "--group-by", "path"), ("--format", "csv", "--group-by", "path")):
+        assert main(["--db", path, *args]) == 0
+        outputs.append(capsys.readouterr().out)
+    for out in outputs:
+        assert "OLDtail" not in out and "sk-OLDpathKEY" not in out
+    for out in texts:
+        assert "\x1b" not in out

@@ -154,18 +154,107 @@ def test_a_file_that_is_not_a_database_is_one_error_line(tmp_path, capsys):
 @pytest.mark.parametrize("args, says", [
     (["--since", "yesterday"], "argument --since: 'yesterday' is not a time"),
     (["--until", "3 days"], "argument --until: '3 days' is not a time"),
-    (["--top", "0"], "argument --top: expected a whole number of at least 1, got '0'"),
-    (["--top", "ten"], "argument --top: expected a whole number of at least 1, got 'ten'"),
+    (["--top", "0"], "argument --top: expected a whole number from 1 to 100,000, got '0'"),
+    (["--top", "ten"], "argument --top: expected a whole number from 1 to 100,000, got 'ten'"),
     (["--group-by", "colour"], "argument --group-by: invalid choice: 'colour'"),
     (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
-    (["--watch", "0"], "argument --watch: expected a number of seconds above 0, got '0'"),
+    (["--watch", "0"], "argument --watch: expected a number of seconds above 0, at most 86,400, got '0'"),
     (["--colour"], "unrecognized arguments: --colour"),
     (["--since", "2026-11-03", "--until", "2026-11-02"], "--since (2026-11-03T00:00:00.000000Z) must be before --until"),
+    (["--since", "3000000w"], "argument --since: '3000000w' is out of range"),
+    (["--until", "10000-01-01"], "argument --until: '10000-01-01' is not a time"),
+    (["--top", "100001"], "argument --top: expected a whole number from 1 to 100,000, got '100001'"),
+    (["--top", "-1"], "argument --top: expected a whole number from 1 to 100,000, got '-1'"),
+    (["--watch", "inf"], "argument --watch: expected a number of seconds above 0, at most 86,400, got 'inf'"),
+    (["--watch", "nan"], "argument --watch: expected a number of seconds above 0, at most 86,400, got 'nan'"),
+    (["--watch", "1e308"], "argument --watch: expected a number of seconds above 0, at most 86,400, got '1e308'"),
+    (["--model", "gpt-\udcff"], "argument --model: 'gpt-\\udcff' is not UTF-8 text"),
+    (["--origin", "\udce9"], "argument --origin: '\\udce9' is not UTF-8 text"),
+    ([f"--model=m{i}" for i in range(1001)], "at most 1,000 values of --model, --provider, --host and --origin together"),
+    (["--db", ""], "argument --db: expected a SQLite path or a database URL, got an empty value"),
+    (["--db", "   "], "argument --db: expected a SQLite path or a database URL, got an empty value"),
+    (["un\nknown"], "unrecognized arguments: un known"),
 ])
 def test_a_bad_flag_value_is_one_error_line_and_exit_2(database, args, says, capsys):
     code, out, err = cli(capsys, "--db", database, *args)
     assert code == 2 and out == ""
     assert err.startswith(f"error: {says}") and err.count("\n") == 1, err
+
+
+def test_a_directory_as_db_is_one_error_line_and_exit_2(tmp_path, capsys):
+    code, out, err = cli(capsys, "--db", str(tmp_path))
+    assert code == 2 and out == ""
+    assert err == f"error: argument --db: {tmp_path} is a directory, not a database file\n"
+
+
+def test_the_same_filter_value_twice_is_one_filter(database, capsys):
+    code, out, _ = cli(capsys, "--db", database, "--format", "json", *(["--model", "gpt-a"] * 1001))
+    assert code == 0 and json.loads(out)["filters"]["model"] == ["gpt-a"]
+
+
+def one_error_line(result: subprocess.CompletedProcess, says: str) -> None:
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith(f"error: {says}") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_server_error_is_one_line_and_never_shows_the_password():
+    result = run("--db", "postgresql://bob:PLANTED-pw-9Kq@127.0.0.1:1/none")
+    one_error_line(result, "cannot open postgresql://bob:***@127.0.0.1:1/none: ")
+    assert "PLANTED-pw-9Kq" not in result.stderr
+
+
+def test_since_far_past_is_one_error_line_and_exit_2(database):
+    one_error_line(run("--db", database, "--since", "99999999999d"), "argument --since: '99999999999d' is out of range")
+
+
+@pytest.mark.parametrize("flag, when", [
+    ("--since", "0001-01-01T00:00+14:00"),  # 31 December of year 0 in UTC
+    ("--until", "9999-12-31T23:59-10:00"),  # 1 January of year 10000 in UTC
+    ("--until", "9999-12-31T23:59:59.999999-00:01"),
+])
+def test_a_time_outside_years_1_to_9999_in_utc_is_one_error_line_and_exit_2(database, flag, when):
+    one_error_line(run("--db", database, flag, when), f"argument {flag}: '{when}' is out of range: a time must fall between 0001-01-01 and 9999-12-31 UTC")
+
+
+def test_top_past_sqlites_integers_is_one_error_line_and_exit_2(database):
+    one_error_line(run("--db", database, "--top", "9223372036854775808"), "argument --top: expected a whole number from 1 to 100,000")
+
+
+def test_watch_forever_is_one_error_line_and_exit_2(database):
+    one_error_line(run("--db", database, "--watch", "inf"), "argument --watch: expected a number of seconds above 0")
+
+
+def test_a_filter_value_that_is_not_utf8_is_one_error_line_and_exit_2(database):
+    result = subprocess.run(  # bytes in argv, as a shell passes them
+        [sys.executable.encode(), b"-m", b"reports", b"--db", database.encode(), b"--model", b"gpt-\xff"],
+        cwd=ROOT, capture_output=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.startswith(b"error: argument --model: ") and result.stderr.count(b"\n") == 1, result.stderr
+
+
+def test_since_before_year_1000_selects_every_later_call(database, capsys):
+    code, out, _ = cli(capsys, "--db", database, "--since", "0999-01-01", "--format", "json")
+    report = json.loads(out)
+    assert code == 0 and report["filters"]["since_utc"] == "0999-01-01T00:00:00.000000Z"
+    assert report["overview"]["requests"] == 120
+
+
+@pytest.mark.parametrize("name", ["a?b.db", "a#b.db", "a%41.db", "a b.db"])
+def test_a_db_path_with_uri_characters_is_read_and_nothing_is_created(tmp_path, name):
+    path = make_db(tmp_path / name, make_rows(20))
+    result = run("--db", path, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["overview"]["requests"] == 20
+    # Nothing beside it but its own WAL files: no `a` opened (and so created) read-write.
+    assert {p.name for p in tmp_path.iterdir()} <= {name, f"{name}-wal", f"{name}-shm"}
+
+
+def test_db_abbreviated_to_d_still_reaches_a_postgres_url(pg_url):
+    result = run("--d", pg_url)  # argparse takes --d for --db: the drivers must stay importable
+    assert result.returncode == 0, result.stderr
+    assert "holds no LLM calls yet" in result.stdout
 
 
 def test_the_real_command_reports_a_bad_flag_the_same_way(database):

@@ -205,6 +205,9 @@ NOW = datetime(2026, 11, 22, 14, 0, tzinfo=UTC)
     ("2026-11-20T09:30Z", "2026-11-20T09:30:00.000000Z"),
     ("2026-11-20T09:30:00+02:00", "2026-11-20T07:30:00.000000Z"),
     ("2026-11-20 09:30", "2026-11-20T09:30:00.000000Z"),
+    ("0999-01-01", "0999-01-01T00:00:00.000000Z"),  # padded: "999-…" would sort after "2026-…"
+    ("0001-01-01T00:00Z", "0001-01-01T00:00:00.000000Z"),
+    ("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z"),
 ])
 def test_since_and_until_accept_durations_and_iso_times_in_row_format(text, utc):
     assert parse_when(text, NOW) == utc
@@ -216,11 +219,20 @@ def test_a_time_that_is_not_one_is_refused_with_the_accepted_forms(text):
         parse_when(text, NOW)
 
 
+@pytest.mark.parametrize("text", ["99999999999d", "3000000w", "0001-01-01T00:00+14:00", "9999-12-31T23:59-10:00"])
+def test_a_time_before_year_1_or_after_9999_is_refused_as_out_of_range(text):
+    with pytest.raises(ValueError, match="out of range: a time must fall between 0001-01-01 and 9999-12-31 UTC"):
+        parse_when(text, NOW)
+
+
 def test_selection_where_clause_is_parametrised_and_portable():
     where, params = Selection(
         since_utc="a", until_utc="b", models=("m1", "m2"), origins=("o",), errors_only=True
     ).where("%s")
-    assert where == " WHERE timestamp >= %s AND timestamp < %s AND model IN (%s, %s) AND origin IN (%s) AND NOT success"
+    assert where == (
+        " WHERE substr(timestamp, 1, 10) LIKE '____-__-__' AND timestamp >= %s AND timestamp < %s AND model IN (%s, %s) AND origin IN (%s)"
+        " AND NOT success"
+    )
     assert params == ["a", "b", "m1", "m2", "o"]
     assert Selection().where("?") == ("", [])
     assert asdict(Selection(hosts=("h",)))["hosts"] == ("h",)

@@ -83,3 +83,32 @@ def test_sqlite_and_postgres_report_the_same_dropped_rows(tmp_path, pg_url, caps
     }
     assert main(["--db", pg_url, "--format", "json", "--since", "2026-11-03"]) == 0
     assert json.loads(capsys.readouterr().out)["overview"]["dropped_rows"]["row_count"] == 2
+
+
+ODD_VALUES = (  # what each database lets a client store: the same report must come of them
+    "UPDATE completion_requests SET prompt_tokens = 2147483647 WHERE id % 3 = 0",  # int4's largest
+    "UPDATE completion_requests SET cost_usd = 1e308 WHERE id % 5 = 0",  # PostgreSQL's sum(float8) overflowed
+    "UPDATE completion_requests SET tokens_per_second = 'NaN' WHERE id % 7 = 0",  # SQLite keeps the text
+    "UPDATE completion_requests SET tokens_per_second = 'Infinity' WHERE id % 7 = 1",
+    "UPDATE completion_requests SET response_time_ms = -5 WHERE id % 11 = 0",
+    "UPDATE completion_requests SET time_to_first_token_ms = -1 WHERE id % 4 = 0 AND time_to_first_token_ms IS NOT NULL",
+    "UPDATE completion_requests SET timestamp = 'garbage' WHERE id % 13 = 0",
+)
+
+
+def test_sqlite_and_postgres_give_the_same_report_of_odd_stored_values(tmp_path, pg_url, capsys):
+    data = rows()
+    for location in (str(tmp_path / "m.db"), pg_url):
+        load(location, data)
+        db = open_database(location)
+        for sql in ODD_VALUES:
+            db.execute_sql(sql.replace("%", "%%") if location == pg_url else sql)  # psycopg's placeholders
+        db.close()
+    lite, pg = report_json(str(tmp_path / "m.db"), capsys), report_json(pg_url, capsys)
+    assert lite == pg
+    tokens = [2147483647 if i % 3 == 0 else r["prompt_tokens"] for i, r in enumerate(data, start=1)]
+    assert pg["overview"]["prompt_tokens"] == sum(tokens)
+    assert pg["overview"]["requests"] == len(data)
+    assert pg["timeline"]["requests_without_time"] == len(data) // 13
+    latencies = sorted(r["response_time_ms"] for i, r in enumerate(data, start=1) if i % 11)
+    assert pg["slowest"][-1]["response_time_ms"] >= 0 and pg["slowest"][0]["response_time_ms"] == latencies[-1]
