@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,25 @@ def read_rows(db_path: Path) -> list[dict]:
         con.close()
 
 
+@contextmanager
+def refusing_new_files(directory):
+    """The directory takes no new file: the immutable flag as root (who ignores modes), else mode 0500."""
+    if os.geteuid() == 0:
+        result = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot set the immutable flag here: {result.stderr.strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+        directory.chmod(0o500)
+        try:
+            yield
+        finally:
+            directory.chmod(0o700)
+
+
 @pytest.fixture
 def upstream():
     with FakeUpstream() as server:
@@ -217,3 +237,14 @@ def pg_url():
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     except Exception:
         pass  # a test that stopped the server restarts it; a leftover test database is harmless
+
+
+@pytest.fixture
+def own_pg(tmp_path):
+    """A PostgreSQL server of this test's own (tests/pg_cluster.py) that it may stop, start,
+    freeze and thaw: faults are never made on the shared server."""
+    from tests.pg_cluster import PgCluster
+
+    cluster = PgCluster(tmp_path)
+    yield cluster
+    cluster.close()
