@@ -107,11 +107,13 @@ def _started_line(log: str) -> list[str]:
     return [line for line in log.splitlines() if "the database server cannot be reached" in line]
 
 
+@pytest.mark.parametrize("worker", [True, False], ids=["metering process", "metering in mitmproxy's process"])
 def test_proxy_started_while_the_server_is_down_serves_calls_and_stores_them_once_it_is_up(
-        start_proxy, upstream, own_pg):
+        start_proxy, upstream, own_pg, worker):
     url = own_pg.create_database("metrics")
     own_pg.stop()
-    proxy = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_log_calls=false")
+    proxy = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_log_calls=false",
+                        "--set", f"llm_metrics_worker={str(worker).lower()}")
     assert len(_started_line(proxy.log())) == 1  # it starts, and says why rows will wait
     errors: list[str] = []
     send(proxy, upstream, 20, errors=errors)
@@ -140,6 +142,24 @@ def test_proxy_started_while_the_server_hangs_starts_within_the_connect_timeout(
     assert wait_rows(url, 10, timeout=60) == 10
     proxy.stop()
     assert "10 call(s) recorded" in proxy.log()
+
+
+def test_server_hanging_mid_load_delays_rows_not_traffic(start_proxy, upstream, own_pg):
+    url = own_pg.create_database("metrics")
+    proxy = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_log_calls=false")
+    send(proxy, upstream, 5)
+    assert wait_rows(url, 5) == 5
+    own_pg.freeze()  # the writer's next statement waits for an answer that does not come
+    try:
+        errors: list[str] = []
+        started = time.monotonic()
+        send(proxy, upstream, 30, errors=errors)
+        assert errors == [] and time.monotonic() - started < 15  # traffic does not wait for it
+    finally:
+        own_pg.thaw()
+    assert wait_rows(url, 35, timeout=60) == 35
+    proxy.stop()
+    assert "35 call(s) recorded" in proxy.log() and _dropped(proxy.log()) == 0
 
 
 @pytest.mark.parametrize("queue_size", [10_000, 5])

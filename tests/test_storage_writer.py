@@ -472,3 +472,17 @@ def test_file_deleted_where_no_new_one_can_be_made_holds_rows_says_so_once_then_
     assert [r["response_time_ms"] for r in _rows(path)] == [3, 4, 5]
     cannot = [r for r in caplog.records if "no new one can be made" in r.getMessage()]
     assert len(cannot) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_file_moved_away_keeps_every_row_written_to_it_and_new_rows_go_to_a_new_file(tmp_path):
+    path, db = fresh_db(tmp_path)
+    db.close()
+    writer = RowWriter(db, connect=prepared(path))
+    writer.start()
+    _write_and_wait(writer, [make_row(i) for i in range(3)])  # in m.db-wal, not yet in the file
+    moved = tmp_path / "kept.db"
+    path.replace(moved)  # as `mv m.db kept.db` does, its -wal staying behind under the old name
+    _write_and_wait(writer, [make_row(i) for i in range(3, 5)])
+    writer.close()
+    assert [r["response_time_ms"] for r in _rows(moved)] == [0, 1, 2]  # its WAL went into it
+    assert [r["response_time_ms"] for r in _rows(path)] == [3, 4]
