@@ -72,7 +72,7 @@ class RowWriter:
         # brings its schema up to date), retrying while it cannot, rows waiting meanwhile. With
         # `connect`, a SQLite file deleted or replaced while the proxy runs is followed: the
         # writer opens (or makes) the file found at its path, never writing into the old one.
-        self._db = db
+        self._database = db  # None while it is not open (`_db` is it, once `_ready()` said so)
         self._connect = connect
         self._path: str | None = None  # where the SQLite file is
         self._file: _WatchedFile | None = None  # the SQLite file open, watched for another taking its place
@@ -158,7 +158,7 @@ class RowWriter:
             log.warning("llm-metrics: %d row(s) dropped so far (the latest: %s)", self.dropped, _DROP_REASONS.get(reason, reason))
 
     def _run(self) -> None:
-        if self._db is None:
+        if self._database is None:
             self._ready()  # at once, not at the first row: the schema is upgraded before calls come
         while True:
             batch = self._next_batch()
@@ -172,17 +172,18 @@ class RowWriter:
 
     def _close_database(self) -> None:
         """At the end: a SQLite file is checkpointed so that the file alone holds every row."""
-        if self._db is not None and self._path_change() is not None:
+        if self._database is not None and self._path_change() is not None:
             self._follow()  # never checkpointed into what took the file's place
-        if self._db is None:
+        db = self._database
+        if db is None:
             return
         try:
-            if isinstance(self._db, peewee.SqliteDatabase) and not self._db.is_closed():
-                self._db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            if isinstance(db, peewee.SqliteDatabase) and not db.is_closed():
+                db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         except Exception as exc:  # a reader holding the WAL: SQLite checkpoints when the last one closes
             log.warning("llm-metrics: the database could not be checkpointed at exit: %s", exc)
-        if not self._db.is_closed():
-            self._db.close()
+        if not db.is_closed():
+            db.close()
 
     def _next_batch(self) -> list[dict[str, Any]]:
         try:
@@ -332,7 +333,7 @@ class RowWriter:
         """A last attempt; when the database still cannot take them, the log is their only record."""
         if not self._drops:
             return
-        if not self._thread.is_alive() and self._db is not None:
+        if not self._thread.is_alive() and self._database is not None:
             try:
                 with self._transaction():
                     pass
@@ -340,8 +341,8 @@ class RowWriter:
                 self._drop_connection()
                 log.warning("llm-metrics: the count of dropped rows could not be stored either: %s", exc)
             finally:
-                if self._db is not None and not self._db.is_closed():
-                    self._db.close()
+                if self._database is not None and not self._database.is_closed():
+                    self._database.close()
         with self._lock:
             unstored = {reason: entry[0] for reason, entry in self._drops.items()}
         if unstored:
@@ -350,13 +351,19 @@ class RowWriter:
 
     # -- opening the database, and following its file ---------------------------------------
 
+    @property
+    def _db(self) -> peewee.Database:
+        """The database, where `_ready()` has said it is open."""
+        assert self._database is not None
+        return self._database
+
     def _ready(self) -> bool:
         """Whether the database can be written: opened now if it is not open (a SQLite file deleted
         or replaced at its path is let go of first). While it cannot be, the caller's rows wait;
         why is said once, and again only when the reason changes."""
-        if self._db is not None and self._path_change() is not None:
+        if self._database is not None and self._path_change() is not None:
             self._follow()
-        if self._db is None:
+        if self._database is None:
             if time.monotonic() < self._next_open_attempt:
                 return False
             try:
@@ -379,7 +386,7 @@ class RowWriter:
         if self._followed is not None and self._path is not None:
             log.warning("llm-metrics: rows go into the database file now at %s", self._path)
         self._followed = None
-        self._db = db
+        self._database = db
         self._watch(db)
 
     def _watch(self, db: peewee.Database) -> None:
@@ -413,7 +420,7 @@ class RowWriter:
         removed: SQLite would read them as the WAL of the file that took its place, and overwrite
         that one's pages with the old file's. A file overwritten in place is that same file: the
         connection's descriptor of it is pointed elsewhere, so that nothing goes into it."""
-        if change == "overwritten":
+        if change == "overwritten" and self._file is not None:
             self._file.divert()
         elif not self._db.is_closed():  # else nothing of ours is in a WAL (and a new connection would open the new file)
             try:
@@ -422,7 +429,8 @@ class RowWriter:
                 log.warning("llm-metrics: the WAL of the database file that was at %s could not be checkpointed "
                             "into it: %s", self._path, exc)
         self._drop_connection()
-        self._db = self._file = None
+        self._database = None
+        self._file = None
         self._leftovers = not _clear_leftovers(self._path)
 
     def _cannot_open(self, exc: Exception) -> None:
@@ -445,13 +453,14 @@ class RowWriter:
             log.warning("llm-metrics: the database cannot be opened (%s). %s", " ".join(str(exc).split()), waits)
 
     def _drop_connection(self) -> None:
-        if self._db is None:
+        db = self._database
+        if db is None:
             return
         try:
-            self._db.close()
+            db.close()
         except Exception:
             # A dead connection cannot roll back or close cleanly: forget it, reconnect next time.
-            self._db._state.reset()
+            db._state.reset()
 
 
 _CHANGES = {
