@@ -57,9 +57,11 @@ class Metering(Protocol):
 
 def open_metering(start: dict[str, Any], *, in_process: bool, db: Any, on_death: Callable[[], None]) -> Metering:
     """A metering process, unless asked otherwise or impossible here; then on mitmproxy's loop.
-    `db`, just prepared by the caller, is used in-process and closed otherwise."""
+    `db`, just prepared by the caller, is used in-process and closed otherwise; None when the
+    database could not be reached: the metering's writer opens it once it can."""
     if not in_process and os.name == "posix" and not getattr(sys, "frozen", False):
-        db.close()
+        if db is not None:
+            db.close()
         try:
             return ChildProcess(start, on_death)
         except Exception as exc:

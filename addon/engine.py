@@ -376,9 +376,11 @@ class Engine:
         self.flush_lines()
         if self.writer is not None:
             self.writer.close()
-            log.info("llm-metrics: %d call(s) recorded in %s, %d row(s) dropped (%d counted in dropped_rows)",
-                     self.writer.written, self.location and display_location(self.location), self.writer.dropped,
-                     self.writer.drops_recorded)
+            elsewhere = self.writer.written_to_replaced
+            log.info("llm-metrics: %d call(s) recorded in %s%s, %d row(s) dropped (%d counted in dropped_rows)",
+                     self.writer.written, self.location and display_location(self.location),
+                     f" ({elsewhere} of them in a file since deleted or replaced there)" if elsewhere else "",
+                     self.writer.dropped, self.writer.drops_recorded)
         for line in self.run_totals.lines(self.unparsed):
             log.info(line)
 
@@ -413,20 +415,33 @@ def prepare_store(location: str, keep_backups: int):
 
 def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hosts: dict[str, str],
                  log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, db=None) -> Engine:
-    """An engine with its own started writer; `db` when the caller has just prepared the store."""
+    """An engine with its own started writer; `db` when the caller has just prepared the store.
+
+    It never waits for the database: without `db` the writer's thread opens it (and brings its
+    schema up to date), retrying while it cannot (a server away when a metering process starts),
+    and rows wait in its queue meanwhile."""
     # A root logger at DEBUG (mitmdump's) would have peewee format every query's SQL and
     # parameters into a log record (~27 us a row, bench/profile_addon.py).
     logging.getLogger("peewee").setLevel(logging.INFO)
     warm()
-    if db is None:
-        db = prepare_store(location, keep_backups)[0]
-    # The connection is this thread's (peewee's are per thread): the writer's thread opens its own,
-    # and closes it at the end, so that nothing is left in the WAL.
-    db.close()
-    writer = RowWriter(db, queue_size=queue_size, reopen=lambda: prepare_store(location, keep_backups)[0])
+    if db is not None:
+        # The connection is this thread's (peewee's are per thread): the writer's thread opens its
+        # own, and closes it at the end, so that nothing is left in the WAL.
+        db.close()
+    writer = RowWriter(db, queue_size=queue_size, connect=lambda: _open_store(location, keep_backups))
     writer.start()
     return Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
                   request_body_limit=request_body_limit)
+
+
+def _open_store(location: str, keep_backups: int):
+    """The writer's way in: at its start without a database, and to a file found in place of the
+    one it had."""
+    db, migrated = prepare_store(location, keep_backups)
+    if migrated.applied:
+        log.info("llm-metrics: schema upgraded to version %d (backup: %s)", migrated.applied[-1].version,
+                 migrated.backup or "none needed, the database was empty")
+    return db
 
 
 def warm() -> None:

@@ -39,7 +39,7 @@ from addon.metering import passes_as_stream  # noqa: E402
 from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
 from migrations import DEFAULT_KEEP  # noqa: E402
 from storage import default_location  # noqa: E402
-from storage.db import display_location, hide_password  # noqa: E402
+from storage.db import display_location, hide_password, unreachable  # noqa: E402
 from storage.writer import METERING_LOST  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -260,20 +260,28 @@ class LLMMetrics:
     def _open_store(self, location: str) -> None:
         self._close_metering()
         keep = ctx.options.llm_metrics_backup_keep
+        queue_size = ctx.options.llm_metrics_queue_size
         try:
             db, migrated = prepare_store(location, keep)
         except Exception as exc:
-            # Logged, not raised: mitmdump then exits at start-up with this one paragraph instead
-            # of the script loader's traceback.
-            log.error("llm-metrics: cannot use llm_metrics_db=%r: %s", display_location(location),
-                      hide_password(str(exc), location))
-            return
-        if migrated.applied:
+            if not unreachable(location, exc):
+                # Logged, not raised: mitmdump then exits at start-up with this one paragraph
+                # instead of the script loader's traceback.
+                log.error("llm-metrics: cannot use llm_metrics_db=%r: %s", display_location(location),
+                          hide_password(str(exc), location))
+                return
+            # A database server that is down or restarting must not keep the user's traffic from
+            # flowing (nor make it fail when the proxy starts before the server, at boot): the
+            # metering opens it once it answers; rows wait meanwhile.
+            log.warning("llm-metrics: the database server cannot be reached (%s): the proxy starts anyway; up to "
+                        "%d rows wait for it and are written once it answers, later ones are dropped and counted",
+                        " ".join(hide_password(str(exc), location).split()), queue_size)
+            db, migrated = None, None
+        if migrated is not None and migrated.applied:
             log.info("llm-metrics: schema upgraded to version %d (backup: %s)",
                      migrated.applied[-1].version, migrated.backup or "none needed, the database was empty")
         self.location = location
-        start = {"location": location, "keep_backups": keep, "queue_size": ctx.options.llm_metrics_queue_size,
-                 **self._settings()}
+        start = {"location": location, "keep_backups": keep, "queue_size": queue_size, **self._settings()}
         self.metering = open_metering(start, in_process=not ctx.options.llm_metrics_worker, db=db,
                                       on_death=self._metering_died)
         self.handover = Handover(self.metering)

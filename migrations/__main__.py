@@ -28,7 +28,7 @@ from storage.db import (
     sqlite_path,
 )
 
-from .backup import DEFAULT_KEEP, BackupError, check_file, list_backups, make_backup, restore
+from .backup import DEFAULT_KEEP, PARTIAL, BackupError, check_file, list_backups, list_incomplete, make_backup, restore
 from .registry import STEPS
 from .runner import CURRENT_SCHEMA_VERSION, MigrationError, current_version, pending, upgrade
 from .schema import differences, promised, snapshot
@@ -149,6 +149,9 @@ def cmd_backups(args) -> int:
         print(f"no backups of {path}")
     for b in found:
         print(f"{b.modified_utc}  {b.size_bytes:>12,} bytes  {b.path}")
+    for b in list_incomplete(path):
+        print(f"incomplete            {b.size_bytes:>12,} bytes  {b.path}  (not a backup: interrupted, or still "
+              "being written; the next backup removes an interrupted one)")
     return 0
 
 
@@ -158,6 +161,8 @@ def cmd_restore(args) -> int:
         raise UsageError("restore works on SQLite files; for PostgreSQL use pg_restore")
     if not args.file.is_file():
         raise UsageError(f"no backup file at {args.file}")
+    if PARTIAL in args.file.name:
+        raise UsageError(f"{args.file} is not a backup: one that was interrupted, or is still being written")
     safety = restore(path, args.file, keep=args.keep)
     if safety:
         print(f"safety backup of the replaced contents: {safety}")

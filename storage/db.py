@@ -15,6 +15,10 @@ ENV_VAR = "LLM_METRICS_DB"
 DEFAULT_DB_PATH = "~/.llm_metrics_proxy/metrics.db"
 
 BUSY_TIMEOUT_S = 5
+# A server that does not answer (down behind a firewall, or hanging) must not hold up the proxy's
+# start or a metering process for the system's TCP timeout (minutes): a URL's own
+# connect_timeout=N wins.
+CONNECT_TIMEOUT_S = 5
 
 # WAL lets reports read while the proxy writes; NORMAL sync is durable across process crashes
 # (only an OS crash can lose the last transactions); busy_timeout rides out short locks.
@@ -79,7 +83,7 @@ def connect_server(location: str) -> peewee.Database:
     """A database server's URL as a peewee database, not yet connected. A URL that cannot be
     parsed is refused without the parser's message, which can quote part of the password."""
     try:
-        return connect_url(location)
+        return connect_url(location, **_server_defaults(location))
     except ValueError:
         raise ValueError(
             f"the database URL {display_location(location)} cannot be parsed: check its port, and "
@@ -117,6 +121,29 @@ def open_database(location: str, *, create: bool = True, wal: bool = True) -> pe
     return db
 
 
+def _server_defaults(location: str) -> dict:
+    scheme = location.split("://", 1)[0]
+    if ("postgres" in scheme or "psycopg" in scheme) and "connect_timeout=" not in location:
+        return {"connect_timeout": CONNECT_TIMEOUT_S}
+    return {}
+
+
+# What a PostgreSQL server says when it answered and refused: a mistake in the URL or the
+# server's set-up, which waiting will not mend (its other messages: starting up, shutting down,
+# too many clients, and no answer at all, pass).
+_REFUSALS = ("does not exist", "authentication failed", "no pg_hba.conf entry", "password", "permission denied")
+
+
+def unreachable(location: str, exc: Exception) -> bool:
+    """Whether opening the database server at `location` failed only because it could not be
+    reached now: down, starting, restarting, hanging, no route to it. The proxy then starts
+    anyway and rows wait for it; anything else (a refusal, a SQLite file it cannot use, a schema
+    it cannot upgrade) is a mistake to report at once."""
+    if sqlite_path(location) is not None or not isinstance(exc, peewee.OperationalError):
+        return False
+    return not any(refusal in str(exc) for refusal in _REFUSALS)
+
+
 def enable_wal(db: peewee.Database) -> None:
     """Switches a SQLite file to WAL (kept in the file, so every later connection uses it)."""
     if not isinstance(db, peewee.SqliteDatabase):
@@ -136,15 +163,15 @@ class NotSQLiteError(ValueError):
     """The file exists but is not a SQLite database: it is never written to."""
 
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def check_sqlite_header(path: Path) -> None:
     """Refuses a non-empty file that does not start with SQLite's header (an empty file is a
     new database). Opening one with SQLite would fail later, less clearly."""
     with open(path, "rb") as f:
-        head = f.read(len(_SQLITE_HEADER))
-    if head and head != _SQLITE_HEADER:
+        head = f.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:
         raise NotSQLiteError(
             f"{path} is not a SQLite database (it does not start with SQLite's file header), so "
             "it was not opened or changed. Point llm_metrics_db / --db at a metrics database, or "

@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from typing import Any
 
 import peewee
 
+from .db import SQLITE_HEADER, NotSQLiteError
 from .models import CompletionRequest, DroppedRows
 
 log = logging.getLogger(__name__)
@@ -59,18 +61,28 @@ _DROP_REASONS = {
 class RowWriter:
     def __init__(
         self,
-        db: peewee.Database,
+        db: peewee.Database | None,
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         batch_size: int = DEFAULT_BATCH_SIZE,
         batch_window: float = BATCH_WINDOW_S,
-        reopen: Callable[[], peewee.Database] | None = None,
+        connect: Callable[[], peewee.Database] | None = None,
     ) -> None:
-        self._db = db
-        # For a SQLite file deleted or replaced while the proxy runs: make a new one (created
-        # and migrated by the caller's function) instead of writing into the unlinked inode.
-        self._reopen = reopen
-        self._file_identity = _file_identity(db)
+        # `db` open already, or None: the writer's thread then opens it with `connect` (which also
+        # brings its schema up to date), retrying while it cannot, rows waiting meanwhile. With
+        # `connect`, a SQLite file deleted or replaced while the proxy runs is followed: the
+        # writer opens (or makes) the file found at its path, never writing into the old one.
+        self._database = db  # None while it is not open (`_db` is it, once `_ready()` said so)
+        self._connect = connect
+        self._path: str | None = None  # where the SQLite file is
+        self._file: _WatchedFile | None = None  # the SQLite file open, watched for another taking its place
+        if db is not None:
+            self._watch(db)
+        self._unusable: str | None = None  # why the database cannot be written now, as said in the log
+        self._unusable_since = 0.0
+        self._next_open_attempt = 0.0
+        self._followed: str | None = None  # how the file at the path changed, until the one there is open
+        self._leftovers = False  # the WAL and shared-memory files of the file let go of are still at the path
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._batch_window = batch_window
@@ -80,7 +92,8 @@ class RowWriter:
         self._thread = threading.Thread(target=self._run, name="llm-metrics-writer", daemon=True)
         self._lock = threading.Lock()
         self._in_flight = 0
-        self.written = 0
+        self.written = 0  # rows committed to the database at its place (file or server)
+        self.written_to_replaced = 0  # of those, rows in SQLite files since deleted or replaced at the path
         self.dropped = 0
         self.write_errors = 0
         self.last_error: str | None = None
@@ -145,6 +158,8 @@ class RowWriter:
             log.warning("llm-metrics: %d row(s) dropped so far (the latest: %s)", self.dropped, _DROP_REASONS.get(reason, reason))
 
     def _run(self) -> None:
+        if self._database is None:
+            self._ready()  # at once, not at the first row: the schema is upgraded before calls come
         while True:
             batch = self._next_batch()
             if batch:
@@ -157,13 +172,18 @@ class RowWriter:
 
     def _close_database(self) -> None:
         """At the end: a SQLite file is checkpointed so that the file alone holds every row."""
+        if self._database is not None and self._path_change() is not None:
+            self._follow()  # never checkpointed into what took the file's place
+        db = self._database
+        if db is None:
+            return
         try:
-            if isinstance(self._db, peewee.SqliteDatabase) and not self._db.is_closed():
-                self._db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            if isinstance(db, peewee.SqliteDatabase) and not db.is_closed():
+                db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         except Exception as exc:  # a reader holding the WAL: SQLite checkpoints when the last one closes
             log.warning("llm-metrics: the database could not be checkpointed at exit: %s", exc)
-        if not self._db.is_closed():
-            self._db.close()
+        if not db.is_closed():
+            db.close()
 
     def _next_batch(self) -> list[dict[str, Any]]:
         try:
@@ -196,21 +216,23 @@ class RowWriter:
 
     def _retry_until_written(self, batch: list[dict[str, Any]], delay: float) -> None:
         while True:
-            try:
-                self._follow_file()
-                with self._transaction():
-                    self._insert.write(self._db, batch)
-                self.written += len(batch)
-                return
-            except Exception as exc:
-                if _is_row_error(exc):  # retrying the same rows cannot help: find the one at fault
-                    self._write_each(batch, exc)
+            if self._ready():  # else it cannot be opened yet (said once): the batch waits
+                try:
+                    with self._transaction():
+                        self._insert.write(self._db, batch)
+                    self.written += len(batch)
                     return
-                self.write_errors += 1
-                if self.last_error != str(exc):
-                    log.warning("llm-metrics: writing %d row(s) failed, will retry: %s", len(batch), exc)
-                self.last_error = str(exc)
-                self._drop_connection()  # a server that restarted needs a new connection
+                except _FileReplaced:
+                    continue  # committed into a file no longer at the path: again, into the one there
+                except Exception as exc:
+                    if _is_row_error(exc):  # retrying the same rows cannot help: find the one at fault
+                        self._write_each(batch, exc)
+                        return
+                    self.write_errors += 1
+                    if self.last_error != str(exc):
+                        log.warning("llm-metrics: writing %d row(s) failed, will retry: %s", len(batch), exc)
+                    self.last_error = str(exc)
+                    self._drop_connection()  # a server that restarted needs a new connection
             if self._deadline is not None and time.monotonic() + delay > self._deadline:
                 self.count_dropped(len(batch), UNWRITTEN_AT_SHUTDOWN)
                 return
@@ -255,9 +277,12 @@ class RowWriter:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """One database transaction that also stores the drops counted so far: they land exactly
-        when the batch does, and go back to wait for the next one when it fails."""
+        when the batch does, and go back to wait for the next one when it fails. It fails too
+        (`_FileReplaced`) when, once committed, the SQLite file is no longer the one at the path:
+        what it holds is not where users look, so it is not counted as written."""
         if not self._drops:  # the usual case: the batch's own transaction is all there is
             yield
+            self._check_file()
             return
         with self._lock:
             drops, self._drops = self._drops, {}
@@ -266,6 +291,7 @@ class RowWriter:
                 yield
                 if drops:
                     DroppedRows.insert_many(self._drop_records(drops)).execute(self._db)
+            self._check_file()
         except BaseException:
             self._restore_drops(drops)
             raise
@@ -295,7 +321,9 @@ class RowWriter:
         if time.monotonic() < self._next_drops_attempt:
             return
         try:
-            self._follow_file()
+            if not self._ready():
+                self._next_drops_attempt = time.monotonic() + _RETRY_MAX_S
+                return
             with self._transaction():
                 pass
         except Exception as exc:
@@ -309,7 +337,7 @@ class RowWriter:
         """A last attempt; when the database still cannot take them, the log is their only record."""
         if not self._drops:
             return
-        if not self._thread.is_alive():
+        if not self._thread.is_alive() and self._database is not None:
             try:
                 with self._transaction():
                     pass
@@ -317,32 +345,140 @@ class RowWriter:
                 self._drop_connection()
                 log.warning("llm-metrics: the count of dropped rows could not be stored either: %s", exc)
             finally:
-                if not self._db.is_closed():
-                    self._db.close()
+                if self._database is not None and not self._database.is_closed():
+                    self._database.close()
         with self._lock:
             unstored = {reason: entry[0] for reason, entry in self._drops.items()}
         if unstored:
             log.warning("llm-metrics: %d dropped row(s) are counted in this log only, not in the database (%s)",
                         sum(unstored.values()), ", ".join(f"{r}: {n}" for r, n in sorted(unstored.items())))
 
-    def _follow_file(self) -> None:
-        """Reopens when the SQLite file was deleted or replaced since it was opened."""
-        if self._reopen is None or self._file_identity is None:
+    # -- opening the database, and following its file ---------------------------------------
+
+    @property
+    def _db(self) -> peewee.Database:
+        """The database, where `_ready()` has said it is open."""
+        assert self._database is not None
+        return self._database
+
+    def _ready(self) -> bool:
+        """Whether the database can be written: opened now if it is not open (a SQLite file deleted
+        or replaced at its path is let go of first). While it cannot be, the caller's rows wait;
+        why is said once, and again only when the reason changes."""
+        if self._database is not None and self._path_change() is not None:
+            self._follow()
+        if self._database is None:
+            if time.monotonic() < self._next_open_attempt:
+                return False
+            try:
+                self._open()
+            except Exception as exc:
+                self._cannot_open(exc)
+                return False
+        if self._unusable is not None:
+            log.warning("llm-metrics: the database can be written again, after %.0f s: the rows that waited are "
+                        "written now", time.monotonic() - self._unusable_since)
+            self._unusable = None
+        return True
+
+    def _open(self) -> None:
+        if self._connect is None:
+            raise RuntimeError("the database was closed and the writer was given no way to open it")
+        if self._leftovers and self._path is not None:  # they could not be removed at once (a read-only directory)
+            self._leftovers = not _clear_leftovers(self._path)
+        db = self._connect()
+        if self._followed is not None and self._path is not None:
+            log.warning("llm-metrics: rows go into the database file now at %s", self._path)
+        self._followed = None
+        self._database = db
+        self._watch(db)
+
+    def _watch(self, db: peewee.Database) -> None:
+        """Notes which file a SQLite database is, to notice when its path holds another."""
+        path = _file_path(db) if self._connect is not None else None
+        if path is not None:
+            self._path = path
+        self._file = _WatchedFile(path) if path is not None else None
+
+    def _path_change(self) -> str | None:
+        return self._file.change() if self._file is not None else None
+
+    def _check_file(self) -> None:
+        if self._path_change() is not None:
+            raise _FileReplaced(self._path)
+
+    def _follow(self) -> None:
+        """The SQLite file open is no longer at its path: said once, and let go of."""
+        change = self._path_change()
+        if change is None:
             return
-        if _file_identity(self._db) == self._file_identity:
-            return
-        log.warning("llm-metrics: the database file %s was deleted or replaced; making a new one", self._db.database)
-        fresh = self._reopen()  # raises while it cannot: the batch waits and is retried
+        log.warning("llm-metrics: the database file %s %s", self._path, _CHANGES[change])
+        self.written_to_replaced = self.written
+        self._followed = change
+        self._let_go(change)
+
+    def _let_go(self, change: str) -> None:
+        """Closes the connection to a file no longer at its path. Its WAL is checkpointed into that
+        file first (wherever it was moved to, or the deleted file: closing alone does not, once a
+        file has moved), and the WAL and shared-memory files at the path, which are its own, are
+        removed: SQLite would read them as the WAL of the file that took its place, and overwrite
+        that one's pages with the old file's. A file overwritten in place is that same file: the
+        connection's descriptor of it is pointed elsewhere, so that nothing goes into it."""
+        if change == "overwritten" and self._file is not None:
+            self._file.divert()
+        elif not self._db.is_closed():  # else nothing of ours is in a WAL (and a new connection would open the new file)
+            try:
+                self._db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            except Exception as exc:  # what it could not take is kept beside the path (_clear_leftovers)
+                log.warning("llm-metrics: the WAL of the database file that was at %s could not be checkpointed "
+                            "into it: %s", self._path, exc)
         self._drop_connection()
-        self._db = fresh
-        self._file_identity = _file_identity(fresh)
+        self._database = None
+        self._file = None
+        self._leftovers = not _clear_leftovers(self._path)
+
+    def _cannot_open(self, exc: Exception) -> None:
+        if _is_migration_error(exc):  # it would fail the same way (and take a backup each time)
+            self._next_open_attempt = time.monotonic() + _MIGRATION_RETRY_S
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # psycopg's messages span lines
+        if reason == self._unusable:
+            return
+        if self._unusable is None:
+            self._unusable_since = time.monotonic()
+        self._unusable = reason
+        waits = (f"Rows wait (up to {self._queue.maxsize:,}) and are written once it can be; past that they are "
+                 "dropped and counted.")
+        if isinstance(exc, NotSQLiteError):
+            log.warning("llm-metrics: %s %s", exc, waits)
+        elif self._followed == "deleted" and isinstance(exc, OSError):
+            log.warning("llm-metrics: the database file %s was deleted and no new one can be made there (%s). %s",
+                        self._path, exc, waits)
+        else:
+            log.warning("llm-metrics: the database cannot be opened (%s). %s", " ".join(str(exc).split()), waits)
 
     def _drop_connection(self) -> None:
+        db = self._database
+        if db is None:
+            return
         try:
-            self._db.close()
+            db.close()
         except Exception:
             # A dead connection cannot roll back or close cleanly: forget it, reconnect next time.
-            self._db._state.reset()  # type: ignore[attr-defined]  # peewee's stubs lack the private _state
+            db._state.reset()  # type: ignore[attr-defined]  # peewee's stubs lack the private _state
+
+
+_CHANGES = {
+    "deleted": "was deleted or moved away: a new one is made at that path",
+    "replaced": "was replaced by another file: rows go into that one if it is a SQLite database (migrated if need be)",
+    "overwritten": "was overwritten in place: what it held is gone; rows go into it only if it is a SQLite database",
+}
+_MIGRATION_RETRY_S = 60.0
+
+
+class _FileReplaced(peewee.OperationalError):
+    """What was just committed went into a SQLite file that is no longer the one at its path. A
+    database error, so that it is waited out (the file at the path is followed), never taken for
+    a fault of the rows."""
 
 
 class _Insert:
@@ -461,12 +597,109 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= _DESCRIBE_MAX_CHARS else text[: _DESCRIBE_MAX_CHARS - 1] + "…"
 
 
-def _file_identity(db: peewee.Database) -> tuple[int, int] | None:
-    """(device, inode) of a SQLite file; None for other engines, or when the file is gone."""
-    if not isinstance(db, peewee.SqliteDatabase) or db.database.startswith(("file:", ":memory:")):
+def _file_path(db: peewee.Database) -> str | None:
+    """The file of a SQLite database; None for other engines and in-memory or URI databases."""
+    if not isinstance(db, peewee.SqliteDatabase) or db.database.startswith(("file:", ":memory:")) or not db.database:
         return None
+    return db.database
+
+
+class _WatchedFile:
+    """The SQLite file the writer has open, and what has become of its path since.
+
+    Its first bytes are read through a descriptor SQLite has open, never a new one: closing any
+    descriptor of a file releases every POSIX lock the process holds on it (fcntl(2)), SQLite's
+    own included, and another process could then write under this one's feet."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            st = os.stat(path)
+            self.identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            self.identity = None  # gone already: the next look follows the path
+        self._fd: int | None = None
+
+    def change(self) -> str | None:
+        """None while the file at the path is this one; else "deleted", "replaced" (another file
+        is there) or "overwritten" (this file, no longer starting as a SQLite database does:
+        `cp` or `>` onto it)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError:
+            return None  # unreadable to us: the write itself will tell
+        if (st.st_dev, st.st_ino) != self.identity:
+            return "replaced"
+        if self._header() != SQLITE_HEADER:
+            return "overwritten"
+        return None
+
+    def _header(self) -> bytes:
+        fd = self._descriptor()
+        if fd is not None:
+            return os.pread(fd, len(SQLITE_HEADER), 0)
+        try:  # no descriptor of it is open here, so no lock of this process can be lost by closing one
+            with open(self.path, "rb") as f:
+                return f.read(len(SQLITE_HEADER))
+        except OSError:
+            return SQLITE_HEADER  # unreadable to us: the write itself will tell
+
+    def _descriptor(self) -> int | None:
+        if self._fd is not None and _identity_of(self._fd) == self.identity:
+            return self._fd
+        self._fd = next(iter(self._descriptors()), None)  # None before SQLite has opened it
+        return self._fd
+
+    def _descriptors(self) -> list[int]:
+        fd_dir = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+        try:
+            fds = [int(name) for name in os.listdir(fd_dir)]
+        except OSError:
+            return []
+        return [fd for fd in fds if _identity_of(fd) == self.identity]
+
+    def divert(self) -> None:
+        """Points this process's descriptors of the file at an anonymous temporary file. Closing a
+        SQLite connection checkpoints its WAL into the database file, and Python before 3.12
+        cannot switch that off (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE): a file overwritten in place by
+        the user would get the old database's pages written into it."""
+        with tempfile.TemporaryFile() as scratch:
+            for fd in self._descriptors():
+                os.dup2(scratch.fileno(), fd)
+
+
+def _identity_of(fd: int) -> tuple[int, int] | None:
     try:
-        st = os.stat(db.database)
-    except FileNotFoundError:
-        return (0, 0)
+        st = os.fstat(fd)
+    except OSError:
+        return None
     return (st.st_dev, st.st_ino)
+
+
+def _clear_leftovers(path: str | None) -> bool:
+    """Removes the WAL and shared-memory files of a SQLite file that is no longer at `path`. A WAL
+    still holding pages (its checkpoint failed) is kept under another name, never deleted."""
+    if path is None:
+        return True
+    try:
+        wal = path + "-wal"
+        if os.path.exists(wal) and os.path.getsize(wal) > 0:
+            kept = f"{wal}.{int(time.time())}.orphaned"
+            os.replace(wal, kept)
+            log.warning("llm-metrics: the WAL of the database file that was at %s is kept as %s", path, kept)
+        for leftover in (wal, path + "-shm"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    except OSError:
+        return False  # the directory takes no change now: tried again before a file is opened there
+    return True
+
+
+def _is_migration_error(exc: Exception) -> bool:
+    """A schema upgrade refused or failed (no backup could be made, a newer schema, a step that
+    failed): trying again at once would fail the same way."""
+    from migrations import MigrationError  # migrations never imports storage's writer: no cycle
+
+    return isinstance(exc, MigrationError)

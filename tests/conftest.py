@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,25 @@ def read_drops(db_path: Path) -> dict[str, int]:
         con.close()
 
 
+@contextmanager
+def refusing_new_files(directory):
+    """The directory takes no new file: the immutable flag as root (who ignores modes), else mode 0500."""
+    if os.geteuid() == 0:
+        result = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot set the immutable flag here: {result.stderr.strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+        directory.chmod(0o500)
+        try:
+            yield
+        finally:
+            directory.chmod(0o700)
+
+
 @pytest.fixture
 def upstream():
     with FakeUpstream() as server:
@@ -238,99 +258,12 @@ def pg_url():
         pass  # a test that stopped the server restarts it; a leftover test database is harmless
 
 
-# -- A PostgreSQL server of a test's own ---------------------------------------------------
-# For tests that freeze or stop the server: started from the installed binaries on a free port
-# of 127.0.0.1, trust auth, and thrown away after the test. The shared server is never touched.
-
-
-class PgCluster:
-    """A throwaway PostgreSQL server; `freeze` stops its processes (SIGSTOP: a hung server, whose
-    connections accept bytes and never answer) and `thaw` lets them go on."""
-
-    def __init__(self, bindir: Path, base: Path, run_as: list[str]) -> None:
-        self.bindir, self.data, self._run_as = bindir, base / "data", run_as
-        self.port = free_port()
-        self._pg("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "--no-instructions")
-        self._options = f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._log = base / "server.log"
-        self.start()
-
-    def start(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self._log), "-o", self._options, "-w", "-t", "30", "start")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def pids(self) -> list[int]:
-        """The postmaster and its children."""
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        return [postmaster, *child_pids(postmaster)]
-
-    def freeze(self) -> None:
-        for pid in self.pids():
-            os.kill(pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        for pid in self.pids():
-            os.kill(pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")
-
-    def _pg(self, program: str, *args: str) -> None:
-        result = subprocess.run([*self._run_as, str(self.bindir / program), *args],
-                                check=False, capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            raise RuntimeError(f"{program} failed: {result.stdout}{result.stderr}")
-
-
-def child_pids(parent: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
-                found.append(int(entry))
-    return found
-
-
 @pytest.fixture
-def pg_cluster(tmp_path):
-    """A PostgreSQL server of the test's own (skipped where no initdb is installed). PostgreSQL
-    refuses to run as root: as root, it runs as the `postgres` user from a directory of its own
-    under /tmp, since pytest's tmp_path is private to root."""
-    import glob
-    import pwd
-    import shutil
-    import tempfile
+def own_pg(tmp_path):
+    """A PostgreSQL server of this test's own (tests/pg_cluster.py) that it may stop, start,
+    freeze and thaw: faults are never made on the shared server."""
+    from tests.pg_cluster import PgCluster
 
-    installed = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not installed:
-        pytest.skip("no PostgreSQL binaries under /usr/lib/postgresql/*/bin")
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
-        base = Path(tempfile.mkdtemp(prefix="lmp-pg-"))
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    else:
-        base, run_as = tmp_path / "pg", []
-        base.mkdir()
-    cluster = None
-    try:
-        cluster = PgCluster(Path(installed[-1]).parent, base, run_as)
-        yield cluster
-    finally:
-        if cluster is not None:
-            try:
-                cluster.thaw()
-            finally:
-                cluster.stop()
-        if run_as:
-            shutil.rmtree(base, ignore_errors=True)
+    cluster = PgCluster(tmp_path)
+    yield cluster
+    cluster.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -11,6 +12,8 @@ import pytest
 
 from storage import open_database
 from tests.clients import httpx
+from tests.conftest import process_gone
+from tests.pg_cluster import wait_until
 from tests.upstream import Scenario
 
 pytestmark = pytest.mark.e2e
@@ -27,8 +30,10 @@ def pg_rows(url: str) -> int:
 
 
 def wait_rows(url: str, expected: int, timeout: float = 30) -> int:
+    """Rows stored, once `expected` are or at `timeout`; meanwhile the server may still be away,
+    or the table not made yet."""
     deadline = time.monotonic() + timeout
-    while (found := pg_rows(url)) < expected and time.monotonic() < deadline:
+    while (found := pg_rows_safe(url) or 0) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
     return found
 
@@ -69,22 +74,21 @@ def test_three_proxies_start_together_one_migrates_and_all_rows_land(start_proxy
     assert pg_rows(pg_url) == 360
 
 
-def test_server_restart_mid_load_loses_no_row_within_the_buffer_and_counts_drops(start_proxy, upstream, pg_cluster):
-    """On a server of the test's own: stopping the shared one would fail every other test using it."""
-    url = pg_cluster.url
+def test_server_restart_mid_load_loses_no_row_within_the_buffer_and_counts_drops(start_proxy, upstream, own_pg):
     upstream.scenarios["default"] = Scenario(words=("a", "b"))
+    url = own_pg.create_database("metrics")
     roomy = start_proxy("--set", f"llm_metrics_db={url}", name="roomy")
     tight = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_queue_size=5", name="tight")
     send(roomy, upstream, 10)
     assert wait_rows(url, 10) == 10
-    pg_cluster.stop()
+    own_pg.stop()
     try:
         errors: list[str] = []
         send(roomy, upstream, 60, errors=errors)  # traffic is unaffected while the store is away
         send(tight, upstream, 30, errors=errors)
         assert errors == []
     finally:
-        pg_cluster.start()
+        own_pg.start()
     # roomy kept all 60 in its buffer; tight kept what fits (a batch in flight plus its queue of 5)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (pg_rows_safe(url) or 0) < 70:
@@ -96,6 +100,109 @@ def test_server_restart_mid_load_loses_no_row_within_the_buffer_and_counts_drops
     assert _dropped(roomy.log()) == 0
     assert total == 10 + 60 + (30 - dropped)
     assert dropped > 0  # the tight buffer overflowed, and said so
+    assert pg_drops(url) == {"queue_full": dropped}  # stored once the server was back
+
+
+def _started_line(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "the database server cannot be reached" in line]
+
+
+@pytest.mark.parametrize("worker", [True, False], ids=["metering process", "metering in mitmproxy's process"])
+def test_proxy_started_while_the_server_is_down_serves_calls_and_stores_them_once_it_is_up(
+        start_proxy, upstream, own_pg, worker):
+    url = own_pg.create_database("metrics")
+    own_pg.stop()
+    proxy = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_log_calls=false",
+                        "--set", f"llm_metrics_worker={str(worker).lower()}")
+    assert len(_started_line(proxy.log())) == 1  # it starts, and says why rows will wait
+    errors: list[str] = []
+    send(proxy, upstream, 20, errors=errors)
+    assert errors == []
+    own_pg.start()
+    assert wait_rows(url, 20) == 20  # migrated by the metering process once it could, then written
+    proxy.stop()
+    log = proxy.log()
+    assert pg_rows(url) == 20 and pg_drops(url) == {}
+    assert "20 call(s) recorded" in log and _dropped(log) == 0
+
+
+def test_proxy_started_while_the_server_hangs_starts_within_the_connect_timeout(start_proxy, upstream, own_pg):
+    url = own_pg.create_database("metrics")
+    own_pg.freeze()
+    try:
+        started = time.monotonic()
+        proxy = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_log_calls=false")
+        assert time.monotonic() - started < 20
+        assert len(_started_line(proxy.log())) == 1
+        errors: list[str] = []
+        send(proxy, upstream, 10, errors=errors)
+        assert errors == []
+    finally:
+        own_pg.thaw()
+    assert wait_rows(url, 10, timeout=60) == 10
+    proxy.stop()
+    assert "10 call(s) recorded" in proxy.log()
+
+
+def test_server_hanging_mid_load_delays_rows_not_traffic(start_proxy, upstream, own_pg):
+    url = own_pg.create_database("metrics")
+    proxy = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_log_calls=false")
+    send(proxy, upstream, 5)
+    assert wait_rows(url, 5) == 5
+    own_pg.freeze()  # the writer's next statement waits for an answer that does not come
+    try:
+        errors: list[str] = []
+        started = time.monotonic()
+        send(proxy, upstream, 30, errors=errors)
+        assert errors == [] and time.monotonic() - started < 15  # traffic does not wait for it
+    finally:
+        own_pg.thaw()
+    assert wait_rows(url, 35, timeout=60) == 35
+    proxy.stop()
+    assert "35 call(s) recorded" in proxy.log() and _dropped(proxy.log()) == 0
+
+
+@pytest.mark.parametrize("queue_size", [10_000, 5])
+def test_metering_process_restarted_while_the_server_is_down_keeps_calls_within_the_buffer(
+        start_proxy, upstream, own_pg, queue_size):
+    url = own_pg.create_database("metrics")
+    proxy = start_proxy("--set", f"llm_metrics_db={url}", "--set", "llm_metrics_log_calls=false",
+                        "--set", f"llm_metrics_queue_size={queue_size}")
+    send(proxy, upstream, 5)
+    assert wait_rows(url, 5) == 5
+    time.sleep(0.5)  # its progress report says all 5 are stored: nothing is lost with it
+    own_pg.stop()
+    try:
+        first = proxy.metering_pid()
+        os.kill(first, signal.SIGKILL)
+        assert process_gone(first)
+        assert wait_until(lambda: proxy.metering_pid() not in (None, first), timeout=15)
+        errors: list[str] = []
+        send(proxy, upstream, 20, errors=errors)  # into the new process, while the server is down
+        assert errors == []
+        time.sleep(1)
+        assert proxy.metering_pid() not in (None, first)  # it keeps running: no restart loop
+    finally:
+        own_pg.start()
+    deadline = time.monotonic() + 60
+    while (pg_rows_safe(url) or 0) + sum(pg_drops(url).values()) < 25 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    proxy.stop()
+    stored, drops, log = pg_rows(url), pg_drops(url), proxy.log()
+    if queue_size == 10_000:
+        assert (stored, drops) == (25, {})  # every call, none dropped
+    else:
+        assert set(drops) == {"queue_full"} and stored + drops["queue_full"] == 25  # each stored or counted
+    assert f"{stored - 5} call(s) recorded" in log  # the new process's summary: what it wrote
+    assert _dropped(log) == sum(drops.values())
+    assert "ended unexpectedly" in log and log.count("the metering process ended") == 1
+
+
+def test_proxy_pointed_at_a_database_that_does_not_exist_fails_at_start_with_one_line(start_proxy, own_pg):
+    proxy = start_proxy("--set", f"llm_metrics_db={own_pg.url('no_such_db')}", wait=False)
+    assert proxy.proc.wait(30) != 0  # a mistake in the URL is said at once, not waited for
+    lines = [line for line in proxy.log().splitlines() if "llm-metrics:" in line]
+    assert len(lines) == 1 and "cannot use llm_metrics_db" in lines[0] and "does not exist" in lines[0], lines
 
 
 def pg_rows_safe(url: str) -> int | None:

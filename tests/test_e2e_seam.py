@@ -369,19 +369,19 @@ def _pg_count(url: str) -> int:
 
 @pytest.mark.slow
 def test_with_the_metering_process_killed_and_postgresql_hung_plain_requests_are_served_within_1s(
-        pg_cluster, start_proxy, upstream):
+        own_pg, start_proxy, upstream):
     """PostgreSQL stopped dead (SIGSTOP: connections open, no answer ever), then the metering
     process killed: whatever the addon does about the loss (counting it, metering on its own)
     must not make mitmproxy's traffic wait for the database."""
-    proxy = start_proxy("--set", f"llm_metrics_db={pg_cluster.url}")
+    proxy = start_proxy("--set", f"llm_metrics_db={own_pg.url()}")
     with httpx.Client(proxy=proxy.url, timeout=30) as client:
         assert all(send_call(client, upstream, f"before-{i}", stream=i == 1) for i in range(3))
-    assert wait_until(lambda: _pg_count(pg_cluster.url) == 3, timeout=10, interval=0.1)
+    assert wait_until(lambda: _pg_count(own_pg.url()) == 3, timeout=10, interval=0.1)
     worker = proxy.metering_pid()
     assert worker is not None
     served: list[tuple[float, int | None]] = []  # seconds, status
     try:
-        pg_cluster.freeze()
+        own_pg.freeze()
         os.kill(worker, signal.SIGKILL)
         assert process_gone(worker, timeout=5)
         # An LLM call too, in the background: metering it may need the database; it is not timed.
@@ -398,7 +398,7 @@ def test_with_the_metering_process_killed_and_postgresql_hung_plain_requests_are
                 served.append((time.perf_counter() - started, status))
         llm_call.join(10)
     finally:
-        pg_cluster.thaw()
+        own_pg.thaw()
     slow = [(round(s, 3), status) for s, status in served if s >= 1.0 or status != 200]
     assert len(served) >= 3 and not slow, f"{len(slow)} of {len(served)} plain requests slow or failed: {slow[:5]}"
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.clients import httpx
+from tests.conftest import refusing_new_files
+from tests.test_migrations_safety import make_original
 
 pytestmark = pytest.mark.e2e
 
@@ -131,18 +133,126 @@ def count_rows_unlocked(con) -> int:
     return con.execute("SELECT count(*) FROM completion_requests").fetchone()[0]
 
 
-def test_database_deleted_while_running_is_recreated_and_rows_keep_landing(start_proxy, upstream):
+def integrity(path) -> str:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        con.close()
+
+
+def summary(log: str) -> str:
+    """The metering's last line of counts: "N call(s) recorded in ..., M row(s) dropped (...)"."""
+    return [line for line in log.splitlines() if "call(s) recorded in" in line][-1]
+
+
+@pytest.mark.parametrize("leftovers", ["main file only", "with its -wal and -shm"])
+def test_database_deleted_while_running_gets_a_new_file_with_exactly_the_new_rows(start_proxy, upstream, leftovers):
     proxy = start_proxy()
     send(proxy, upstream, 3)
     assert wait_for(proxy.db_path, 3) == 3
-    for suffix in ("", "-wal", "-shm"):
-        path = proxy.db_path.with_name(proxy.db_path.name + suffix)
-        if path.exists():
-            path.unlink()
+    for suffix in ("",) if leftovers == "main file only" else ("", "-wal", "-shm"):
+        proxy.db_path.with_name(proxy.db_path.name + suffix).unlink()
     send(proxy, upstream, 5)
     assert wait_for(proxy.db_path, 5) == 5  # a new file, migrated, holding the new rows
-    assert "was deleted or replaced" in proxy.log()
+    proxy.stop()
+    assert count_rows(proxy.db_path) == 5 and integrity(proxy.db_path) == "ok"  # the old WAL was not read into it
+    log = proxy.log()
+    assert log.count("was deleted or moved away") == 1
     assert oct(proxy.db_path.stat().st_mode & 0o777) == "0o600"
+    assert "8 call(s) recorded" in summary(log) and "(3 of them in a file since deleted or replaced there)" in summary(log)
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> None:
+    with open(path, "r+b") as f:  # the same file, new contents: what `cp notes.txt metrics.db` does
+        f.truncate(0)
+        f.write(data)
+
+
+def _move_over(path: Path, data: bytes) -> None:
+    other = path.with_name("notes.txt")
+    other.write_bytes(data)
+    other.replace(path)  # what `mv notes.txt metrics.db` does
+
+
+@pytest.mark.parametrize("replace", [_move_over, _overwrite_in_place], ids=["moved over it", "written over it in place"])
+def test_database_replaced_by_a_non_sqlite_file_is_never_written_and_its_rows_are_counted(
+        start_proxy, upstream, replace):
+    proxy = start_proxy("--set", "llm_metrics_log_calls=false")
+    send(proxy, upstream, 3)
+    assert wait_for(proxy.db_path, 3) == 3
+    notes = b"my notes, not a database\n" * 100
+    replace(proxy.db_path, notes)
+    latencies = send(proxy, upstream, 5)
+    time.sleep(2.5)  # several attempts to write them
+    assert max(latencies) < 1.0
+    assert proxy.db_path.read_bytes() == notes
+    proxy.stop()
+    assert proxy.db_path.read_bytes() == notes  # not at exit either (no checkpoint into it)
+    log = proxy.log()
+    assert log.count("is not a SQLite database") == 1
+    # What it wrote, and what it could not: the 5 rows waited, and are counted at the end.
+    assert "3 call(s) recorded" in summary(log) and "5 row(s) dropped (0 counted in dropped_rows)" in summary(log)
+    assert "counted in this log only, not in the database (unwritten_at_shutdown: 5)" in log
+
+
+def test_database_replaced_by_another_database_is_migrated_and_written_keeping_its_rows(start_proxy, upstream):
+    proxy = start_proxy("--set", "llm_metrics_log_calls=false")
+    send(proxy, upstream, 3)
+    assert wait_for(proxy.db_path, 3) == 3
+    _move_over(proxy.db_path, b"my notes, not a database\n")
+    send(proxy, upstream, 4)  # these wait: the file is not a database
+    time.sleep(1)
+    other = proxy.db_path.with_name("original.db")
+    make_original(other, 7)  # the original project's schema: upgraded when it is found there
+    other.replace(proxy.db_path)
+    assert wait_for(proxy.db_path, 7 + 4) == 11
+    send(proxy, upstream, 2)
+    assert wait_for(proxy.db_path, 13) == 13
+    proxy.stop()
+    assert count_rows(proxy.db_path) == 13 and integrity(proxy.db_path) == "ok"
+    log = proxy.log()
+    assert log.count("was replaced by another file") == 1 and log.count("is not a SQLite database") == 1
+    assert "9 call(s) recorded" in summary(log) and "(3 of them in a file since deleted or replaced there)" in summary(log)
+    assert dropped_in_log(log) == 0
+    assert list((proxy.db_path.parent / "backups").glob("metrics.db.*.backup"))  # a verified backup first
+
+
+def test_database_deleted_where_no_new_one_can_be_made_keeps_rows_within_the_buffer_and_says_so_once(
+        start_proxy, upstream, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "metrics.db"
+    proxy = start_proxy("--set", f"llm_metrics_db={db}", "--set", "llm_metrics_queue_size=5",
+                        "--set", "llm_metrics_log_calls=false")
+    send(proxy, upstream, 3)
+    assert wait_for(db, 3) == 3
+    db.unlink()  # as `rm metrics.db` does: its -wal and -shm stay
+    with refusing_new_files(data):
+        latencies = send(proxy, upstream, 10)
+        time.sleep(2.5)  # several attempts to make a new file
+        assert not db.exists()
+        log = proxy.log()
+        assert log.count("was deleted or moved away") == 1
+        assert log.count("no new one can be made there") == 1
+    assert max(latencies) < 1.0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _drops_stored(db):
+        time.sleep(0.2)
+    proxy.stop()
+    stored, drops = count_rows(db), dropped_in_db(db)
+    assert integrity(db) == "ok"
+    assert set(drops) == {"queue_full"} and stored + drops["queue_full"] == 10  # each call stored or counted
+    log = proxy.log()
+    assert f"{3 + stored} call(s) recorded" in summary(log)
+    assert dropped_in_log(log) == drops["queue_full"]
+
+
+def _drops_stored(path) -> bool:
+    try:
+        return bool(dropped_in_db(path))
+    except sqlite3.Error:  # no file yet, or one not migrated yet
+        return False
 
 
 @pytest.fixture

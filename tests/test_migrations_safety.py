@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -393,3 +395,110 @@ def test_cli_reprice_recomputes_costs_of_stored_rows(tmp_path):
     cost = con.execute("SELECT cost_usd FROM completion_requests").fetchone()[0]
     con.close()
     assert cost is not None and 0 < cost < 999.0
+
+
+# -- backups that were not finished ----------------------------------------------------------
+
+
+def _kill_once_the_backup_has_data(proc: subprocess.Popen, backups: Path, timeout: float = 120) -> None:
+    """SIGKILL as soon as a file in the backup directory holds data: the copy is under way."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if any(f.stat().st_size > 0 for f in backups.iterdir()):
+                proc.kill()
+                break
+        except OSError:  # not made yet, or a file renamed while we looked
+            pass
+        time.sleep(0.001)
+    proc.wait()
+
+
+def test_upgrade_killed_mid_backup_leaves_nothing_listed_as_a_good_backup_and_the_next_run_cleans_it(tmp_path):
+    path = tmp_path / "metrics.db"
+    make_original(path, 150_000)  # about 30 MB: the copy and its check take long enough to be caught
+    backups = tmp_path / "backups"
+    proc = subprocess.Popen([sys.executable, "-m", "migrations", "upgrade", "--db", str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_once_the_backup_has_data(proc, backups)
+    assert proc.returncode == -signal.SIGKILL, "the upgrade ended before it could be killed mid-backup"
+    left = sorted(p.name for p in backups.iterdir())
+    assert left, "the killed backup left nothing to look at"
+
+    listed = run_cli("backups", "--db", str(path))
+    assert listed.returncode == 0
+    assert list_backups(path) == []  # not one good backup
+    good_lines = [line for line in listed.stdout.splitlines() if "incomplete" not in line]
+    assert not any(name in line for line in good_lines for name in left), listed.stdout
+    assert "no backups of" in listed.stdout
+    restored = run_cli("restore", "--db", str(path), str(backups / left[0]))
+    assert restored.returncode == 2  # never restored from
+    assert run_cli("status", "--db", str(path)).returncode == 1  # nothing was migrated
+
+    again = run_cli("upgrade", "--db", str(path))
+    assert again.returncode == 0, again.stderr
+    made = Path(again.stdout.split("backup: ", 1)[1].split()[0])
+    assert [p.name for p in backups.iterdir()] == [made.name]  # the leftovers are gone
+    assert [b.path for b in list_backups(path)] == [made]
+    assert "incomplete" not in run_cli("backups", "--db", str(path)).stdout
+
+
+def test_a_backup_appears_under_its_name_only_once_verified(tmp_path, monkeypatch):
+    from migrations import backup
+
+    path = tmp_path / "metrics.db"
+    make_original(path, 20)
+    seen = []
+    check = backup.check_file
+
+    def watching(file, counts=None):
+        seen.append((file.name, sorted(p.name for p in file.parent.iterdir()), list_backups(path)))
+        return check(file, counts)
+
+    monkeypatch.setattr(backup, "check_file", watching)
+    made = backup.make_backup(path)
+    (checked, present, listed_then), = seen
+    assert checked != made.name and made.name not in present  # checked under another name
+    assert listed_then == []  # and not listed while being checked
+    assert [b.path for b in list_backups(path)] == [made]
+
+
+def test_a_backup_that_fails_its_check_leaves_no_file(tmp_path, monkeypatch):
+    from migrations import BackupError, backup
+
+    path = tmp_path / "metrics.db"
+    make_original(path, 20)
+
+    def failing(file, counts=None):
+        raise BackupError("injected")
+
+    monkeypatch.setattr(backup, "check_file", failing)
+    with pytest.raises(BackupError):
+        backup.make_backup(path)
+    assert list((tmp_path / "backups").iterdir()) == []
+
+
+def test_a_backup_left_by_an_older_build_killed_mid_copy_is_listed_as_incomplete(tmp_path):
+    path = tmp_path / "metrics.db"
+    make_original(path, 2000)
+    good = Path(run_cli("backup", "--db", str(path)).stdout.strip())
+    backups = good.parent
+    partial = backups / "metrics.db.20250101_000000_000.backup"  # the final name, half written
+    partial.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (backups / (partial.name + "-journal")).write_bytes(b"\0" * 512)
+    assert [b.path for b in list_backups(path)] == [good]
+    listed = run_cli("backups", "--db", str(path)).stdout.splitlines()
+    assert [line for line in listed if str(partial) in line][0].startswith("incomplete")
+
+
+def test_backups_of_another_database_whose_name_starts_the_same_are_neither_listed_nor_pruned(tmp_path):
+    from migrations import make_backup
+
+    path, old = tmp_path / "metrics.db", tmp_path / "metrics.db.old"
+    make_original(path, 10)
+    make_original(old, 10)
+    theirs = [make_backup(old) for _ in range(3)]
+    mine = [make_backup(path, keep=1) for _ in range(2)]
+    assert [b.path for b in list_backups(path)] == [mine[-1]]
+    assert all(p.exists() for p in theirs)
+    assert sorted(b.path for b in list_backups(old)) == sorted(theirs)

@@ -4,6 +4,7 @@ takes writes again."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -19,6 +20,7 @@ import pytest
 from migrations import upgrade
 from storage import RowWriter, open_database
 from storage.models import CompletionRequest
+from tests.conftest import refusing_new_files
 
 
 def make_row(i: int) -> dict:
@@ -380,3 +382,196 @@ def test_a_refused_rows_log_line_is_one_short_line_without_the_value(tmp_path, c
     assert len(lines[0]) < 300 and "\n" not in lines[0] and "xxxxxxxxxx" not in lines[0]
     lines[0].encode("utf-8")  # printable: no lone surrogate
     assert drop_records(path)[0][:2] == ("bad_row", 1)
+
+
+# -- the database cannot be opened yet, or its file is deleted or replaced ------------------
+
+
+def prepared(path):
+    """What the proxy passes as `connect`: open (making the file if needed) and migrate."""
+
+    def connect():
+        db = open_database(str(path))
+        upgrade(db)
+        return db
+
+    return connect
+
+
+def test_rows_wait_while_the_database_cannot_be_opened_then_land(tmp_path, caplog):
+    path = tmp_path / "m.db"
+    attempts = []
+
+    def connect():
+        attempts.append(time.monotonic())
+        if len(attempts) <= 3:
+            raise peewee.OperationalError("connection refused (the server is away)")
+        return prepared(path)()
+
+    writer = RowWriter(None, connect=connect)
+    with caplog.at_level(logging.WARNING, logger="storage.writer"):
+        writer.start()  # returns at once: the writer's thread opens the database
+        for i in range(5):
+            assert writer.submit(make_row(i))
+        wait_until(lambda: writer.written == 5)
+        writer.close()
+    assert count(path) == 5 and (writer.written, writer.dropped) == (5, 0)
+    assert len([r for r in caplog.records if "connection refused" in r.getMessage()]) == 1  # said once
+    assert all(b - a < 2.5 for a, b in itertools.pairwise(attempts))  # bounded backoff
+
+
+def _write_and_wait(writer, rows) -> None:
+    target = writer.written + len(rows)
+    for row in rows:
+        assert writer.submit(row)
+    wait_until(lambda: writer.written >= target)
+
+
+def test_file_overwritten_in_place_by_a_non_sqlite_file_is_never_written(tmp_path, caplog):
+    path, db = fresh_db(tmp_path)
+    db.execute_sql("PRAGMA wal_autocheckpoint=0")  # the rows stay in the WAL until the connection closes
+    db.close()
+    writer = RowWriter(db, connect=prepared(path))
+    writer.start()
+    _write_and_wait(writer, [make_row(i) for i in range(3)])
+    text = b"notes, not a database\n" * 10
+    with open(path, "r+b") as f:  # the same file, new contents (as `cp notes.txt m.db` does)
+        f.truncate(0)
+        f.write(text)
+    with caplog.at_level(logging.WARNING, logger="storage.writer"):
+        for i in range(3, 5):
+            writer.submit(make_row(i))
+        time.sleep(1)
+        writer.close(timeout=1)
+    assert path.read_bytes() == text  # neither the new rows nor the old WAL went into it
+    assert (writer.written, writer.dropped) == (3, 2)
+    assert len([r for r in caplog.records if "not a SQLite database" in r.getMessage()]) == 1
+
+
+def test_file_replaced_by_a_non_sqlite_file_is_never_written_and_said_once(tmp_path, caplog):
+    path, db = fresh_db(tmp_path)
+    db.close()
+    writer = RowWriter(db, connect=prepared(path))
+    writer.start()
+    _write_and_wait(writer, [make_row(i) for i in range(3)])
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"notes, not a database\n")
+    notes.replace(path)
+    with caplog.at_level(logging.WARNING, logger="storage.writer"):
+        for i in range(3, 7):
+            writer.submit(make_row(i))
+        time.sleep(2.5)  # more than one retry
+        writer.close(timeout=1)
+    assert path.read_bytes() == b"notes, not a database\n"
+    assert (writer.written, writer.dropped) == (3, 4)
+    assert len([r for r in caplog.records if "not a SQLite database" in r.getMessage()]) == 1
+
+
+def test_file_replaced_by_another_database_is_followed_and_keeps_its_own_rows(tmp_path):
+    path, db = fresh_db(tmp_path)
+    db.close()
+    writer = RowWriter(db, connect=prepared(path))
+    writer.start()
+    _write_and_wait(writer, [make_row(i) for i in range(3)])  # uncheckpointed, in m.db-wal
+    other_path = tmp_path / "other.db"
+    other = open_database(str(other_path))
+    upgrade(other)
+    other.execute_sql("INSERT INTO completion_requests (timestamp, success, response_time_ms, is_streaming) "
+                      "VALUES ('2026-01-01T00:00:00.000000Z', 1, 7, 0)")
+    other.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    other.close()
+    other_path.replace(path)
+    _write_and_wait(writer, [make_row(i) for i in range(3, 5)])
+    writer.close()
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert [r[0] for r in con.execute("SELECT response_time_ms FROM completion_requests ORDER BY id")] == [7, 3, 4]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("leftovers", ["main file only", "with its -wal and -shm"])
+def test_file_deleted_gets_a_new_file_with_only_the_new_rows(tmp_path, leftovers):
+    path, db = fresh_db(tmp_path)
+    db.close()
+    writer = RowWriter(db, connect=prepared(path))
+    writer.start()
+    _write_and_wait(writer, [make_row(i) for i in range(3)])
+    for suffix in ("",) if leftovers == "main file only" else ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink()
+    _write_and_wait(writer, [make_row(i) for i in range(3, 5)])
+    writer.close()
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert [r[0] for r in con.execute("SELECT response_time_ms FROM completion_requests ORDER BY id")] == [3, 4]
+    finally:
+        con.close()
+    assert writer.written == 5
+
+
+def test_rows_committed_after_the_file_was_deleted_are_written_again_into_the_new_file(tmp_path):
+    path, db = fresh_db(tmp_path)
+    db.close()
+    writer = RowWriter(db, connect=prepared(path), batch_window=0)
+    write = writer._insert.write
+    deleted = []
+
+    def deleting_first(db, rows):  # the file goes between the writer's look at it and its commit
+        if rows[0]["response_time_ms"] == 3 and not deleted:
+            path.unlink()
+            deleted.append(True)
+        write(db, rows)
+
+    writer._insert.write = deleting_first
+    writer.start()
+    _write_and_wait(writer, [make_row(i) for i in range(3)])
+    _write_and_wait(writer, [make_row(3)])
+    writer.close()
+    assert [r["response_time_ms"] for r in _rows(path)] == [3]
+    assert writer.written == 4  # 3 into the first file while it was there, 1 into the new one
+
+
+def _rows(path) -> list[dict]:
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM completion_requests ORDER BY id")]
+    finally:
+        con.close()
+
+
+def test_file_deleted_where_no_new_one_can_be_made_holds_rows_says_so_once_then_lands_them(tmp_path, caplog):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path, db = fresh_db(folder)
+    db.close()
+    writer = RowWriter(db, connect=prepared(path))
+    writer.start()
+    _write_and_wait(writer, [make_row(i) for i in range(3)])
+    path.unlink()
+    with caplog.at_level(logging.WARNING, logger="storage.writer"), refusing_new_files(folder):
+        for i in range(3, 6):
+            writer.submit(make_row(i))
+        time.sleep(2.5)  # more than one retry
+        assert writer.written == 3 and not path.exists()
+    wait_until(lambda: writer.written == 6)
+    writer.close()
+    assert [r["response_time_ms"] for r in _rows(path)] == [3, 4, 5]
+    cannot = [r for r in caplog.records if "no new one can be made" in r.getMessage()]
+    assert len(cannot) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_file_moved_away_keeps_every_row_written_to_it_and_new_rows_go_to_a_new_file(tmp_path):
+    path, db = fresh_db(tmp_path)
+    db.close()
+    writer = RowWriter(db, connect=prepared(path))
+    writer.start()
+    _write_and_wait(writer, [make_row(i) for i in range(3)])  # in m.db-wal, not yet in the file
+    moved = tmp_path / "kept.db"
+    path.replace(moved)  # as `mv m.db kept.db` does, its -wal staying behind under the old name
+    _write_and_wait(writer, [make_row(i) for i in range(3, 5)])
+    writer.close()
+    assert [r["response_time_ms"] for r in _rows(moved)] == [0, 1, 2]  # its WAL went into it
+    assert [r["response_time_ms"] for r in _rows(path)] == [3, 4]
