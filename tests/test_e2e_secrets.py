@@ -111,7 +111,7 @@ def test_provider_echoed_keys_and_request_text_are_nowhere_on_disk_in_the_log_or
         client.post(f"{upstream.base_url}/chat/completions", json=body,
                     headers={"x-scenario": scenario, "authorization": f"Bearer {OPENAI_KEY}"})
     assert client.post(f"{upstream.url}/v1/keys/{PATH_KEY}/chat/completions", json=body).status_code == 200
-    client.post(f"{upstream.url}/v1/keys/{UNPARSED_PATH_KEY}/chat/completions", content=b"not json")
+    client.post(f"{upstream.url}/v1/keys/{UNPARSED_PATH_KEY}/chat/completions", json={"model": "x"})  # no chat call
     with ProviderUpstream() as google:
         gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
         path = f"/gw/{GEMINI_PATH_KEY}/v1beta/models/gemini-2.0-flash:generateContent"
@@ -254,20 +254,42 @@ def test_database_password_is_masked_in_failure_messages(tmp_path, scram_server,
         "unparsable URL": scram_server.url(password=planted),  # "/" not percent-encoded
         "server away": f"postgresql://{ROLE}:{ROLE_PASSWORD}@127.0.0.1:{free_port()}/{ROLE}",
     }[problem]
-    started = subprocess.run(
-        [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0", "-s", str(ADDON),
-         "--set", f"confdir={tmp_path / 'confdir'}", "--set", f"llm_metrics_db={url}"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    outputs = [started, cli("reports", "--db", url), cli("migrations", "status", "--db", url),
+    command = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0", "-s", str(ADDON),
+               "--set", f"confdir={tmp_path / 'confdir'}", "--set", f"llm_metrics_db={url}"]
+    if problem == "server away":  # the proxy starts all the same, rows waiting for the server: it says so
+        proxy_log = _run_until(command, tmp_path, "the database server cannot be reached")
+    else:
+        started = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert started.returncode != 0 and "cannot use llm_metrics_db='postgresql://" in started.stdout
+        proxy_log = started.stdout + started.stderr
+    outputs = [cli("reports", "--db", url), cli("migrations", "status", "--db", url),
                cli("addon", "doctor", "--db", url, "--proxy", f"http://127.0.0.1:{free_port()}")]
-    assert started.returncode != 0 and "cannot use llm_metrics_db='postgresql://" in started.stdout
+    for secret in (ROLE_PASSWORD, planted, planted.replace("/", ""), "PLANTED-wrong-pw"):
+        assert secret not in proxy_log and "Traceback" not in proxy_log, proxy_log
     for output in outputs:
         text = output.stdout + output.stderr
         assert output.returncode != 0 and "Traceback" not in text, text
         for secret in (ROLE_PASSWORD, planted, planted.replace("/", ""), "PLANTED-wrong-pw"):
             assert secret not in text, (output.args, text)
-    for output in outputs[1:3]:  # reports and migrations: one error line, the password masked in it
+    for output in outputs[:2]:  # reports and migrations: one error line, the password masked in it
         assert output.stderr.startswith("error: ") and output.stderr.count("\n") == 1, output.stderr
+
+
+def _run_until(command: list[str], cwd: Path, line: str, timeout: float = 30) -> str:
+    """Runs mitmdump until its log has `line` (or `timeout` passes), stops it; its whole log."""
+    log = cwd / "mitmdump.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        try:
+            deadline = time.monotonic() + timeout
+            while line not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    text = log.read_text()
+    assert line in text, text
+    return text
 
 
 def test_password_from_pgpassword_or_a_pgpass_file_reaches_the_server(

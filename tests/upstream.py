@@ -126,7 +126,7 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         except ValueError:  # a multipart upload, or a compressed body (never decompressed here)
             body = None
         served = Served(self.path, {k.lower(): v for k, v in self.headers.items()},
-                        body if isinstance(body, dict) else {}, received, raw=raw)
+                        body if isinstance(body, dict) else None, received, raw=raw)
         upstream.served.append(served)
         return served
 
