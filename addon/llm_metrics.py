@@ -14,12 +14,10 @@ counted; it never changes, stalls or breaks the user's traffic.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
 
 # `mitmdump -s addon/llm_metrics.py` loads this file as a script: make the project importable
 # when it was not pip-installed.
@@ -28,7 +26,6 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
-from mitmproxy.proxy.mode_specs import ProxyMode  # noqa: E402
 
 from addon.backends import Metering, open_metering  # noqa: E402
 from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
@@ -36,16 +33,14 @@ from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
+from addon.options import DEFAULT_ORIGIN_HEADER, add_options, line_buffered_stdout, parse_hosts, warn_at_start  # noqa: E402
 from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
-from migrations import DEFAULT_KEEP  # noqa: E402
 from storage import default_location  # noqa: E402
 from storage.db import display_location, hide_password, unreachable  # noqa: E402
 from storage.writer import METERING_LOST  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ORIGIN_HEADER = "x-llm-metrics-origin"
-DEFAULT_BODY_LIMIT = REQUEST_BODY_LIMIT
 CLOSE_TIMEOUT_S = 30.0
 _CANDIDATE_SUFFIXES = tuple(suffix.encode() for suffix in CANDIDATE_SUFFIXES)
 
@@ -57,55 +52,22 @@ class LLMMetrics:
         self.location: str | None = None
         self.extra_hosts: dict[str, str] = {}
         self.origin_header: bytes | None = DEFAULT_ORIGIN_HEADER.encode()
-        self.body_limit = DEFAULT_BODY_LIMIT
+        self.body_limit = REQUEST_BODY_LIMIT
         self.inflight: dict[str, Capture] = {}  # by flow.id (flow.metadata would be saved with the flow)
         self._flows: dict[str, http.HTTPFlow] = {}  # the flows of waiting calls, for their bodies at shutdown
         self._next_cid = 0
 
     def load(self, loader) -> None:
-        _line_buffered_stdout()
+        line_buffered_stdout()
         for logger in (log, *map(logging.getLogger, ("addon.backends", "addon.engine", "storage.writer"))):
             logger.addFilter(REDACT_WARNINGS)  # their warnings quote exceptions and drivers' messages
         logging.getLogger("peewee").setLevel(logging.INFO)  # see addon.engine.start_engine
-        loader.add_option(
-            "llm_metrics_db", str, default_location(),
-            "Where rows are stored: a SQLite file path or a database URL "
-            "(default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db).",
-        )
-        loader.add_option(
-            "llm_metrics_hosts", Sequence[str], [],
-            "Extra hosts to treat as LLM APIs whatever the request path, as HOST or HOST=PROVIDER.",
-        )
-        loader.add_option(
-            "llm_metrics_origin_header", str, DEFAULT_ORIGIN_HEADER,
-            "Request header that tags a call's origin; it is removed before the request is forwarded.",
-        )
-        loader.add_option(
-            "llm_metrics_queue_size", int, 10_000,
-            "Rows that may wait for the database before new ones are dropped (and counted).",
-        )
-        loader.add_option(
-            "llm_metrics_backup_keep", int, DEFAULT_KEEP,
-            "How many verified backups (taken before each schema upgrade) to keep.",
-        )
-        loader.add_option(
-            "llm_metrics_log_calls", bool, True,
-            "Print a one-line summary of each captured call.",
-        )
-        loader.add_option(
-            "llm_metrics_worker", bool, True,
-            "Meter calls in a process of their own, off mitmproxy's event loop; false: in mitmproxy's process.",
-        )
-        loader.add_option(
-            "llm_metrics_request_body_limit", int, DEFAULT_BODY_LIMIT,
-            "Request bodies larger than this many bytes, as sent or once decompressed, are not read: such "
-            "a call is recorded by its path, without its request's model, limits and message count.",
-        )
+        add_options(loader)
 
     def configure(self, updated: set[str]) -> None:
         options = ctx.options
         if "llm_metrics_hosts" in updated:
-            self.extra_hosts = _parse_hosts(options.llm_metrics_hosts)
+            self.extra_hosts = parse_hosts(options.llm_metrics_hosts)
         if "llm_metrics_origin_header" in updated:
             self.origin_header = options.llm_metrics_origin_header.lower().encode("latin-1") or None
         for name in ("llm_metrics_queue_size", "llm_metrics_backup_keep", "llm_metrics_request_body_limit"):
@@ -119,9 +81,7 @@ class LLMMetrics:
             self.handover.put(Config(self._settings()))
 
     def running(self) -> None:
-        _warn_unknown_options()
-        _warn_open_proxy()
-        _warn_flow_detail()
+        warn_at_start(ctx.options)
         if self.metering is not None:
             self.metering.watch()
 
@@ -324,15 +284,6 @@ def _started(timestamp_start: float | None) -> float:
     return now - max(0.0, time.time() - timestamp_start)
 
 
-def _line_buffered_stdout() -> None:
-    """mitmproxy prints its log to sys.stdout without flushing: to a file or a pipe (a service
-    manager, `> proxy.log`), lines would appear only at exit unless PYTHONUNBUFFERED is set."""
-    try:
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    except (AttributeError, ValueError):
-        pass  # not a text stream of its own kind: leave it as it is
-
-
 _logged_hook_errors: set[str] = set()
 
 
@@ -344,80 +295,6 @@ def _hook_error(where: str, exc: Exception) -> None:
         text = redact(repr(exc)).encode("utf-8", "backslashreplace").decode("utf-8")
         log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where,
                     text if len(text) <= 300 else text[:299] + "…")  # never a whole value it failed on
-
-
-def _parse_hosts(values: Sequence[str]) -> dict[str, str]:
-    hosts: dict[str, str] = {}
-    for value in values:
-        for item in value.split(","):
-            host, _, provider = item.strip().partition("=")
-            if host:
-                hosts[host.lower()] = provider.strip()
-    return hosts
-
-
-def _warn_open_proxy() -> None:
-    """Anyone who can reach a non-loopback listener can send traffic through it (and read the
-    CA's trust): say so, for each such listener, when no proxyauth guards them. mitmweb's
-    interface shows every request, headers (API keys) included: before mitmproxy 12 (no
-    web_password) it has no password at all."""
-    if not ctx.options.proxyauth:
-        for host, spec in open_listeners(ctx.options.mode, ctx.options.listen_host):
-            log.warning(
-                "llm-metrics: the proxy listens on %s without proxyauth (mode %s): anyone who can reach this "
-                "machine can use it. Use --listen-host 127.0.0.1 (or MODE@127.0.0.1:PORT), or set proxyauth.",
-                host or "all interfaces", spec)
-    options = ctx.options
-    if "web_host" in options and "web_password" not in options and not _is_loopback(options.web_host):
-        log.warning(
-            "llm-metrics: mitmweb's interface listens on %s with no password: anyone who can reach it reads "
-            "every request, API keys in their headers included. Use --set web_host=127.0.0.1.",
-            options.web_host or "all interfaces")
-
-
-def open_listeners(modes: Sequence[str], listen_host: str) -> list[tuple[str, str]]:
-    """(host, mode spec) of each listener beyond loopback: a mode's own `@host:port`, else
-    --listen-host. Modes that open no listener (local, tun), and WireGuard and DNS, which carry
-    no proxied HTTP anyone could send, are not listed. A spec's URL is shown without secrets."""
-    found = []
-    for spec in modes:
-        try:
-            mode = ProxyMode.parse(spec)
-        except ValueError:
-            continue  # mitmproxy refuses it itself
-        if mode.listen_port() is None or mode.type_name in ("wireguard", "dns"):
-            continue
-        host = mode.listen_host(listen_host)
-        if not _is_loopback(host):
-            found.append((host, spec.replace(mode.data, redact(mode.data)) if mode.data else spec))
-    return found
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # "" (every interface) or a name that may resolve anywhere
-
-
-def _warn_flow_detail() -> None:
-    """mitmdump's own line per request (flow_detail 1, its default) prints the URL whole, a key
-    in its query (Gemini's ?key=) included; from 2 on it prints every header (Authorization)."""
-    detail = ctx.options.flow_detail if "flow_detail" in ctx.options else 0  # mitmweb has no such option
-    if detail >= 1:
-        shown = "URL and headers, API keys" if detail >= 2 else "URL whole, a key in its query (?key=)"
-        log.warning("llm-metrics: mitmproxy prints each request's %s included (flow_detail=%d): "
-                    "--set flow_detail=0 keeps them out of this output (python3 dev.py run sets it)", shown, detail)
-
-
-def _warn_unknown_options() -> None:
-    """mitmproxy keeps `--set` names no addon declared and says nothing: catch our typos."""
-    deferred = getattr(ctx.options, "deferred", None) or {}
-    for name in deferred:
-        if name.startswith("llm_metrics"):
-            log.error("llm-metrics: unknown option %r (ignored); see `mitmdump --options`", name)
 
 
 addons = [LLMMetrics()]

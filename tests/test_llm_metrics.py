@@ -452,7 +452,7 @@ def test_a_request_body_beyond_the_limit_is_recorded_by_its_path_without_its_fie
     ],
 )
 def test_each_listener_beyond_loopback_is_found_in_the_mode_specs(modes, listen_host, open_hosts):
-    from addon.llm_metrics import open_listeners
+    from addon.options import open_listeners
 
     assert [host for host, _ in open_listeners(modes, listen_host)] == open_hosts
 
@@ -460,19 +460,19 @@ def test_each_listener_beyond_loopback_is_found_in_the_mode_specs(modes, listen_
 def test_a_listener_bound_through_a_mode_spec_is_warned_about_unless_proxyauth_guards_it(tmp_path, caplog):
     from mitmproxy.addons.proxyauth import ProxyAuth
 
-    from addon.llm_metrics import _warn_open_proxy
+    from addon.options import warn_open_proxy
 
     addon = LLMMetrics()
     with taddons.context(addon, ProxyAuth()) as tctx:
         tctx.configure(addon, listen_host="127.0.0.1", mode=["regular@127.0.0.1:8080", "socks5@0.0.0.0:1080"])
         with caplog.at_level(logging.WARNING):
-            _warn_open_proxy()
+            warn_open_proxy(tctx.options)
         warned = [r.getMessage() for r in caplog.records if "without proxyauth" in r.getMessage()]
         assert len(warned) == 1 and "listens on 0.0.0.0 without proxyauth (mode socks5@0.0.0.0:1080)" in warned[0]
         caplog.clear()
         tctx.configure(addon, proxyauth="user:pass")
         with caplog.at_level(logging.WARNING):
-            _warn_open_proxy()
+            warn_open_proxy(tctx.options)
         assert not [r for r in caplog.records if "without proxyauth" in r.getMessage()]
 
 
@@ -480,13 +480,13 @@ def test_a_listener_bound_through_a_mode_spec_is_warned_about_unless_proxyauth_g
 def test_mitmdumps_own_request_lines_are_warned_about_when_they_print_urls(flow_detail, warned, caplog):
     from mitmproxy.addons.dumper import Dumper
 
-    from addon.llm_metrics import _warn_flow_detail
+    from addon.options import warn_flow_detail
 
     addon = LLMMetrics()
     with taddons.context(addon, Dumper()) as tctx:
         tctx.configure(addon, flow_detail=flow_detail)
         with caplog.at_level(logging.WARNING):
-            _warn_flow_detail()
+            warn_flow_detail(tctx.options)
     lines = [r.getMessage() for r in caplog.records if "flow_detail=0 keeps them out" in r.getMessage()]
     assert len(lines) == (0 if warned is None else 1)
     assert warned is None or warned in lines[0]
@@ -497,7 +497,7 @@ def test_mitmweb_interface_beyond_loopback_without_a_password_is_warned_about(we
     from mitmproxy.addons.proxyauth import ProxyAuth
     from mitmproxy.tools.web.webaddons import WebAddon
 
-    from addon.llm_metrics import _warn_open_proxy
+    from addon.options import warn_open_proxy
 
     addon = LLMMetrics()
     with taddons.context(addon, ProxyAuth(), WebAddon()) as tctx:
@@ -505,7 +505,7 @@ def test_mitmweb_interface_beyond_loopback_without_a_password_is_warned_about(we
         if "web_password" in tctx.options:
             pytest.skip("this mitmweb has a password (mitmproxy 12): its interface is not open")
         with caplog.at_level(logging.WARNING):
-            _warn_open_proxy()
+            warn_open_proxy(tctx.options)
     assert any("mitmweb's interface listens on" in r.getMessage() for r in caplog.records) is warned
 
 
