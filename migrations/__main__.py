@@ -18,6 +18,7 @@ from typing import NoReturn
 
 import peewee
 
+from addon.redact import redact
 from storage.db import (
     NotSQLiteError,
     default_location,
@@ -36,7 +37,7 @@ from .schema import differences, promised, snapshot
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other CLI error
-        print(f"error: {_one_line(message)}", file=sys.stderr)
+        print(f"error: {_one_line(redact(message))}", file=sys.stderr)  # it quotes what was typed: a password
         sys.exit(2)
 
 

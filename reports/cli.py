@@ -16,6 +16,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from addon.redact import redact
 from storage.db import default_location, display_location, hide_password, sqlite_path
 
 from . import fmt
@@ -52,7 +53,7 @@ MAX_FILTER_VALUES = 1_000  # --model/--provider/--host/--origin values together:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line too
-        self.exit(2, f"error: {fmt.one_line(message)}\n")
+        self.exit(2, f"error: {fmt.one_line(redact(message))}\n")  # it quotes what was typed: a URL's password
 
 
 def _top(text: str) -> int:

@@ -409,3 +409,11 @@ def test_readme_run_command_prints_no_key_from_urls_in_a_wide_terminal(tmp_path,
     # command above avoids, and what the addon then warns of.
     assert QUERY_KEY_LONG in bare
     assert "mitmproxy prints each request's URL whole, a key in its query (?key=) included (flow_detail=1)" in bare
+
+
+@pytest.mark.parametrize("command", [("reports",), ("migrations", "status")])
+def test_a_database_url_typed_without_db_is_refused_without_its_password(command):
+    """argparse quotes what it did not understand: a URL given as a positional argument."""
+    result = cli(*command, "postgresql://metrics:PLANTED-typed-pw@db.internal/llm")
+    assert result.returncode == 2
+    assert result.stderr == "error: unrecognized arguments: postgresql://metrics:***@db.internal/llm\n"
