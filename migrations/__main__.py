@@ -25,6 +25,7 @@ from storage.db import (
     display_location,
     enable_wal,
     hide_password,
+    location_argument,
     open_database,
     sqlite_path,
 )
@@ -46,15 +47,6 @@ def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def _location(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a SQLite path or a database URL, got an empty value")
-    path = sqlite_path(text)
-    if path is not None and path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory, not a database file")
-    return text
-
-
 def _keep(text: str) -> int:
     try:
         value = int(text)
@@ -74,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in ("status", "upgrade", "backup", "backups", "restore", "verify", "reprice"):
         cmd = sub.add_parser(name)
-        cmd.add_argument("--db", default=None, type=_location,
+        cmd.add_argument("--db", default=None, type=location_argument,
                          help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
         if name in ("upgrade", "backup", "restore"):
             cmd.add_argument("--keep", type=_keep, default=DEFAULT_KEEP, help=f"backups to keep (default {DEFAULT_KEEP})")

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.text import Text
 
 from addon.redact import redact
-from storage.db import default_location, display_location, hide_password, sqlite_path
+from storage.db import default_location, display_location, hide_password, location_argument
 
 from . import fmt
 from .groups import DIMENSIONS
@@ -94,21 +94,12 @@ def _text(text: str) -> str:
     return text
 
 
-def _location(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a SQLite path or a database URL, got an empty value")
-    path = sqlite_path(text)
-    if path is not None and path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory, not a database file")
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m reports", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--db", metavar="PATH_OR_URL", type=_location,
+    parser.add_argument("--db", metavar="PATH_OR_URL", type=location_argument,
                         help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
     pick = parser.add_argument_group("which calls")
     pick.add_argument("--since", metavar="WHEN", type=_when,

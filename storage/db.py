@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import time
@@ -89,6 +90,17 @@ def connect_server(location: str) -> peewee.Database:
             f"the database URL {display_location(location)} cannot be parsed: check its port, and "
             "percent-encode its password's special characters (@ %40, / %2F, # %23, ? %3F, : %3A)"
         ) from None
+
+
+def location_argument(text: str) -> str:
+    """`--db`'s argparse type in every CLI: a SQLite path or a database URL, refused at once when
+    it cannot be one (empty, a directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a SQLite path or a database URL, got an empty value")
+    path = sqlite_path(text)
+    if path is not None and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a database file")
+    return text
 
 
 def sqlite_path(location: str) -> Path | None:
