@@ -8,14 +8,16 @@ without the time it waited for the GIL or was preempted by other processes on th
 callable one network read at a time, each read holding one SSE event (as a token stream arrives
 at an unloaded proxy): a role event, 20 content events, a finish event, a usage event, [DONE].
 
-The hooks only stamp times and keep references to bytes; every 10 ms a timer hands what they
-kept to the metering (`LLMMetrics._hand_over`), which is timed too, and charged to the calls it
-carried (its mean per call; its own p99 per hand-over). Two set-ups, alternating in blocks:
-- "as deployed": the metering in its own process (pickled into a pipe), the real writer into a
-  fresh SQLite file there, the one-line log per call on, log levels as mitmdump sets them.
-- "metering on the loop" (`llm_metrics_worker=false`): the hand-over runs the metering itself
-  (parsing, rows, lines) on mitmproxy's loop, with the writer thread beside it, as before the
-  metering process existed; what the process takes off the loop.
+The hooks only stamp times and keep references to bytes in the outbox; every 10 ms (or once
+1 MiB of stream pieces wait) a timer hands what waits to the metering
+(`addon.handover.Handover.flush`, which calls `Metering.send`): that is timed too, and charged to
+the calls it carried (its mean per call; its own p99 per hand-over). Two set-ups, alternating in blocks:
+- "as deployed": `ChildProcess`, the metering in its own process at nice 10 (a frame written to a
+  non-blocking pipe; what the pipe cannot take waits in memory, never in a hook), the real writer
+  into a fresh SQLite file there, the one-line log per call on, log levels as mitmdump sets them.
+- "metering on the loop" (`llm_metrics_worker=false`, `InProcess`): the hand-over runs the
+  metering itself (parsing, rows, lines) on mitmproxy's loop, with the writer thread beside it;
+  what the process takes off the loop.
 
 Targets: p99 < 300 us per request (all hooks of one call), < 50 us per chunk.
 mitmproxy itself spends about 1.8 ms of CPU per small request on this machine (bench/proxy_overhead.py).
@@ -67,9 +69,9 @@ def _flow(body: bytes) -> http.HTTPFlow:
     return tflow.tflow(req=request)
 
 
-def _timed(samples, name, fn, *args):
+def _timed(samples, name, fn, *args, **kwargs):
     c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
     samples[name].append(t1 - t0)
     samples["cpu " + name].append(c1 - c0)
@@ -108,15 +110,28 @@ def run_block(addon: LLMMetrics, n: int, samples, loop) -> None:
 
 
 class TimedHandOver:
-    """Wraps the addon's hand-over: its wall clock and CPU per call, into the current samples."""
+    """Wraps the outbox's hand-over (`Handover.flush`): its wall clock and CPU per call, into the
+    current samples. Each new metering comes with a new outbox: `wrap` it again."""
 
-    def __init__(self, addon: LLMMetrics) -> None:
-        self.inner = addon._hand_over
+    def __init__(self) -> None:
         self.samples = defaultdict(list)  # hand-overs outside the timed blocks (set-up, switches)
-        addon._hand_over = self
 
-    def __call__(self) -> None:
-        _timed(self.samples, "hand-over (each)", self.inner)
+    def wrap(self, addon: LLMMetrics) -> None:
+        handover = addon.handover
+        assert handover is not None, "the addon has no metering (see its log)"
+        inner = handover.flush  # the timer and the stream callables look `flush` up on the instance
+
+        def timed(*, closing: bool = False) -> None:
+            _timed(self.samples, "hand-over (each)", inner, closing=closing)
+
+        handover.flush = timed
+
+
+async def _running(addon: LLMMetrics) -> None:
+    """What the addon's `running` hook does for the metering once mitmdump's loop runs: the
+    metering process's pipes are watched from then on (done here for each new metering)."""
+    assert addon.metering is not None, "the addon has no metering (see its log)"
+    addon.metering.watch()
 
 
 def _log_levels_as_mitmdump() -> None:
@@ -134,14 +149,17 @@ def measure(args) -> dict:
     results = {setup: defaultdict(list) for setup in setups}
     calls = dict.fromkeys(setups, 0)
     addon = LLMMetrics()
-    hand_over = TimedHandOver(addon)
+    hand_over = TimedHandOver()
     with taddons.context(addon) as tctx:
         loop = tctx.master.event_loop
         tctx.configure(addon, llm_metrics_db=str(work / "metrics.db"))
         block = 1000
         for b in range(max(1, args.requests // block)):
             for setup in list(setups) if b % 2 == 0 else list(setups)[::-1]:
+                hand_over.samples = defaultdict(list)  # the closing hand-over of the last metering: not timed
                 tctx.options.update(llm_metrics_worker=setups[setup])  # a new metering: not timed
+                loop.run_until_complete(_running(addon))
+                hand_over.wrap(addon)
                 hand_over.samples = results[setup]
                 run_block(addon, block, results[setup], loop)
                 calls[setup] += block

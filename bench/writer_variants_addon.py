@@ -8,8 +8,9 @@ handed over to a metering at all.
   waiting in its writer's queue, so the writer writes without pause while the proxy serves (the
   worst case). The metering process picks it up from bench/flood_site/sitecustomize.py, which
   this script puts on its PYTHONPATH.
-- drop: the hooks run, but what they keep is thrown away instead of handed over: what the hooks
-  alone cost mitmproxy's loop, without any metering or storage.
+- drop: the hooks run and put what they keep in the outbox (`addon.handover.Handover`), but each
+  hand-over throws it away instead of sending it to the metering process: what the hooks alone
+  cost mitmproxy's loop, without any metering or storage.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ sys.path.insert(0, os.path.dirname(BENCH))
 
 from mitmproxy import ctx  # noqa: E402
 
+from addon.handover import Handover  # noqa: E402
 from addon.llm_metrics import LLMMetrics  # noqa: E402
+
+
+class DiscardingHandover(Handover):
+    """The outbox, emptied instead of sent at each hand-over."""
+
+    def flush(self, *, closing: bool = False) -> None:
+        self.discard()
+        super().flush(closing=closing)
 
 
 class BenchLLMMetrics(LLMMetrics):
@@ -38,12 +48,10 @@ class BenchLLMMetrics(LLMMetrics):
             os.environ["LLM_BENCH_FLOOD"] = "1"
         super().configure(updated)
 
-    def _hand_over(self) -> None:
-        if ctx.options.bench_writer == "drop":
-            self._hand_over_scheduled = False
-            self._outbox.clear()
-            return
-        super()._hand_over()
+    def _open_store(self, location: str) -> None:
+        super()._open_store(location)
+        if ctx.options.bench_writer == "drop" and self.metering is not None:
+            self.handover = DiscardingHandover(self.metering)
 
 
 addons = [BenchLLMMetrics()]
