@@ -6,7 +6,7 @@ The metering process runs at nice 10 (addon/worker.py): on a machine with every 
 a small share of the CPU, not none. Here N busy loops at normal priority (default: one per core)
 take the machine while the load client sends small non-streamed chat completions at concurrency
 16 through `mitmdump -s addon/llm_metrics.py`. The hooks never wait for the metering: if more than
-32 MiB wait for it (`addon.handover.BACKLOG_LIMIT`), calls are not handed over and are counted in
+16 MiB wait for it (`addon.handover.BACKLOG_LIMIT`), calls are not handed over and are counted in
 the `dropped_rows` table as `metering_behind`.
 
 Prints the client's latencies and errors; how far behind the metering was while the load ran
@@ -179,7 +179,7 @@ def main() -> None:
     print(f"dropped_rows by reason: {', '.join(f'{r}: {n:,}' for r, n in dropped.items()) or 'none'}")
     said = (f"yes, after {watch.behind_after_s:.1f} s of load" if watch.behind_after_s is not None
             else "yes (after the load)" if BEHIND in log else "no")
-    print(f"the addon said it fell behind (32 MiB waiting): {said}; calls said lost or not stored: "
+    print(f"the addon said it fell behind (BACKLOG_LIMIT waiting): {said}; calls said lost or not stored: "
           f"{'see the log: ' + str(proxy.log_path) if any(w in log for w in LOST) else 'none'}")
     summary = [line.strip() for line in log.splitlines() if SUMMARY in line]
     print(f"the metering's summary: {summary[-1] if summary else 'none in the log'}")
