@@ -14,10 +14,11 @@ import select
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .capture import FrameReader, LogRecord, Progress, Start, add_frame
+from .capture import FrameReader, LogRecord, Progress, Start, frame
 from .engine import Engine, start_engine
 
 try:
@@ -132,8 +133,11 @@ class ChildProcess:
                 pass  # not Linux, or above the system's limit: the default size works, in more writes
         os.set_blocking(self._in, False)
         os.set_blocking(self._out, False)
-        self._pending = bytearray()  # frames not yet written, from self._sent on
+        # Frames not yet written, each its own bytes (the first written up to `_sent`): no one
+        # growing buffer, whose every reallocation would briefly need twice what waits.
+        self._pending: deque[bytes] = deque()
         self._sent = 0
+        self._backlog = 0
         self._reader = FrameReader()
         self.alive = True
         self.handed = 0  # calls handed to this process (their last message sent)
@@ -145,7 +149,7 @@ class ChildProcess:
 
     @property
     def backlog(self) -> int:
-        return len(self._pending) - self._sent
+        return self._backlog
 
     @property
     def unsettled(self) -> int:
@@ -157,26 +161,28 @@ class ChildProcess:
         self.handed += finals
         if not self.alive:
             return  # after _MAX_RESTARTS: nothing meters them (counted as unsettled at close)
-        add_frame(self._pending, items)
+        data = frame(items)
+        self._pending.append(data)
+        self._backlog += len(data)
         self._write()
         if self.alive and self.backlog and not self._watching:
             self._write_all(time.monotonic() + 10)  # hooks called by hand, without a loop: nobody comes back
 
     def _write(self) -> None:
         """As much as the pipe takes now; mitmproxy's loop calls again when it has room."""
-        with memoryview(self._pending) as view:
-            try:
-                n = os.write(self._in, view[self._sent :])
-            except BlockingIOError:
-                n = 0
-            except OSError:  # BrokenPipeError: the process is gone (its pipe's reader says so too)
-                n = 0
-        self._sent += n
-        if self._sent == len(self._pending):
-            self._pending.clear()
-            self._sent = 0
-        elif self._sent > _PIPE_SIZE:  # drop what went now and then, not on every write
-            del self._pending[: self._sent]
+        pending = self._pending
+        while pending:
+            with memoryview(pending[0]) as view:
+                try:
+                    n = os.write(self._in, view[self._sent :])
+                except (BlockingIOError, OSError):  # full; or the process is gone (its pipe's reader says so)
+                    break
+                left = len(view) - self._sent - n
+            self._backlog -= n
+            if left:
+                self._sent += n
+                break
+            pending.popleft()
             self._sent = 0
         if self._loop is not None and self.alive:
             if self.backlog:

@@ -175,11 +175,15 @@ class Progress(NamedTuple):
 _HEADER = 4
 
 
-def add_frame(buf: bytearray, items: list[Any]) -> None:
-    """Appends one frame to `buf`: the pickled list's length (4 bytes, little-endian), then it."""
+def frame(items: list[Any]) -> bytes:
+    """One frame: the pickled list's length (4 bytes, little-endian), then it."""
     payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-    buf += len(payload).to_bytes(_HEADER, "little")
-    buf += payload
+    return len(payload).to_bytes(_HEADER, "little") + payload
+
+
+def add_frame(buf: bytearray, items: list[Any]) -> None:
+    """Appends one frame to `buf`."""
+    buf += frame(items)
 
 
 class FrameReader:

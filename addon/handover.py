@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 HAND_OVER_EVERY_S = 0.01
 HAND_OVER_BYTES = 1 << 20  # or sooner, once stream pieces of this size wait
-BACKLOG_LIMIT = 16 << 20  # bytes waiting for the metering before calls are dropped
+BACKLOG_LIMIT = 8 << 20  # bytes waiting for the metering before calls are dropped
 
 
 class CallState(Enum):

@@ -6,7 +6,7 @@ The metering process runs at nice 10 (addon/worker.py): on a machine with every 
 a small share of the CPU, not none. Here N busy loops at normal priority (default: one per core)
 take the machine while the load client sends small non-streamed chat completions at concurrency
 16 through `mitmdump -s addon/llm_metrics.py`. The hooks never wait for the metering: if more than
-16 MiB wait for it (`addon.handover.BACKLOG_LIMIT`), calls are not handed over and are counted in
+8 MiB wait for it (`addon.handover.BACKLOG_LIMIT`), calls are not handed over and are counted in
 the `dropped_rows` table as `metering_behind`.
 
 Prints the client's latencies and errors; how far behind the metering was while the load ran

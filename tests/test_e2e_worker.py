@@ -126,7 +126,7 @@ def test_a_signal_to_the_whole_process_group_loses_no_call(start_proxy, upstream
 def test_a_stopped_metering_process_never_makes_traffic_wait_and_the_calls_it_misses_are_counted(
         start_proxy, upstream):
     """SIGSTOP: a metering process that takes nothing (as on a machine starved of CPU). Past the
-    hand-over's memory bound (16 MiB) calls are dropped and counted, and traffic flows on."""
+    hand-over's memory bound (8 MiB) calls are dropped and counted, and traffic flows on."""
     proxy = start_proxy("--set", "llm_metrics_log_calls=false")
     worker = proxy.metering_pid()
     upstream.scenarios["big"] = Scenario(words=("x" * 4000,) * 2000)  # about 8 MB of events each
