@@ -50,7 +50,7 @@ class Metering(Protocol):
         """Hands a batch over, never waiting; `finals`: how many calls it completes."""
 
     def watch(self) -> None:
-        """Called once mitmproxy's loop runs."""
+        """Called once mitmproxy's loop runs, and when the metering changes while it runs (again: no-op)."""
 
     def close(self, timeout: float) -> None:
         """Waits at most `timeout` seconds for every call handed over to be stored or counted."""
@@ -143,6 +143,7 @@ class ChildProcess:
         self.handed = 0  # calls handed to this process (their last message sent)
         self.settled = 0  # of those, how many it reported stored or counted
         self._watching = False
+        self._writer_added = False
         self.send([Start(self._start)], 0)
         if self._loop is not None:
             self.watch()
@@ -185,10 +186,12 @@ class ChildProcess:
             pending.popleft()
             self._sent = 0
         if self._loop is not None and self.alive:
-            if self.backlog:
+            if self.backlog and not self._writer_added:
                 self._loop.add_writer(self._in, self._write)
-            else:
+                self._writer_added = True
+            elif not self.backlog and self._writer_added:  # asyncio raises and catches inside when none is
                 self._loop.remove_writer(self._in)
+                self._writer_added = False
 
     def _write_all(self, deadline: float) -> None:
         """Waits until every waiting byte is written (at the end, or without a loop)."""
@@ -201,14 +204,17 @@ class ChildProcess:
     # -- from the process --------------------------------------------------------------------
 
     def watch(self) -> None:
+        if self._watching:
+            return
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         self._loop.add_reader(self._out, self._read)
         self._watching = True
-        if self.backlog:
+        if self.backlog and not self._writer_added:
             self._loop.add_writer(self._in, self._write)
+            self._writer_added = True
 
     def _read(self) -> None:
         """Log records and progress; at its end, the process has died (or finished, at close)."""
@@ -256,7 +262,7 @@ class ChildProcess:
         if self._loop is not None and self._watching:
             self._loop.remove_reader(self._out)
             self._loop.remove_writer(self._in)
-        self._watching = False
+        self._watching = self._writer_added = False
 
     # -- the end -------------------------------------------------------------------------------
 

@@ -245,6 +245,7 @@ class LLMMetrics:
         self.metering = open_metering(start, in_process=not ctx.options.llm_metrics_worker, db=db,
                                       on_death=self._metering_died)
         self.handover = Handover(self.metering)
+        self.metering.watch()  # a database changed while running: no `running` hook comes again
         log.info("llm-metrics: recording LLM calls to %s", display_location(location))
 
     def _metering_died(self) -> None:

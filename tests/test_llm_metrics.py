@@ -3,6 +3,7 @@ its own process (as deployed) and on mitmproxy's loop (`llm_metrics_worker=false
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -616,3 +617,21 @@ def test_a_200_body_that_tells_nothing_is_not_a_plain_success(metrics, path, req
     metrics.response(flow)
     [row] = stored(metrics)
     assert row["error_type"] == error_type
+
+
+def test_a_database_changed_while_the_proxy_runs_gets_a_metering_process_that_is_watched(tmp_path):
+    """No `running` hook comes again: the new process's pipes must be watched by the loop all the
+    same, or its log lines and its death would go unseen and a full pipe would make hooks wait."""
+    addon = LLMMetrics()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, llm_metrics_db=str(tmp_path / "a.db"), llm_metrics_log_calls=False)
+
+        async def reconfigure() -> tuple[bool, bool]:
+            addon.metering.watch()  # what `running` does for it
+            first = addon.metering
+            tctx.configure(addon, llm_metrics_db=str(tmp_path / "b.db"))
+            return addon.metering is not first, addon.metering._watching
+
+        replaced, watched = asyncio.run(reconfigure())
+        addon.done()
+    assert replaced and watched
