@@ -124,8 +124,6 @@ class Piece(NamedTuple):
 
 Message = Open | End | Whole | Fail | Abandon | Lost | Config | Shutdown
 
-FINAL = (End, Whole, Fail, Abandon)  # a call's last message: after it, the call is the metering's
-
 
 def add_piece(items: list[Any], cid: int, t: float, data: bytes) -> None:
     """Appends a piece as three bare items (the module's docstring says why)."""
