@@ -20,6 +20,7 @@ from storage import RowWriter, enable_wal, open_database
 from storage.db import display_location
 
 from . import bounds, pricing
+from .agents import identify
 from .capture import (
     Abandon,
     Config,
@@ -43,6 +44,7 @@ from .formats import (
     unknown_request_fields,
 )
 from .metering import MAX_RESPONSE_BYTES, StreamMeter, meter_body, stream_framing
+from .quota import headroom
 from .record import Call, build_row, origin_from_user_agent, provider_for
 from .redact import redact, redact_path
 from .run_summary import RunTotals
@@ -269,7 +271,7 @@ class Engine:
                     self._count_unparsed(path)
                 return None
             fields = unknown_request_fields(fmt, path)
-        return Call(
+        call = Call(
             fmt=fmt,
             started_at=request.started_at,
             t_start=request.t_start,
@@ -281,6 +283,11 @@ class Engine:
             request=fields,
             notes=notes,
         )
+        try:
+            call.identity = identify(dict(request.agent_headers), parsed, request.auth)
+        except Exception as exc:  # who sent it is a detail: the call is recorded without it
+            self._metering_error("identify", exc)
+        return call
 
     def _request_body(self, request: Request, notes: list[str]) -> bytes | None:
         """The request body without its Content-Encoding; None when it is not read (`notes`
@@ -300,7 +307,12 @@ class Engine:
         return decoded.data
 
     def _head(self, call: Call, head: ResponseHead, streamed: bool) -> None:
-        call.t_headers, call.status_code, call.content_type, call.content_encoding = head
+        call.t_headers, call.status_code, call.content_type, call.content_encoding = head[:4]
+        if head.quota_headers:
+            try:  # the response's wall-clock time: the quota's resets may be relative to it
+                call.headroom = headroom(dict(head.quota_headers), call.started_at + head.t_headers - call.t_start)
+            except Exception as exc:
+                self._metering_error("headroom", exc)
         if not streamed:
             return
         framing = stream_framing(call.fmt, call.content_type, status=call.status_code,

@@ -27,6 +27,7 @@ if _ROOT not in sys.path:
 
 from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
 
+from addon.agents import AGENT_HEADERS, auth_mode  # noqa: E402
 from addon.backends import Metering, open_metering  # noqa: E402
 from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
 from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
@@ -34,6 +35,7 @@ from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
 from addon.options import DEFAULT_ORIGIN_HEADER, add_options, line_buffered_stdout, parse_hosts, warn_at_start  # noqa: E402
+from addon.quota import QUOTA_HEADERS  # noqa: E402
 from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
 from storage import default_location  # noqa: E402
 from storage.db import display_location, hide_password, unreachable  # noqa: E402
@@ -111,20 +113,25 @@ class LLMMetrics:
             if data.method != b"POST" or self.handover is None:
                 return
             host = data.host.lower()
-            path = data.path.split(b"?", 1)[0]  # a key in the query (Gemini's ?key=) is never kept
+            path, _, query = data.path.partition(b"?")  # a key in the query (Gemini's ?key=) is never kept
             if not (path.endswith(_CANDIDATE_SUFFIXES) or host in self.extra_hosts):
                 return
             user_agent = encoding = None
-            for name, value in flow.request.headers.fields:  # one pass: each Headers.get is a pass too
+            agent_headers = []
+            fields = flow.request.headers.fields
+            for name, value in fields:  # one pass: each Headers.get is a pass too
                 name = name.lower()
-                if name == b"user-agent":
-                    user_agent = value.decode("utf-8", "surrogateescape")
-                elif name == b"content-encoding":
+                if name == b"content-encoding":
                     encoding = value.decode("latin-1")
+                elif name in AGENT_HEADERS:  # who sent it; never a credential
+                    text = value.decode("utf-8", "surrogateescape")
+                    agent_headers.append((name.decode("latin-1"), text))
+                    if name == b"user-agent":
+                        user_agent = text
             self._next_cid += 1
             request = Request(_started(flow.request.timestamp_start), flow.request.timestamp_start or time.time(),
                               host, data.port, path.decode("utf-8", "surrogateescape"), b"", encoding, user_agent,
-                              origin)
+                              origin, tuple(agent_headers), auth_mode(fields, _has_key_parameter(query)))
             self.inflight[flow.id] = Capture(self._next_cid, request)
             self._flows[flow.id] = flow
         except Exception as exc:  # never let metering touch the user's traffic
@@ -146,14 +153,8 @@ class LLMMetrics:
         try:
             response = flow.response
             assert response is not None  # mitmproxy calls this hook with the response's headers
-            content_type = encoding = None
-            for name, value in response.headers.fields:
-                name = name.lower()
-                if name == b"content-type":
-                    content_type = value.decode("latin-1")
-                elif name == b"content-encoding":
-                    encoding = value.decode("latin-1")
-            capture.head = ResponseHead(time.perf_counter(), response.status_code, content_type, encoding)
+            capture.head = _head(time.perf_counter(), response)
+            content_type = capture.head.content_type
             if passes_as_stream(capture.request.path, content_type, response.status_code):
                 response.stream = True  # passed on as it arrives, metered or not
                 self._flows.pop(flow.id, None)
@@ -179,8 +180,7 @@ class LLMMetrics:
             elif self.handover.behind:
                 self.handover.drop(capture)
             else:
-                head = capture.head or ResponseHead(t, response.status_code, response.headers.get("content-type"),
-                                                    response.headers.get("content-encoding"))
+                head = capture.head or _head(t, response)
                 self.handover.put(Whole(capture.cid, self._with_body(capture, flow), head, t, response.status_code,
                                         response.raw_content or b""), final=True)
         except Exception as exc:
@@ -274,6 +274,31 @@ class LLMMetrics:
             log.error("llm-metrics: %d call(s) were not stored: the metering process ended, or did not finish "
                       "within %.0f s",
                       metering.unsettled, CLOSE_TIMEOUT_S)
+
+
+def _head(t: float, response: http.Response) -> ResponseHead:
+    """What crosses of a response's headers: its type and coding, and what it says of the headroom left."""
+    content_type = encoding = None
+    quota = []
+    for name, value in response.headers.fields:  # one pass
+        name = name.lower()
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"content-encoding":
+            encoding = value.decode("latin-1")
+        elif name in QUOTA_HEADERS:
+            quota.append((name.decode("latin-1"), value.decode("latin-1")))
+    return ResponseHead(t, response.status_code, content_type, encoding, tuple(quota))
+
+
+_KEY_PARAMETERS = (b"key", b"api_key", b"api-key", b"apikey", b"access_token")
+
+
+def _has_key_parameter(query: bytes) -> bool:
+    """Whether a query string carries a credential (Gemini's ?key=): its kind is kept, never its value."""
+    if not query:
+        return False
+    return any(part.split(b"=", 1)[0].lower() in _KEY_PARAMETERS for part in query.split(b"&"))
 
 
 def _started(timestamp_start: float | None) -> float:

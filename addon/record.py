@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import bounds
+from .agents import Identity
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
 from .pricing import cost_usd
+from .quota import Headroom
 from .redact import redact, redact_path
 from .wire import MAX_EVENT_BYTES
 
@@ -108,6 +110,8 @@ class Call:
     buffered: bytearray | None = None  # a body passed on as a stream but metered whole at its end
     metering_failed: bool = False
     notes: list[str] = field(default_factory=list)  # what was not read or stored, and why (metering_note)
+    identity: Identity = Identity()  # who made it (addon.agents)
+    headroom: Headroom = Headroom()  # what its response said is left (addon.quota)
 
     def stamp_token(self, now: float) -> None:
         if self.t_first_token is None:
@@ -179,7 +183,11 @@ def build_row(
         "error_type": error_type and redact(error_type),
         "error_message": error_message and redact(error_message),
         "metering_note": "; ".join(notes) or None,
+        **call.identity._asdict(),
+        **call.headroom._asdict(),
     }
+    row["retry_count"] = bounds.count_or_none(row["retry_count"], "retry_count", notes)
+    row["metering_note"] = "; ".join(notes) or None
     for column, limit in bounds.TEXT_LIMITS.items():
         row[column] = bounds.clean_text(row[column], limit)
     return row

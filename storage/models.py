@@ -47,6 +47,26 @@ class CompletionRequest(peewee.Model):
     error_type = peewee.TextField(null=True)
     error_message = peewee.TextField(null=True)
     metering_note = peewee.TextField(null=True)  # what of the call was not read or stored, and why
+    # who made it (addon/agents.py), as the client said: NULL when it did not say
+    agent = peewee.TextField(null=True)  # normalised: claude-code, codex, gemini-cli, openai-python, curl, ...
+    agent_version = peewee.TextField(null=True)
+    session_id = peewee.TextField(null=True)  # the agent's own session id
+    subagent_id = peewee.TextField(null=True)
+    parent_id = peewee.TextField(null=True)
+    request_kind = peewee.TextField(null=True)  # as the agent says (Codex: prewarm, turn, ...)
+    retry_count = peewee.IntegerField(null=True)  # the SDK's retry counter: 0 for a first attempt
+    auth_mode = peewee.TextField(null=True)  # api_key, oauth or none: never the credential
+    # what the response said is left (addon/quota.py): NULL when it said nothing
+    rate_remaining_requests = peewee.BigIntegerField(null=True)
+    rate_remaining_tokens = peewee.BigIntegerField(null=True)
+    rate_reset_at = peewee.TextField(null=True)  # UTC
+    quota_used_percent = peewee.DoubleField(null=True)  # the short window (Claude's 5 h, Codex's primary)
+    quota_window_minutes = peewee.IntegerField(null=True)
+    quota_reset_at = peewee.TextField(null=True)
+    quota_long_used_percent = peewee.DoubleField(null=True)  # the long window (7 days, Codex's secondary)
+    quota_long_window_minutes = peewee.IntegerField(null=True)
+    quota_long_reset_at = peewee.TextField(null=True)
+    retry_after_s = peewee.DoubleField(null=True)
 
     class Meta:
         table_name = "completion_requests"

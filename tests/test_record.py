@@ -9,8 +9,10 @@ import peewee
 import pytest
 
 from addon import bounds
+from addon.agents import Identity
 from addon.formats import ResponseFacts
 from addon.formats.openai_chat import OpenAIChat
+from addon.quota import Headroom
 from addon.record import Call, build_row, origin_from_user_agent, provider_for, utc_timestamp
 from storage.models import CompletionRequest
 
@@ -256,7 +258,26 @@ def test_row_copies_what_the_request_and_response_said():
         "error_type": None,
         "error_message": None,
         "metering_note": None,
+        **dict.fromkeys(Identity._fields), **dict.fromkeys(Headroom._fields),  # nobody said
     }
+
+
+def test_row_carries_who_made_the_call_and_the_headroom_left():
+    call = make_call()
+    call.identity = Identity(agent="codex", agent_version="0.171.0", session_id="s-1", retry_count=2, auth_mode="oauth")
+    call.headroom = Headroom(rate_remaining_tokens=5_000_000_000, quota_used_percent=42.5, quota_window_minutes=300)
+    row = build_row(call, ResponseFacts(), status_code=200, t_end=T0 + 1)
+    assert (row["agent"], row["agent_version"], row["session_id"], row["retry_count"], row["auth_mode"]) == \
+        ("codex", "0.171.0", "s-1", 2, "oauth")
+    assert (row["rate_remaining_tokens"], row["quota_used_percent"], row["quota_window_minutes"]) == \
+        (5_000_000_000, 42.5, 300)
+
+
+def test_a_retry_count_no_sdk_sends_is_left_out_with_a_note():
+    call = make_call()
+    call.identity = Identity(retry_count=10**12)
+    row = build_row(call, ResponseFacts(), status_code=200, t_end=T0 + 1)
+    assert row["retry_count"] is None and "retry_count" in row["metering_note"]
 
 
 UNKNOWABLE = (
@@ -492,6 +513,8 @@ def _long_text_call(text: str) -> tuple[Call, ResponseFacts]:
     call = make_call(origin=text, request={**REQUEST, "request_model": text})
     call.host = call.path = call.provider = text
     call.notes.append(text)
+    call.identity = Identity(*[text] * 6, None, text)  # every text of who made it; retry_count is a number
+    call.headroom = Headroom(rate_reset_at=text, quota_reset_at=text, quota_long_reset_at=text)
     facts = ResponseFacts(model=text, finish_reason=text, error_type=text, error_message=text)
     return call, facts
 

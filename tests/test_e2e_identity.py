@@ -1,0 +1,102 @@
+"""End to end: who made a call and the headroom its response stated, from real requests through a
+real mitmdump: agent-shaped headers (recorded from Claude Code and Codex), the openai SDK's own
+retries, and quota headers sent by the fake upstream. Credentials never reach the database."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import openai
+import pytest
+
+from tests.clients import httpx
+from tests.upstream import Scenario
+
+pytestmark = pytest.mark.e2e
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJQTEFOVEVELUNSRUQifQ.c2lnbmF0dXJlLVBMQU5URUQ"
+ANTHROPIC_OAUTH = "sk-ant-oat01-PLANTED-oauth-token-9f3a"
+BODY = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def _post(proxy, upstream, headers: dict[str, str]) -> None:
+    with httpx.Client(proxy=proxy.url) as client:
+        response = client.post(f"{upstream.base_url}/chat/completions", json=BODY, headers=headers)
+        assert response.status_code == 200 and b"[DONE]" in response.content
+
+
+def _dump(db_path) -> str:
+    con = sqlite3.connect(db_path)
+    try:
+        return "\n".join(repr(row) for row in con.execute("SELECT * FROM completion_requests"))
+    finally:
+        con.close()
+
+
+def test_codex_shaped_call_records_agent_session_kind_and_quota(proxy, upstream):
+    reset_at = int(time.time()) + 3600
+    upstream.scenarios["codex"] = Scenario(extra_headers={
+        "x-codex-primary-used-percent": "37.5", "x-codex-primary-window-minutes": "300",
+        "x-codex-primary-reset-at": str(reset_at), "x-codex-secondary-used-percent": "12",
+        "x-codex-secondary-window-minutes": "10080"})
+    meta = {"session_id": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "turn_id": "t-1", "request_kind": "turn"}
+    _post(proxy, upstream, {
+        "x-scenario": "codex", "user-agent": "codex_exec/0.171.0 (Debian 12; x86_64) dumb (codex_exec; 0.171.0)",
+        "originator": "codex_exec", "x-codex-turn-metadata": json.dumps(meta), "x-openai-subagent": "review",
+        "authorization": f"Bearer {JWT}", "chatgpt-account-id": "acct-PLANTED"})
+    [row] = proxy.rows(1)
+    assert (row["agent"], row["agent_version"], row["session_id"], row["request_kind"], row["subagent_id"]) == \
+        ("codex", "0.171.0", meta["session_id"], "turn", "review")
+    assert row["auth_mode"] == "oauth" and row["retry_count"] is None
+    assert (row["quota_used_percent"], row["quota_window_minutes"]) == (37.5, 300)
+    assert (row["quota_long_used_percent"], row["quota_long_window_minutes"]) == (12.0, 10080)
+    assert row["quota_reset_at"] == time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(reset_at))
+    dump = _dump(proxy.db_path)
+    assert "PLANTED" not in dump and JWT[:20] not in dump
+
+
+def test_claude_code_shaped_call_records_session_subagent_and_unified_quota(proxy, upstream):
+    reset_5h = int(time.time()) + 5 * 3600
+    upstream.scenarios["claude"] = Scenario(extra_headers={
+        "anthropic-ratelimit-unified-5h-utilization": "0.83", "anthropic-ratelimit-unified-5h-reset": str(reset_5h),
+        "anthropic-ratelimit-unified-7d-utilization": "0.2", "anthropic-ratelimit-requests-remaining": "49"})
+    _post(proxy, upstream, {
+        "x-scenario": "claude", "user-agent": "claude-cli/2.1.332 (external, cli)",
+        "x-claude-code-session-id": "5f0e7c1a-2b3c-4d5e-8f90-a1b2c3d4e5f6", "x-claude-code-agent-id": "agent-7",
+        "x-claude-code-parent-agent-id": "agent-1", "anthropic-beta": "oauth-2025-04-20,claude-code-20250219",
+        "authorization": f"Bearer {ANTHROPIC_OAUTH}", "x-stainless-retry-count": "0"})
+    [row] = proxy.rows(1)
+    assert (row["agent"], row["agent_version"], row["session_id"], row["subagent_id"], row["parent_id"]) == \
+        ("claude-code", "2.1.332", "5f0e7c1a-2b3c-4d5e-8f90-a1b2c3d4e5f6", "agent-7", "agent-1")
+    assert (row["auth_mode"], row["retry_count"]) == ("oauth", 0)
+    assert (row["quota_used_percent"], row["quota_window_minutes"]) == (pytest.approx(83.0), 300)
+    assert row["quota_long_used_percent"] == pytest.approx(20.0) and row["rate_remaining_requests"] == 49
+    assert "PLANTED" not in _dump(proxy.db_path)
+
+
+def test_sdk_retries_are_counted_and_the_wait_asked_for_is_kept(proxy, upstream):
+    upstream.scenarios["busy"] = Scenario(status=429, error_body=b'{"error": {"type": "rate_limit_exceeded"}}',
+                                          extra_headers={"retry-after": "0.2", "x-ratelimit-remaining-tokens": "0"})
+    client = openai.OpenAI(base_url=upstream.base_url, api_key="sk-PLANTED-retries", max_retries=2,
+                           http_client=httpx.Client(proxy=proxy.url))
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-fake", messages=BODY["messages"],
+                                       extra_headers={"x-scenario": "busy"})
+    rows = proxy.rows(3)
+    assert sorted(r["retry_count"] for r in rows) == [0, 1, 2]
+    for row in rows:
+        assert (row["agent"], row["auth_mode"], row["status_code"]) == ("openai-python", "api_key", 429)
+        assert row["agent_version"] == openai.__version__
+        assert row["retry_after_s"] == pytest.approx(0.2) and row["rate_remaining_tokens"] == 0
+    assert "PLANTED" not in _dump(proxy.db_path)
+
+
+def test_a_key_in_the_query_is_an_api_key_and_is_never_kept(proxy, upstream):
+    with httpx.Client(proxy=proxy.url) as client:
+        client.post(f"{upstream.base_url}/chat/completions?key=AIzaPLANTEDquerykey", json=BODY,
+                    headers={"user-agent": "curl/8.5.0"})
+    [row] = proxy.rows(1)
+    assert (row["agent"], row["agent_version"], row["auth_mode"]) == ("curl", "8.5.0", "api_key")
+    assert "PLANTED" not in _dump(proxy.db_path)
