@@ -29,6 +29,7 @@ from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
 
 from addon.agents import AGENT_HEADERS, auth_mode  # noqa: E402
 from addon.backends import Metering, open_metering  # noqa: E402
+from addon.budget import Limits, parse_agent_budgets, parse_amount  # noqa: E402
 from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
 from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
@@ -55,6 +56,7 @@ class LLMMetrics:
         self.extra_hosts: dict[str, str] = {}
         self.origin_header: bytes | None = DEFAULT_ORIGIN_HEADER.encode()
         self.body_limit = REQUEST_BODY_LIMIT
+        self.limits = Limits()
         self.inflight: dict[str, Capture] = {}  # by flow.id (flow.metadata would be saved with the flow)
         self._flows: dict[str, http.HTTPFlow] = {}  # the flows of waiting calls, for their bodies at shutdown
         self._next_cid = 0
@@ -76,10 +78,12 @@ class LLMMetrics:
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1")
         self.body_limit = options.llm_metrics_request_body_limit
+        if updated & _LIMIT_OPTIONS:
+            self.limits = _limits(options)
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
-        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit"} \
-                and self.handover is not None:
+        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit",
+                        *_LIMIT_OPTIONS} and self.handover is not None:
             self.handover.put(Config(self._settings()))
 
     def running(self) -> None:
@@ -215,7 +219,7 @@ class LLMMetrics:
 
     def _settings(self) -> dict:
         return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls,
-                "request_body_limit": self.body_limit}
+                "request_body_limit": self.body_limit, "limits": self.limits}
 
     def _open_store(self, location: str) -> None:
         self._close_metering()
@@ -274,6 +278,22 @@ class LLMMetrics:
             log.error("llm-metrics: %d call(s) were not stored: the metering process ended, or did not finish "
                       "within %.0f s",
                       metering.unsettled, CLOSE_TIMEOUT_S)
+
+
+_LIMIT_OPTIONS = {"llm_metrics_budget_daily_usd", "llm_metrics_budget_agents", "llm_metrics_quota_alert_percent"}
+
+
+def _limits(options) -> Limits:
+    """The budgets and quota threshold the options ask for; OptionsError names a bad one."""
+    try:
+        return Limits(
+            daily_usd=parse_amount(options.llm_metrics_budget_daily_usd, "llm_metrics_budget_daily_usd"),
+            agents_daily_usd=parse_agent_budgets(options.llm_metrics_budget_agents),
+            quota_percent=parse_amount(options.llm_metrics_quota_alert_percent, "llm_metrics_quota_alert_percent",
+                                       most=100.0),
+        )
+    except ValueError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
 
 
 def _head(t: float, response: http.Response) -> ResponseHead:

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.e2e
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJQTEFOVEVELUNSRUQifQ.c2lnbmF0dXJlLVBMQU5URUQ"
 ANTHROPIC_OAUTH = "sk-ant-oat01-PLANTED-oauth-token-9f3a"
-BODY = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+BODY = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+        "stream_options": {"include_usage": True}}
 
 
 def _post(proxy, upstream, headers: dict[str, str]) -> None:
@@ -100,3 +101,64 @@ def test_a_key_in_the_query_is_an_api_key_and_is_never_kept(proxy, upstream):
     [row] = proxy.rows(1)
     assert (row["agent"], row["agent_version"], row["auth_mode"]) == ("curl", "8.5.0", "api_key")
     assert "PLANTED" not in _dump(proxy.db_path)
+
+
+# -- budgets and quota thresholds (addon/budget.py), with a real mitmdump ------------------------
+
+
+def _level_lines(log: str, what: str) -> list[str]:
+    return [line for line in log.splitlines() if what in line]
+
+
+def test_daily_budget_levels_are_logged_once_each_counting_earlier_runs(start_proxy, upstream, tmp_path):
+    db = tmp_path / "shared.db"
+    upstream.scenarios["priced"] = Scenario(model="gpt-4o-mini")
+    headers = {"x-scenario": "priced", "user-agent": "curl/8.5.0"}
+    first = start_proxy("--set", f"llm_metrics_db={db}", "--set", "llm_metrics_hosts=127.0.0.1=openai", name="first")
+    _post(first, upstream, headers)
+    [row] = first.rows(1)
+    cost = row["cost_usd"]
+    assert cost and cost > 0
+    first.stop()
+    # 11.9 calls' worth: the earlier run's call is 8.4 %; the 10th call of the day passes 80 %, the
+    # 11th 90 %, the 12th 100 %; the 13th says nothing more.
+    budget = cost * 11.9
+    second = start_proxy("--set", f"llm_metrics_db={db}", "--set", "llm_metrics_hosts=127.0.0.1=openai",
+                         "--set", f"llm_metrics_budget_daily_usd={budget!r}", name="second")
+    for _ in range(12):
+        _post(second, upstream, headers)
+    second.rows(13)
+    second.stop()
+    lines = _level_lines(second.log(), "llm-metrics: ")
+    crossed = [line.split("llm-metrics: ")[1].split(" %")[0] for line in lines if "of the daily budget" in line]
+    assert crossed == ["80", "90", "100"]
+    summary = second.log().split("budget and quota levels crossed this run: 3")[1]
+    assert summary.count("of the daily budget reached") == 3  # the summary lists them again
+    spent = [line for line in second.log().splitlines() if "budget: $" in line]
+    assert len(spent) == 1 and f"of ${budget:.6f}".rstrip("0") in spent[0]
+
+
+def test_quota_threshold_lines_follow_the_headers_the_upstream_sent(proxy_with_quota, upstream):
+    proxy = proxy_with_quota
+    for utilization in ("0.70", "0.85", "0.95", "0.99", "1.0"):
+        upstream.scenarios[utilization] = Scenario(extra_headers={
+            "anthropic-ratelimit-unified-5h-utilization": utilization,
+            "anthropic-ratelimit-unified-5h-reset": "1796000000"})
+        _post(proxy, upstream, {"x-scenario": utilization, "user-agent": "claude-cli/2.1.332 (external, cli)"})
+    rows = proxy.rows(5)
+    assert sorted(r["quota_used_percent"] for r in rows) == pytest.approx([70.0, 85.0, 95.0, 99.0, 100.0])
+    lines = _level_lines(proxy.log(), "quota of claude-code (5-hour window)")
+    assert [line.split("llm-metrics: ")[1] for line in lines] == [
+        f"quota of claude-code (5-hour window) at {used} % used, past {level} %; it resets at "
+        + time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(1796000000)) for used, level in (("85", "80"), ("95", "90"), ("100", "100"))]
+
+
+@pytest.fixture
+def proxy_with_quota(start_proxy):
+    return start_proxy("--set", "llm_metrics_quota_alert_percent=80")
+
+
+def test_a_bad_budget_option_stops_the_proxy_with_one_clear_line(start_proxy):
+    proxy = start_proxy("--set", "llm_metrics_budget_agents=codex", wait=False)
+    assert proxy.proc.wait(timeout=30) != 0
+    assert "llm_metrics_budget_agents takes AGENT=USD items, not 'codex'" in proxy.log()
