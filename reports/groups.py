@@ -25,6 +25,8 @@ DIMENSIONS = {
     "host": "host",
     "origin": "origin",
     "path": "path",
+    "agent": "agent",
+    "session": "session_id",
     # A call whose timestamp is not a time is in the group of no hour (NULL), not in "garbage".
     "hour": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 13) END",
     "day": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 10) END",
