@@ -46,6 +46,7 @@ from .formats import (
     unknown_request_fields,
 )
 from .metering import MAX_RESPONSE_BYTES, StreamMeter, meter_body, stream_framing
+from .prices import PriceBook
 from .quota import headroom
 from .record import Call, build_row, origin_from_user_agent, provider_for, utc_timestamp
 from .redact import redact, redact_path
@@ -72,8 +73,9 @@ class Engine:
 
     def __init__(self, writer: Any, *, location: str | None = None, extra_hosts: dict[str, str] | None = None,
                  log_calls: bool = True, request_body_limit: int = REQUEST_BODY_LIMIT,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, prices: PriceBook | None = None) -> None:
         self.writer = writer
+        self.prices = prices  # the user's prices file, ahead of genai-prices
         self.location = location
         self.extra_hosts = extra_hosts or {}
         self.log_calls = log_calls
@@ -242,6 +244,7 @@ class Engine:
         self.extra_hosts = m.settings.get("extra_hosts", self.extra_hosts)
         self.log_calls = m.settings.get("log_calls", self.log_calls)
         self.request_body_limit = m.settings.get("request_body_limit", self.request_body_limit)
+        self.prices = m.settings.get("prices", self.prices)
         if "limits" in m.settings:
             self.watch.limits = m.settings["limits"]
 
@@ -289,6 +292,7 @@ class Engine:
             origin=request.origin or origin_from_user_agent(request.user_agent),
             request=fields,
             notes=notes,
+            prices=self.prices,
         )
         try:
             call.identity = identify(dict(request.agent_headers), parsed, request.auth)
@@ -445,7 +449,7 @@ def prepare_store(location: str, keep_backups: int):
 
 def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hosts: dict[str, str],
                  log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, limits: Limits | None = None,
-                 db=None) -> Engine:
+                 prices: PriceBook | None = None, db=None) -> Engine:
     """An engine with its own started writer; `db` when the caller has just prepared the store.
 
     It never waits for the database: without `db` the writer's thread opens it (and brings its
@@ -462,7 +466,7 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     writer = RowWriter(db, queue_size=queue_size, connect=lambda: _open_store(location, keep_backups))
     writer.start()
     engine = Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
-                    request_body_limit=request_body_limit, limits=limits)
+                    request_body_limit=request_body_limit, limits=limits, prices=prices)
     if limits is not None and (limits.daily_usd is not None or limits.agents_daily_usd):
         threading.Thread(target=_read_spending, args=(engine, location, time.time()), daemon=True,
                          name="llm-metrics-budget").start()

@@ -36,6 +36,7 @@ from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
 from addon.options import DEFAULT_ORIGIN_HEADER, add_options, line_buffered_stdout, parse_hosts, warn_at_start  # noqa: E402
+from addon.prices import PriceBook, PriceFileError, load_prices  # noqa: E402
 from addon.quota import QUOTA_HEADERS  # noqa: E402
 from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
 from storage import default_location  # noqa: E402
@@ -57,6 +58,7 @@ class LLMMetrics:
         self.origin_header: bytes | None = DEFAULT_ORIGIN_HEADER.encode()
         self.body_limit = REQUEST_BODY_LIMIT
         self.limits = Limits()
+        self.prices: PriceBook | None = None
         self.inflight: dict[str, Capture] = {}  # by flow.id (flow.metadata would be saved with the flow)
         self._flows: dict[str, http.HTTPFlow] = {}  # the flows of waiting calls, for their bodies at shutdown
         self._next_cid = 0
@@ -80,10 +82,12 @@ class LLMMetrics:
         self.body_limit = options.llm_metrics_request_body_limit
         if updated & _LIMIT_OPTIONS:
             self.limits = _limits(options)
+        if "llm_metrics_prices" in updated:
+            self.prices = _prices(options.llm_metrics_prices)
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
         elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit",
-                        *_LIMIT_OPTIONS} and self.handover is not None:
+                        "llm_metrics_prices", *_LIMIT_OPTIONS} and self.handover is not None:
             self.handover.put(Config(self._settings()))
 
     def running(self) -> None:
@@ -219,7 +223,7 @@ class LLMMetrics:
 
     def _settings(self) -> dict:
         return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls,
-                "request_body_limit": self.body_limit, "limits": self.limits}
+                "request_body_limit": self.body_limit, "limits": self.limits, "prices": self.prices}
 
     def _open_store(self, location: str) -> None:
         self._close_metering()
@@ -294,6 +298,18 @@ def _limits(options) -> Limits:
         )
     except ValueError as exc:
         raise exceptions.OptionsError(str(exc)) from None
+
+
+def _prices(path: str) -> PriceBook | None:
+    """The user's prices file, read now: a bad one stops the proxy with one line."""
+    if not path:
+        return None
+    try:
+        book = load_prices(os.path.expanduser(path))
+    except PriceFileError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
+    log.info("llm-metrics: %d price(s) from %s, ahead of genai-prices", len(book.prices), path)
+    return book
 
 
 def _head(t: float, response: http.Response) -> ResponseHead:

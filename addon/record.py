@@ -15,7 +15,8 @@ from . import bounds
 from .agents import Identity
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
-from .pricing import cost_usd
+from .prices import PriceBook
+from .pricing import price_call
 from .quota import Headroom
 from .redact import redact, redact_path
 from .wire import MAX_EVENT_BYTES
@@ -111,6 +112,7 @@ class Call:
     metering_failed: bool = False
     notes: list[str] = field(default_factory=list)  # what was not read or stored, and why (metering_note)
     identity: Identity = Identity()  # who made it (addon.agents)
+    prices: PriceBook | None = None  # the user's prices file (llm_metrics_prices), first
     headroom: Headroom = Headroom()  # what its response said is left (addon.quota)
 
     def stamp_token(self, now: float) -> None:
@@ -171,7 +173,7 @@ def build_row(
         ),
         "operation": call.fmt.operation,
         "usage_source": "implausible" if implausible else "reported" if usage_reported else "missing",
-        "cost_usd": _cost(call, counts, model) if usage_reported else None,
+        **_cost(call, counts, model, usage_reported),
         "prompt_eval_duration_ms": bounds.server_ms_or_none(facts.prompt_eval_duration_ns,
                                                             "prompt_eval_duration", notes),
         "eval_duration_ms": bounds.server_ms_or_none(facts.eval_duration_ns, "eval_duration", notes),
@@ -228,17 +230,23 @@ def _usage_reported(call: Call, counts: dict[str, int | None]) -> bool:
     return counts["completion_tokens"] is not None or call.fmt.operation == "embeddings"
 
 
-def _cost(call: Call, counts: dict[str, int | None], model: str | None) -> float | None:
-    cost = cost_usd(
+def _cost(call: Call, counts: dict[str, int | None], model: str | None, usage_reported: bool) -> dict[str, Any]:
+    if not usage_reported:
+        return {"cost_usd": None, "price_source": None}
+    cost, source = price_call(
         provider=call.provider,
+        host=call.host,
         model=model,
         prompt_tokens=counts["prompt_tokens"],
         completion_tokens=counts["completion_tokens"],
         cached_tokens=counts["cached_tokens"],
         cache_creation_tokens=counts["cache_creation_tokens"],
         at=datetime.fromtimestamp(call.started_at, UTC),
+        book=call.prices,
     )
-    return cost if cost is None or cost >= 0 else None  # negative: counts that do not add up
+    if cost is None or cost < 0:  # negative: counts that do not add up
+        return {"cost_usd": None, "price_source": None}
+    return {"cost_usd": cost, "price_source": source}
 
 
 def _tokens_per_second(call: Call, counts: dict[str, int | None]) -> float | None:

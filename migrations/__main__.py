@@ -6,7 +6,8 @@
     backups    list backups with sizes and times
     restore    replace the database with a backup (a safety backup is taken first)
     verify     full integrity check and schema check
-    reprice    recompute cost_usd of stored rows (after an upgrade of the price data)
+    reprice    recompute cost_usd of stored rows (after an upgrade of the price data, or with
+               --prices FILE: your own prices ahead of genai-prices)
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--keep", type=_keep, default=DEFAULT_KEEP, help=f"backups to keep (default {DEFAULT_KEEP})")
         if name == "restore":
             cmd.add_argument("file", type=Path, help="the backup file to restore")
+        if name == "reprice":
+            cmd.add_argument("--prices", metavar="FILE", help="a TOML prices file (as llm_metrics_prices) ahead of genai-prices")
     return parser
 
 
@@ -185,12 +188,18 @@ def cmd_verify(args) -> int:
 
 
 def cmd_reprice(args) -> int:
+    from addon.prices import PriceFileError, load_prices
+
     from .reprice import reprice  # imports the price data: only this command needs it
 
+    try:
+        book = load_prices(args.prices) if args.prices else None
+    except PriceFileError as exc:
+        raise UsageError(str(exc)) from None
     db = _open(args.location)
     if pending(db):
         raise UsageError("the database has pending migrations: run python -m migrations upgrade first")
-    print(f"repriced: {reprice(db)} row(s) changed cost_usd")
+    print(f"repriced: {reprice(db, book)} row(s) changed cost_usd or price_source")
     return 0
 
 

@@ -273,3 +273,17 @@ def m007_agents_and_headroom(db: peewee.Database, migrator: SchemaMigrator) -> N
         migrator.add_column(TABLE, name, field).run()
     for name, columns, where in _M007_INDEXES:
         db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({', '.join(columns)}){where}")
+
+
+@step(
+    8,
+    "m008_price_source",
+    "where each cost's price came from: genai-prices, or the user's prices file",
+    promises=(AddsColumns(TABLE, {"price_source": "text"}),),
+)
+def m008_price_source(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Issue 22: a prices file (llm_metrics_prices) can price self-hosted models and negotiated
+    # rates ahead of genai-prices, so a cost must say which it came from. Every cost recorded
+    # before this step came from genai-prices, the only source there was: they say so.
+    migrator.add_column(TABLE, "price_source", peewee.TextField(null=True)).run()
+    db.execute_sql(f"UPDATE {TABLE} SET price_source = 'genai-prices' WHERE cost_usd IS NOT NULL")

@@ -37,6 +37,7 @@ class CompletionRequest(peewee.Model):
     operation = peewee.TextField(null=True)  # chat, text_completion, responses, embeddings, messages, generate_content
     usage_source = peewee.TextField(null=True)  # reported, missing, implausible (a count left out)
     cost_usd = peewee.DoubleField(null=True)  # NULL: usage missing, or provider/model not in the price data
+    price_source = peewee.TextField(null=True)  # where cost_usd's price came from: genai-prices, custom; NULL: no cost
     prompt_eval_duration_ms = peewee.DoubleField(null=True)  # the server's own timings (Ollama)
     eval_duration_ms = peewee.DoubleField(null=True)
     time_to_first_byte_ms = peewee.IntegerField(null=True)

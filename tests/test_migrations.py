@@ -78,6 +78,8 @@ ADDED_COLUMNS = (
     "auth_mode", "rate_remaining_requests", "rate_remaining_tokens", "rate_reset_at", "quota_used_percent",
     "quota_window_minutes", "quota_reset_at", "quota_long_used_percent", "quota_long_window_minutes",
     "quota_long_reset_at", "retry_after_s",
+    # m008
+    "price_source",
 )
 
 # --- the schema a current build makes: name -> (declared type, NOT NULL) -----------------------
@@ -142,6 +144,8 @@ EXPECTED_COLUMNS = {
         "quota_long_window_minutes": ("INTEGER", False),
         "quota_long_reset_at": ("TEXT", False),
         "retry_after_s": ("REAL", False),
+        # m008
+        "price_source": ("TEXT", False),
     },
     # m004
     "dropped_rows": {

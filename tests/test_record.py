@@ -258,6 +258,7 @@ def test_row_copies_what_the_request_and_response_said():
         "error_type": None,
         "error_message": None,
         "metering_note": None,
+        "price_source": "genai-prices",
         **dict.fromkeys(Identity._fields), **dict.fromkeys(Headroom._fields),  # nobody said
     }
 
@@ -520,7 +521,7 @@ def _long_text_call(text: str) -> tuple[Call, ResponseFacts]:
 
 
 @pytest.mark.parametrize("column", sorted(set(bounds.TEXT_LIMITS) - {"timestamp", "finish_category", "operation",
-                                                                     "usage_source"}))
+                                                                     "usage_source", "price_source"}))
 def test_text_longer_than_its_column_allows_is_cut_and_ends_with_a_marker(column):
     row = build_row(*_long_text_call("x" * 5000), status_code=200, t_end=T0 + 1)
     assert len(row[column]) == bounds.TEXT_LIMITS[column]
