@@ -87,4 +87,30 @@ class DroppedRows(peewee.Model):
         table_name = "dropped_rows"
 
 
-MODELS = (CompletionRequest, DroppedRows)
+class DailyTotals(peewee.Model):
+    """What a prune keeps of the rows it deletes: per UTC day, model, provider and agent. Sums are
+    NULL when no call of the group reported them; latency and TTFT as sum and count (a mean)."""
+
+    day = peewee.TextField()  # 2026-11-22
+    model = peewee.TextField(null=True)
+    provider = peewee.TextField(null=True)
+    agent = peewee.TextField(null=True)
+    requests = peewee.IntegerField()
+    errors = peewee.IntegerField()
+    streamed = peewee.IntegerField()
+    prompt_tokens = peewee.BigIntegerField(null=True)
+    completion_tokens = peewee.BigIntegerField(null=True)
+    cached_tokens = peewee.BigIntegerField(null=True)
+    reasoning_tokens = peewee.BigIntegerField(null=True)
+    cost_usd = peewee.DoubleField(null=True)
+    unpriced_calls = peewee.IntegerField()
+    response_time_ms_sum = peewee.BigIntegerField(null=True)
+    response_time_count = peewee.IntegerField()
+    ttft_ms_sum = peewee.BigIntegerField(null=True)
+    ttft_count = peewee.IntegerField()
+
+    class Meta:
+        table_name = "daily_totals"
+
+
+MODELS = (CompletionRequest, DroppedRows, DailyTotals)
