@@ -1,10 +1,12 @@
 """A fake upstream for the real coding-agent CLIs (tests/agents.py), on 127.0.0.1.
 
 It answers what Claude Code and Gemini CLI send when pointed at it, by path as the real APIs do:
-Anthropic Messages (`HEAD /`, `…/messages` streamed or whole, `…/messages/count_tokens`) and
-Gemini (`…:streamGenerateContent?alt=sse`, `…:generateContent`, `…:countTokens`). A streamed
+Anthropic Messages (`HEAD /`, `…/messages` streamed or whole, `…/messages/count_tokens`), Gemini
+(`…:streamGenerateContent?alt=sse`, `…:generateContent`, `…:countTokens`) and Gemini Code Assist,
+what Gemini CLI signed in with a Google account calls (`/v1internal:loadCodeAssist` and the other
+set-up methods, then the same generations with each answer inside `{"response": …, "traceId": …}`). A streamed
 answer is the agent's main call: it waits `first_token_delay` before its first generated text
-and reports the MAIN_* counts. A whole answer is a side call (Gemini CLI's routing, Claude Code's
+(and `chunk_delay` before each later piece) and reports the MAIN_* counts. A whole answer is a side call (Gemini CLI's routing, Claude Code's
 title or quota checks) and reports the SIDE_* counts; where the request asks for JSON of a schema
 (Gemini CLI's classifier), the text is an object with every required property of that schema.
 Every request is kept in `served`, in order, so tests compare the rows with what was asked.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +34,14 @@ SIDE_OUTPUT_TOKENS = 3
 COUNTED_TOKENS = 123  # what count_tokens / countTokens answer
 ANTHROPIC_MODEL = "claude-fake-2026-01-01"
 GEMINI_MODEL = "gemini-fake-2026-01-01"
+CODE_ASSIST_PROJECT = "fake-project-4711"
 _JSON_VALUES = {"STRING": "fake", "INTEGER": 1, "NUMBER": 1, "BOOLEAN": False, "ARRAY": [], "OBJECT": {}}
 
 
 @dataclass
 class AgentUpstream(LocalServer):
     first_token_delay: float = 0.0
+    chunk_delay: float = 0.0  # between the main call's later pieces of text
     served: list[Served] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -59,7 +64,9 @@ def _handler_for(upstream: AgentUpstream) -> type[UpstreamHandler]:
             served = self._receive(upstream)
             body = served.body or {}
             path, _, query = self.path.partition("?")
-            if path.endswith("/messages/count_tokens"):
+            if "/v1internal:" in path:
+                self._code_assist(served, body, path, query)
+            elif path.endswith("/messages/count_tokens"):
                 self._whole({"input_tokens": COUNTED_TOKENS})
             elif path.endswith("/messages"):
                 self._anthropic_stream(served, body) if body.get("stream") else self._whole(_anthropic_whole())
@@ -71,6 +78,23 @@ def _handler_for(upstream: AgentUpstream) -> type[UpstreamHandler]:
                 self._whole({"totalTokens": COUNTED_TOKENS})
             else:
                 self._whole({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, status=404)
+
+        def _code_assist(self, served: Served, body: dict[str, Any], path: str, query: str) -> None:
+            method = path.rsplit(":", 1)[-1]
+            if method == "streamGenerateContent" and "alt=sse" in query:
+                self._gemini_stream(served, wrap=_code_assist)
+            elif method == "generateContent":
+                self._whole(_code_assist(_gemini_whole(body.get("request") or {})))
+            elif method == "countTokens":
+                self._whole({"totalTokens": COUNTED_TOKENS})
+            elif method == "loadCodeAssist":  # a user of the free tier, with a project already
+                self._whole({"currentTier": {"id": "free-tier", "name": "Gemini Code Assist for individuals"},
+                             "allowedTiers": [{"id": "free-tier", "isDefault": True}],
+                             "cloudaicompanionProject": CODE_ASSIST_PROJECT})
+            elif method == "onboardUser":
+                self._whole({"done": True, "response": {"cloudaicompanionProject": {"id": CODE_ASSIST_PROJECT}}})
+            else:  # retrieveUserQuota, listExperiments, …: nothing to say
+                self._whole({})
 
         def _whole(self, obj: Any, status: int = 200) -> None:
             self._send_whole(status, "application/json", json.dumps(obj).encode())
@@ -90,8 +114,7 @@ def _handler_for(upstream: AgentUpstream) -> type[UpstreamHandler]:
             self._sse("content_block_start", {"type": "content_block_start", "index": 0,
                                               "content_block": {"type": "text", "text": ""}})
             for i, word in enumerate(WORDS):
-                if i == 0:
-                    time.sleep(upstream.first_token_delay)
+                time.sleep(upstream.first_token_delay if i == 0 else upstream.chunk_delay)
                 self._sse("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                   "delta": {"type": "text_delta", "text": word}})
                 served.content_sent()
@@ -102,13 +125,12 @@ def _handler_for(upstream: AgentUpstream) -> type[UpstreamHandler]:
             self._sse("message_stop", {"type": "message_stop"})
             self._end_chunked()
 
-        def _gemini_stream(self, served: Served) -> None:
+        def _gemini_stream(self, served: Served, wrap: Callable[[dict[str, Any]], dict[str, Any]] = lambda c: c) -> None:
             self._start_chunked(200, "text/event-stream")
             last = len(WORDS) - 1
             for i, word in enumerate(WORDS):
-                if i == 0:
-                    time.sleep(upstream.first_token_delay)
-                self._sse(None, _gemini_chunk(word, final=i == last), eol=b"\r\n")
+                time.sleep(upstream.first_token_delay if i == 0 else upstream.chunk_delay)
+                self._sse(None, wrap(_gemini_chunk(word, final=i == last)), eol=b"\r\n")
                 served.content_sent()
             self._end_chunked()
 
@@ -140,6 +162,10 @@ def _gemini_whole(body: dict[str, Any]) -> dict[str, Any]:
             "usageMetadata": {"promptTokenCount": SIDE_PROMPT_TOKENS, "candidatesTokenCount": SIDE_OUTPUT_TOKENS,
                               "totalTokenCount": SIDE_PROMPT_TOKENS + SIDE_OUTPUT_TOKENS},
             "modelVersion": GEMINI_MODEL, "responseId": "r-side"}
+
+
+def _code_assist(response: dict[str, Any]) -> dict[str, Any]:
+    return {"response": response, "traceId": "c0de0a551575"}
 
 
 def _instance(schema: dict[str, Any]) -> Any:

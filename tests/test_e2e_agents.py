@@ -1,13 +1,16 @@
 """The real agent CLIs from npm (tests/agents.py: pinned, installed into a cache outside the repo)
 through a real mitmdump in reverse mode to a fake upstream on 127.0.0.1 (tests/agent_upstream.py).
 
-Claude Code (`claude -p`, `ANTHROPIC_BASE_URL`) and Gemini CLI (`gemini -p`, API-key mode,
-`GOOGLE_GEMINI_BASE_URL`) each make one streamed main call, and may make side calls (Gemini CLI
+Claude Code (`claude -p`, `ANTHROPIC_BASE_URL`) and Gemini CLI (`gemini -p`, API-key mode with
+`GOOGLE_GEMINI_BASE_URL`, and signed in to Code Assist with `CODE_ASSIST_ENDPOINT`) each make one
+streamed main call, and may make side calls (Gemini CLI
 routes with `:generateContent` first; Claude Code may count tokens or check its quota): the
 main call is one row with the upstream's counts and a time to first token no earlier than the
 upstream's delay, every side call that is a generation is a row of its own with the counts it
 was answered with, and nothing else is (count_tokens, `HEAD /`). No agent reaches anything but
-127.0.0.1: their telemetry, update checks and usage statistics are switched off.
+127.0.0.1: their telemetry, update checks and usage statistics are switched off, and Gemini CLI
+runs with tests/node_local_only.cjs, which refuses any other address (signed in, it looks its
+user up at www.googleapis.com).
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ DELAY_S = 0.4  # the upstream's wait before the main call's first token
 RUN_TIMEOUT_S = 120
 API_KEY = "sk-ant-test-DO-NOT-STORE-4d2e"  # a dummy: the fake upstream accepts anything
 GEMINI_KEY = "AIzaSyDummyKeyDoNotStore0000000000000000"
+ACCESS_TOKEN = "ya29.dummy-DO-NOT-STORE-0c1d"  # a Google account's OAuth access token, as Gemini CLI sends it
 # Paths of the calls that are generations (rows); count_tokens / countTokens are not.
 GENERATIONS = ("/messages", ":generateContent", ":streamGenerateContent")
+LOCAL_ONLY = Path(__file__).with_name("node_local_only.cjs")
 
 
 @pytest.fixture
 def upstream():
-    with AgentUpstream(first_token_delay=DELAY_S) as server:
+    with AgentUpstream(first_token_delay=DELAY_S, chunk_delay=0.02) as server:
         yield server
 
 
@@ -63,10 +68,9 @@ def rows_for(proxy, upstream: AgentUpstream) -> tuple[dict, list[dict], object]:
 
 def assert_main_timing(row: dict, served) -> None:
     """The proxy saw the request before the upstream did, and the first token after the upstream
-    sent it: its time to first token is at least the upstream's own wait (rows keep whole ms)."""
-    waited_ms = (served.first_content_at - served.received_at) * 1000
-    assert waited_ms >= DELAY_S * 1000
-    assert row["time_to_first_token_ms"] >= waited_ms - 1, (row["time_to_first_token_ms"], waited_ms)
+    waited DELAY_S and sent it: its time to first token is no less (rows keep whole ms)."""
+    assert served.first_content_at - served.received_at >= DELAY_S
+    assert row["time_to_first_token_ms"] >= DELAY_S * 1000 - 1, row["time_to_first_token_ms"]
     assert row["time_to_first_token_ms"] < row["time_to_last_token_ms"] <= row["response_time_ms"]
     assert (row["success"], row["status_code"], row["error_type"], row["finish_category"]) == (1, 200, None, "stop")
 
@@ -115,9 +119,9 @@ def test_claude_code_main_call_is_one_row_with_the_upstreams_counts_and_delay(st
 # --- Gemini CLI -----------------------------------------------------------------------------------
 
 
-def gemini_home(home: Path) -> Path:
-    """API-key mode, and nothing sent anywhere but the base URL (usage statistics go to Google)."""
-    settings = {"security": {"auth": {"selectedType": "gemini-api-key"}},
+def gemini_home(home: Path, auth: str = "gemini-api-key") -> Path:
+    """Its way of signing in, and nothing sent anywhere but the base URL (usage statistics go to Google)."""
+    settings = {"security": {"auth": {"selectedType": auth}},
                 "privacy": {"usageStatisticsEnabled": False},
                 "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}}
     (home / ".gemini").mkdir(parents=True)
@@ -129,7 +133,7 @@ def test_gemini_cli_main_call_is_one_row_and_its_routing_calls_are_rows_of_their
     gemini = agent_bin("gemini")
     proxy = start_proxy("--mode", f"reverse:{upstream.url}")
     env = agent_env(gemini_home(tmp_path / "home"), GEMINI_API_KEY=GEMINI_KEY, GOOGLE_GEMINI_BASE_URL=proxy.url,
-                    GEMINI_CLI_TRUST_WORKSPACE="true")
+                    GEMINI_CLI_TRUST_WORKSPACE="true", NODE_OPTIONS=f"--require={LOCAL_ONLY}")
     result = run_agent([str(gemini), "-p", "say hi"], env, tmp_path / "work")
     assert result.returncode == 0, result.stderr[-2000:]
     assert up.TEXT in result.stdout
@@ -152,3 +156,32 @@ def test_gemini_cli_main_call_is_one_row_and_its_routing_calls_are_rows_of_their
     assert_side_rows(side, completion_tokens=up.SIDE_OUTPUT_TOKENS)
     assert {r["provider"] for r in side} == {"gemini-compatible"}
     assert_no_secret(proxy, GEMINI_KEY)
+
+
+def test_gemini_cli_signed_in_to_code_assist_is_metered_through_its_envelope(start_proxy, upstream, tmp_path):
+    """Signed in with a Google account Gemini CLI calls Code Assist (`/v1internal:…`): set-up calls
+    (loadCodeAssist, retrieveUserQuota, listExperiments) are no rows, its routing and main calls are."""
+    gemini = agent_bin("gemini")
+    proxy = start_proxy("--mode", f"reverse:{upstream.url}")
+    env = agent_env(gemini_home(tmp_path / "home", auth="oauth-personal"), CODE_ASSIST_ENDPOINT=proxy.url,
+                    GOOGLE_GENAI_USE_GCA="true", GOOGLE_CLOUD_ACCESS_TOKEN=ACCESS_TOKEN,
+                    GEMINI_CLI_TRUST_WORKSPACE="true", NODE_OPTIONS=f"--require={LOCAL_ONLY}")
+    result = run_agent([str(gemini), "-p", "say hi"], env, tmp_path / "work")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert up.TEXT in result.stdout
+    assert any(s.path == "/v1internal:loadCodeAssist" for s in upstream.served)  # it did sign in to Code Assist
+    main, side, served = rows_for(proxy, upstream)
+    assert served.path == "/v1internal:streamGenerateContent?alt=sse"
+    assert (served.body["project"], served.body["request"]["contents"][-1]["role"]) == (up.CODE_ASSIST_PROJECT, "user")
+    assert (main["provider"], main["host"], main["path"], main["operation"]) == (
+        "gemini-code-assist-compatible", "127.0.0.1", "/v1internal:streamGenerateContent", "generate_content")
+    assert (main["model"], main["request_model"]) == (up.GEMINI_MODEL, served.body["model"])
+    completion = up.MAIN_OUTPUT_TOKENS + up.MAIN_THOUGHT_TOKENS
+    assert (main["prompt_tokens"], main["cached_tokens"], main["completion_tokens"], main["reasoning_tokens"],
+            main["usage_source"], main["finish_reason"], main["chunk_count"], main["cost_usd"]) == (
+        up.MAIN_PROMPT_TOKENS, up.MAIN_CACHE_READ_TOKENS, completion, up.MAIN_THOUGHT_TOKENS,
+        "reported", "STOP", len(up.WORDS), None)
+    assert_main_timing(main, served)
+    assert side and all(r["path"] == "/v1internal:generateContent" for r in side)
+    assert_side_rows(side, completion_tokens=up.SIDE_OUTPUT_TOKENS)
+    assert_no_secret(proxy, ACCESS_TOKEN)
