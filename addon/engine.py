@@ -48,7 +48,7 @@ from .formats import (
 from .metering import MAX_RESPONSE_BYTES, StreamMeter, meter_body, stream_framing
 from .prices import PriceBook
 from .quota import headroom
-from .record import Call, build_row, origin_from_user_agent, provider_for, utc_timestamp
+from .record import Call, build_row, known_provider, origin_from_user_agent, provider_for, utc_timestamp
 from .redact import redact, redact_path
 from .run_summary import RunTotals
 from .summary import format_call_line
@@ -274,7 +274,7 @@ class Engine:
             if body is None:  # not read: the path alone tells, no field is known
                 fmt = recognise_by_path(path)
             else:
-                llm_host = request.host in self.extra_hosts or provider_for(request.host, request.port) != "openai-compatible"
+                llm_host = request.host in self.extra_hosts or known_provider(request.host, request.port) is not None
                 fmt = recognise_unreadable(path, llm_host=llm_host)
             if fmt is None:
                 if body is None:
@@ -288,7 +288,7 @@ class Engine:
             host=request.host,
             port=request.port,
             path=path,
-            provider=provider_for(request.host, request.port, self.extra_hosts),
+            provider=provider_for(request.host, request.port, self.extra_hosts, fmt.family),
             origin=request.origin or origin_from_user_agent(request.user_agent),
             request=fields,
             notes=notes,

@@ -33,14 +33,17 @@ _PROVIDER_IDS = {
     "cerebras": "cerebras",
     "aws-bedrock": "aws",
 }
-# Servers anyone can run (vLLM, llama.cpp, Ollama): a model name there says nothing about a
-# bill, and genai-prices would match `openai-compatible` to OpenAI's list prices.
-_NEVER_PRICED = frozenset({"openai-compatible", "ollama"})
+# Servers anyone can run (vLLM, llama.cpp, Ollama, a gateway), named after the API they speak
+# (`openai-compatible`, `anthropic-compatible`, ...): a model name there says nothing about a bill,
+# and genai-prices would match `openai-compatible` to OpenAI's list prices. Gemini Code Assist (Gemini
+# CLI signed in with a Google account) is a free tier or a subscription: no call has a list price.
+_NEVER_PRICED = frozenset({"ollama", "gemini-code-assist"})
+_NEVER_PRICED_ENDING = "-compatible"
 
 
 def price_provider(provider: str | None) -> str | None:
     """The genai-prices provider id; a name a user gave a host (`HOST=NAME`) is passed as is."""
-    if not provider or provider in _NEVER_PRICED:
+    if not provider or provider in _NEVER_PRICED or provider.endswith(_NEVER_PRICED_ENDING):
         return None
     return _PROVIDER_IDS.get(provider, provider)
 

@@ -21,12 +21,14 @@ from .quota import Headroom
 from .redact import redact, redact_path
 from .wire import MAX_EVENT_BYTES
 
-# Well-known API hosts name the provider; any other host is "openai-compatible" (vLLM,
-# llama.cpp, LM Studio, ...), except Ollama's default port.
+# Well-known API hosts name the provider; any other host (vLLM, llama.cpp, LM Studio, a gateway,
+# a test's fake) is named after the API it speaks, `<family>-compatible` (`openai-compatible`,
+# `anthropic-compatible`, `gemini-compatible`, ...), except Ollama's default port.
 _PROVIDER_BY_HOST = {
     "api.openai.com": "openai",
     "api.anthropic.com": "anthropic",
     "generativelanguage.googleapis.com": "gemini",
+    "cloudcode-pa.googleapis.com": "gemini-code-assist",  # Gemini CLI signed in with a Google account
     "aiplatform.googleapis.com": "vertex-ai",
     "openrouter.ai": "openrouter",
     "api.groq.com": "groq",
@@ -45,9 +47,12 @@ _PROVIDER_BY_HOST_SUFFIX = (
     ("-aiplatform.googleapis.com", "vertex-ai"),
 )
 OLLAMA_PORT = 11434
+COMPATIBLE = "-compatible"  # the ending of every name given after an API rather than a host
 
 
-def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None) -> str:
+def known_provider(host: str, port: int, extra_hosts: dict[str, str] | None = None) -> str | None:
+    """The provider a host is known as (named in `llm_metrics_hosts`, or a well-known API); None
+    for any other host."""
     host = host.lower()
     if extra_hosts and extra_hosts.get(host):
         return extra_hosts[host]
@@ -60,7 +65,13 @@ def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None
             return name
     if port == OLLAMA_PORT:
         return "ollama"
-    return "openai-compatible"
+    return None
+
+
+def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None, family: str = "openai") -> str:
+    """The provider a row names: the host's, else the API `family` the call speaks, as
+    `<family>-compatible` (an Anthropic Messages call to a local server is `anthropic-compatible`)."""
+    return known_provider(host, port, extra_hosts) or family + COMPATIBLE
 
 
 def origin_from_user_agent(user_agent: str | None) -> str | None:
@@ -250,14 +261,16 @@ def _cost(call: Call, counts: dict[str, int | None], model: str | None, usage_re
 
 
 def _tokens_per_second(call: Call, counts: dict[str, int | None]) -> float | None:
-    """Output tokens over generation time (first to last token); prompt tokens never count."""
+    """The decode rate, as AIPerf and vLLM define it: the N - 1 output tokens after the first over
+    the time from first to last token, (N - 1) / (t_last - t_first). The first token's own time is
+    in the time to first token, never here; prompt tokens never count. None below two tokens."""
     completion = counts["completion_tokens"]
-    if completion is None or call.t_first_token is None or call.t_last_token is None:
+    if completion is None or completion < 2 or call.t_first_token is None or call.t_last_token is None:
         return None
     seconds = call.t_last_token - call.t_first_token
     if seconds <= 0:
         return None
-    return bounds.finite_or_none(round(completion / seconds, 3))
+    return bounds.finite_or_none(round((completion - 1) / seconds, 3))
 
 
 def now() -> float:

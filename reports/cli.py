@@ -34,7 +34,8 @@ model, provider/host and origin (and agent, when several), errors, retries, a ti
 slowest calls. Opens the database read-only; never writes or migrates it.
 
 Percentiles are {METHOD}. TTFT, time per output token and tokens/s cover streamed calls only; time
-per output token is generation time (first to last token) / output tokens = 1000 / tokens/s.
+per output token is the time from first to last token over the N - 1 tokens after the first
+(AIPerf's and vLLM's decode rate, none below two output tokens) = 1000 / tokens/s.
 """
 
 EPILOG = """\

@@ -45,6 +45,9 @@ def test_models_from_the_recorded_fixtures_have_a_price(provider, model):
 @pytest.mark.parametrize(("provider", "model", "prompt"), [
     ("openai", "gpt-fake-2026-01-01", 10),  # a model the price data does not know
     ("openai-compatible", "gpt-4o-mini", 10),  # a local server is never priced as OpenAI
+    ("anthropic-compatible", "claude-3-5-sonnet-20240620", 10),  # nor one speaking Anthropic's API
+    ("gemini-compatible", "gemini-2.5-flash", 10),
+    ("gemini-code-assist", "gemini-2.5-flash", 10),  # a free tier or a subscription: no list price
     ("ollama", "llama3", 10),
     ("openai", None, 10),
     ("openai", "gpt-4o-mini", None),  # no reported input
