@@ -51,9 +51,14 @@ def cost_usd(
     completion_tokens: int | None,
     cached_tokens: int | None = None,
     cache_creation_tokens: int | None = None,
+    audio_input_tokens: int | None = None,
+    cached_audio_tokens: int | None = None,
+    audio_output_tokens: int | None = None,
     at: datetime | None = None,
 ) -> float | None:
-    """USD for these counts, or None when the provider, the model or the input is unknown."""
+    """USD for these counts, or None when the provider, the model or the input is unknown. The
+    audio counts are the audio parts of the input, of its cached part and of the output (audio is
+    priced apart from text, the Realtime API's models)."""
     provider_id = price_provider(provider)
     if provider_id is None or not model or prompt_tokens is None:
         return None
@@ -64,6 +69,9 @@ def cost_usd(
         cache_read_tokens=cached_tokens or None,
         cache_write_tokens=cache_creation_tokens or None,
         output_tokens=completion_tokens or None,
+        input_audio_tokens=audio_input_tokens or None,
+        cache_audio_read_tokens=cached_audio_tokens or None,
+        output_audio_tokens=audio_output_tokens or None,
     )
     try:
         price = calc_price(usage, model, provider_id=provider_id, genai_request_timestamp=at)

@@ -167,7 +167,7 @@ def build_row(
         ),
         "operation": call.fmt.operation,
         "usage_source": "implausible" if implausible else "reported" if usage_reported else "missing",
-        "cost_usd": _cost(call, counts, model) if usage_reported else None,
+        "cost_usd": _cost(call, counts, model, facts) if usage_reported else None,
         "prompt_eval_duration_ms": bounds.server_ms_or_none(facts.prompt_eval_duration_ns,
                                                             "prompt_eval_duration", notes),
         "eval_duration_ms": bounds.server_ms_or_none(facts.eval_duration_ns, "eval_duration", notes),
@@ -220,7 +220,12 @@ def _usage_reported(call: Call, counts: dict[str, int | None]) -> bool:
     return counts["completion_tokens"] is not None or call.fmt.operation == "embeddings"
 
 
-def _cost(call: Call, counts: dict[str, int | None], model: str | None) -> float | None:
+def _cost(call: Call, counts: dict[str, int | None], model: str | None, facts: ResponseFacts) -> float | None:
+    audio_in, audio_out = facts.audio_input_tokens, facts.audio_output_tokens
+    if call.fmt.operation == "realtime" and (audio_in is None or audio_out is None):
+        return None  # its audio part, priced several times text, is not known: nor is its price
+    if (audio_in or 0) > (counts["prompt_tokens"] or 0) or (audio_out or 0) > (counts["completion_tokens"] or 0):
+        return None  # parts larger than their whole: counts that do not add up
     cost = cost_usd(
         provider=call.provider,
         model=model,
@@ -228,6 +233,9 @@ def _cost(call: Call, counts: dict[str, int | None], model: str | None) -> float
         completion_tokens=counts["completion_tokens"],
         cached_tokens=counts["cached_tokens"],
         cache_creation_tokens=counts["cache_creation_tokens"],
+        audio_input_tokens=audio_in,
+        cached_audio_tokens=facts.cached_audio_tokens,
+        audio_output_tokens=audio_out,
         at=datetime.fromtimestamp(call.started_at, UTC),
     )
     return cost if cost is None or cost >= 0 else None  # negative: counts that do not add up
