@@ -249,7 +249,7 @@ class Engine:
 
     def _socket_open(self, m: SocketOpen) -> None:
         request = m.request
-        session = open_session(request.path, m.model)
+        session = open_session(request.path, m.model, _size(self.request_body_limit))
         if session is None:
             self.ignored.add(m.cid)  # its messages and end are dropped as they come
             return

@@ -30,7 +30,6 @@ RESPONSES_SUFFIX, REALTIME_SUFFIX = "/responses", "/realtime"
 # Paths whose WebSockets are followed (the query stripped): the hooks hand over no other socket.
 SOCKET_SUFFIXES = (RESPONSES_SUFFIX, REALTIME_SUFFIX)
 MAX_OPEN_RESPONSES = 64
-_ENDED_IDS_KEPT = 8
 RESPONSES = OpenAIResponses()
 REALTIME = OpenAIRealtime()
 
@@ -52,6 +51,7 @@ class Turn:
     t_last_token: float | None = None
     t_last_event: float | None = None
     t_end: float | None = None
+    t_error: float | None = None  # an `error` event about it came then (its terminal event may follow)
     status: int | None = None  # the HTTP status an `error` event names
     error: tuple[str, str] | None = None  # (error_type, message) of an end the events did not say
     dropped: bool = False  # given up unended (too many open at once): to be counted, not recorded
@@ -68,17 +68,20 @@ class Turn:
         self.t_last_token = t
 
     @property
-    def unknown_end(self) -> bool:
-        """A message about it was too large to read: that message may have ended it."""
-        return self.facts.oversized_events > 0
+    def may_have_ended(self) -> bool:
+        """It failed (an `error` event), or a message about it was too large to read: the client
+        may move on without its terminal event, and so may the socket end."""
+        return self.t_error is not None or self.facts.oversized_events > 0
 
 
-def open_session(path: str, query_model: str | None = None) -> ResponsesSession | RealtimeSession | None:
-    """The session for a socket opened on `path` (query stripped); None: no API this module knows."""
+def open_session(path: str, query_model: str | None = None,
+                 limit_note: str = "the request body limit") -> ResponsesSession | RealtimeSession | None:
+    """The session for a socket opened on `path` (query stripped); None: no API this module knows.
+    `limit_note` names the limit past which a client's message comes unread."""
     if path.endswith(REALTIME_SUFFIX):
-        return RealtimeSession(path, query_model)
+        return RealtimeSession(path, query_model, limit_note)
     if path.endswith(RESPONSES_SUFFIX):
-        return ResponsesSession(path)
+        return ResponsesSession(path, limit_note)
     return None
 
 
@@ -149,16 +152,15 @@ def _response_id(obj: dict[str, Any]) -> str | None:
 
 class ResponsesSession(_Session):
     """The Responses API over a WebSocket: responses follow one another, each answering the oldest
-    `response.create` not answered yet. An `error` event ends the response it is about (the API
-    sends one instead of a response it refuses); a terminal event after it for the same response
-    is not counted twice."""
+    `response.create` not answered yet. An `error` event before any `response.created` ends the
+    request (the API refuses it so); after one, the response's terminal event (`response.failed`)
+    still follows, as on its SSE stream."""
 
     fmt = RESPONSES
 
     def __init__(self, path: str, limit_note: str = "the request body limit") -> None:
         super().__init__(path, limit_note)
         self._pending: deque[Turn] = deque()
-        self._ended_ids: deque[str] = deque(maxlen=_ENDED_IDS_KEPT)
 
     @property
     def open_count(self) -> int:
@@ -171,8 +173,8 @@ class ResponsesSession(_Session):
         if obj is not None and obj.get("type") != "response.create":
             return []
         ended = []
-        if self._pending and self._pending[0].unknown_end:
-            # The client asks again: it had its answer, in a message too large to read.
+        if self._pending and self._pending[0].may_have_ended:
+            # The client asks again: it had its answer (a failure, or a message too large to read).
             ended.append(self._end(self._pending.popleft(), None))
         if obj is not None:
             turn = Turn(t, self.fmt.request_fields(self.path, obj), warmup=obj.get("generate") is False)
@@ -188,39 +190,36 @@ class ResponsesSession(_Session):
     def server(self, t: float, data: bytes | None, size: int) -> list[Turn]:
         if not self._pending:
             return []  # about no request seen (the socket was followed from its middle)
-        obj = _event(data)
-        response_id = _response_id(obj) if isinstance(obj, dict) else None
-        if response_id is not None and response_id in self._ended_ids:
-            return []  # the rest of a response an error event ended
         turn = self._pending[0]
+        obj = _event(data)
         _count(turn, t, obj)
         if not isinstance(obj, dict):
             return []
-        if response_id is not None and turn.response_id is None:
-            turn.response_id = response_id
+        if turn.response_id is None:
+            turn.response_id = _response_id(obj)
         kind = obj.get("type")
         if self.fmt.on_event(turn.facts, kind if isinstance(kind, str) else None, obj):
             turn.token(t)
         if kind == "error":
-            if isinstance(obj.get("status"), int):
+            turn.t_error = turn.t_error or t
+            if isinstance(obj.get("status"), int) and turn.status is None:
                 turn.status = obj["status"]
-            if turn.response_id is not None:
-                self._ended_ids.append(turn.response_id)
-            return [self._end(self._pending.popleft(), t)]
+            if turn.response_id is None:  # refused before it began: nothing else comes for it
+                return [self._end(self._pending.popleft(), t)]
         if turn.facts.terminated:
             return [self._end(self._pending.popleft(), t)]
         return []
 
     def close(self, t: float, error: tuple[str, str]) -> list[Turn]:
-        """The socket ended: every response still open ends with `error`, unless a message too
-        large to read may have ended it."""
-        ended = [self._end(turn, None if turn.unknown_end else t, error) for turn in self._pending]
+        """The socket ended: every response still open ends with `error`, unless it may have
+        ended already (`Turn.may_have_ended`)."""
+        ended = [self._end(turn, None if turn.may_have_ended else t, error) for turn in self._pending]
         self._pending.clear()
         return ended
 
     def _end(self, turn: Turn, t: float | None, error: tuple[str, str] | None = None) -> Turn:
-        """`t` None: it ended when its last message came, how is not known."""
-        turn.t_end = t if t is not None else turn.t_last_event or turn.t_start
+        """`t` None: it ended with its error event, else its last message (how, is not known)."""
+        turn.t_end = t if t is not None else turn.t_error or turn.t_last_event or turn.t_start
         if error is not None and t is not None and turn.facts.error_type is None:
             turn.error = error
         if not turn.request_read:
