@@ -12,7 +12,9 @@ is picked by `metadata.scenario` in the client's `response.create` (Realtime: in
   no output
 
 Token counts differ per response (`Turn.input_tokens`, `Turn.output_tokens`), so a test can tell
-which response a row came from. `turns` lists every response as the upstream served it.
+which response a row came from. `turns` lists every response as the upstream served it. With
+`deflate` the upstream accepts a client's permessage-deflate (messages are compressed on the
+wire); with `fragments` > 1 it sends each message in that many frames.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, Ping, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 from tests.upstream import LocalServer, Served, UpstreamHandler
 
@@ -60,6 +63,8 @@ class Turn:
 class WsUpstream(LocalServer):
     first_token_delay: float = 0.0
     chunk_delay: float = 0.0
+    deflate: bool = False
+    fragments: int = 1
     served: list[Served] = field(default_factory=list)  # HTTP requests, upgrades included
     turns: list[Turn] = field(default_factory=list)
     client_frames: list[dict[str, Any]] = field(default_factory=list)  # every JSON text frame clients sent
@@ -100,7 +105,7 @@ def _handler_for(upstream: WsUpstream) -> type[BaseHTTPRequestHandler]:
             if not path.endswith(("/responses", "/realtime")):
                 self._send_whole(404, "application/json", b'{"error": "not found"}')
                 return
-            socket_ = _Socket(self)
+            socket_ = _Socket(self, upstream.deflate, upstream.fragments)
             if path.endswith("/realtime"):
                 _Realtime(upstream, socket_).run()
             else:
@@ -116,9 +121,9 @@ def _handler_for(upstream: WsUpstream) -> type[BaseHTTPRequestHandler]:
             self._start_chunked(200, "text/event-stream; charset=utf-8")
             for delay, event in _responses_events(body, turn, upstream):
                 time.sleep(delay)
-                self._chunk(b"event: %s\ndata: %s\n\n" % (event["type"].encode(), json.dumps(event).encode()))
-                if event["type"].endswith(".delta"):
+                if event["type"].endswith(".delta"):  # stamped as it starts on its way
                     turn.first_content_at = turn.first_content_at or time.perf_counter()
+                self._chunk(b"event: %s\ndata: %s\n\n" % (event["type"].encode(), json.dumps(event).encode()))
             self._end_chunked()
 
     return Handler
@@ -127,17 +132,27 @@ def _handler_for(upstream: WsUpstream) -> type[BaseHTTPRequestHandler]:
 class _Socket:
     """The server side of one WebSocket on a handler's connection: handshake, frames, close."""
 
-    def __init__(self, handler: UpstreamHandler) -> None:
+    def __init__(self, handler: UpstreamHandler, deflate: bool, fragments: int) -> None:
         self._handler = handler
+        self._fragments = fragments
         key = handler.headers.get("sec-websocket-key", "").encode()
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
         handler.send_response(101)
         handler.send_header("Upgrade", "websocket")
         handler.send_header("Connection", "Upgrade")
         handler.send_header("Sec-WebSocket-Accept", accept)
+        extensions = []
+        offer = handler.headers.get("sec-websocket-extensions", "")
+        if deflate and offer.startswith(PerMessageDeflate.name):
+            extension = PerMessageDeflate()
+            accepted = extension.accept(offer.split(",", 1)[0])
+            if accepted:
+                handler.send_header("Sec-WebSocket-Extensions", f"{PerMessageDeflate.name}; {accepted}"
+                                    if isinstance(accepted, str) else PerMessageDeflate.name)
+                extensions.append(extension)
         handler.end_headers()
         handler.wfile.flush()
-        self._ws = Connection(ConnectionType.SERVER)
+        self._ws = Connection(ConnectionType.SERVER, extensions)
         self._text: list[str] = []
         self.closed = False
 
@@ -164,7 +179,11 @@ class _Socket:
                     return
 
     def send(self, obj: dict[str, Any]) -> None:
-        self._write(self._ws.send(TextMessage(data=json.dumps(obj))))
+        text = json.dumps(obj)
+        n, size = self._fragments, -(-len(text) // self._fragments)
+        data = b"".join(self._ws.send(TextMessage(data=text[i * size : (i + 1) * size], message_finished=i == n - 1))
+                        for i in range(n))
+        self._write(data)
 
     def reset(self) -> None:
         """Ends the TCP connection with a reset: no close frame, an abnormal end."""
@@ -247,9 +266,9 @@ class _ResponsesSocket:
                 if event["type"] == "drop":
                     self.socket.reset()
                     return
-                self.socket.send(event)
-                if event["type"].endswith(".delta"):
+                if event["type"].endswith(".delta"):  # stamped as it starts on its way
                     turn.first_content_at = turn.first_content_at or time.perf_counter()
+                self.socket.send(event)
 
 
 class _Realtime:
@@ -285,10 +304,10 @@ class _Realtime:
               "item": {"id": f"item_{n}", "type": "message", "role": "assistant", "status": "in_progress", "content": []}})
         for i, word in enumerate(WORDS):
             time.sleep(self.upstream.first_token_delay if i == 0 else self.upstream.chunk_delay)
+            turn.first_content_at = turn.first_content_at or time.perf_counter()
             send({"type": "response.output_audio.delta", "event_id": f"ev_{n}_a{i}", "response_id": rid,
                   "item_id": f"item_{n}", "output_index": 0, "content_index": 0,
                   "delta": base64.b64encode(b"\x00\x01" * 480).decode()})
-            turn.first_content_at = turn.first_content_at or time.perf_counter()
             send({"type": "response.output_audio_transcript.delta", "event_id": f"ev_{n}_t{i}", "response_id": rid,
                   "item_id": f"item_{n}", "output_index": 0, "content_index": 0, "delta": word})
         usage = {"total_tokens": turn.input_tokens + turn.output_tokens, "input_tokens": turn.input_tokens,
