@@ -5,7 +5,10 @@ driven by the `websockets` client; the Realtime API, driven by the real `openai`
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.conftest import read_drops
 from tests.ws_upstream import REALTIME_MODEL, RESPONSES_MODEL, WORDS, Turn, WsUpstream
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +42,7 @@ def reverse_proxy(start_proxy, ws_upstream):
 
 
 def responses_socket(proxy, path: str = "/v1/responses") -> ClientConnection:
-    return connect(f"ws://127.0.0.1:{proxy.port}{path}", proxy=None, open_timeout=10, compression="deflate",
+    return connect(f"ws://127.0.0.1:{proxy.port}{path}", proxy=None, open_timeout=10, compression="deflate", max_size=None,
                    additional_headers={"Authorization": f"Bearer {API_KEY}",
                                        "OpenAI-Beta": "responses_websockets=2026-02-06",
                                        "User-Agent": "codex_exec/0.171.0 (Debian 12; x86_64)"})
@@ -159,3 +163,65 @@ def test_realtime_session_with_two_responses_gives_two_rows_with_their_usage(rev
         assert (row["finish_reason"], row["finish_category"], row["usage_source"]) == ("completed", "stop", "reported")
         assert row["origin"] == "OpenAI/Python"  # the SDK names itself on the upgrade too
         assert_timed_like(row, turn)
+
+
+def _wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_stopped_metering_process_never_holds_a_socket_and_the_responses_it_misses_are_counted(
+        start_proxy, ws_upstream):
+    """SIGSTOP: past the hand-over's memory bound (8 MiB) the socket is no longer handed over, its
+    messages pass on at once, each response it carries meanwhile is counted; once the metering
+    has caught up, the same socket is followed again."""
+    ws_upstream.first_token_delay = 0.0
+    proxy = start_proxy("--mode", f"reverse:{ws_upstream.url}", "--set", "llm_metrics_log_calls=false")
+    worker = proxy.metering_pid()
+    asked, slowest = 0, 0.0
+    with responses_socket(proxy) as ws:
+        ask(ws)
+        asked += 1
+        assert len(proxy.rows(1)) == 1
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            for scenario in ("big", "big", "", ""):  # 24 MiB of deltas while nothing takes them
+                started = time.perf_counter()
+                events = ask(ws, metadata={"scenario": scenario})
+                slowest = max(slowest, time.perf_counter() - started)
+                asked += 1
+                assert events[-1]["type"] == "response.completed"
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while len(proxy.rows(0)) < 2:  # until the socket is followed again
+            assert time.monotonic() < deadline, "the socket was never followed again"
+            ask(ws)
+            asked += 1
+    assert slowest < 2.0
+    assert proxy.stop() == 0
+    rows, drops = proxy.rows(0), read_drops(proxy.db_path)
+    assert set(drops) == {"metering_behind"} and len(rows) >= 2
+    assert len(rows) + drops["metering_behind"] == asked
+    assert all(r["success"] for r in rows)
+
+
+def test_a_killed_metering_process_loses_at_most_the_socket_it_was_following_which_is_then_followed_again(
+        start_proxy, ws_upstream):
+    ws_upstream.first_token_delay = 0.0
+    proxy = start_proxy("--mode", f"reverse:{ws_upstream.url}", "--set", "llm_metrics_log_calls=false")
+    with responses_socket(proxy) as ws:
+        ask(ws)
+        assert len(proxy.rows(1)) == 1
+        first = proxy.metering_pid()
+        os.kill(first, signal.SIGKILL)
+        _wait_until(lambda: proxy.metering_pid() not in (None, first))
+        for _ in range(2):
+            ask(ws)
+    assert proxy.stop() == 0
+    rows, drops = proxy.rows(3), read_drops(proxy.db_path)
+    assert len(rows) == 3 and all(r["success"] for r in rows)
+    assert [r["prompt_tokens"] for r in rows] == [turn.input_tokens for turn in ws_upstream.turns]
+    assert drops == {"metering_lost": 1}  # the socket open in it (its response had ended: an over-count of one)

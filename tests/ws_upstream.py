@@ -8,6 +8,7 @@ is picked by `metadata.scenario` in the client's `response.create` (Realtime: in
 - `""` (none): `response.created`, text deltas (`first_token_delay` before the first), `response.completed`
 - `"error"`: an `error` event alone, as the API answers a request it refuses (status 429)
 - `"drop"`: `response.created` and two deltas, then the TCP connection is reset
+- `"big"`: the usual answer, with 12 more deltas of 1 MiB each before it completes
 - a warm-up (`"generate": false`, what Codex sends first): `response.created`, `response.completed`,
   no output
 
@@ -243,6 +244,10 @@ def _responses_events(body: dict[str, Any], turn: Turn, upstream: WsUpstream) ->
         yield (upstream.first_token_delay if i == 0 else upstream.chunk_delay), {
             "type": "response.output_text.delta", "item_id": f"msg_{n}", "output_index": 0, "content_index": 0,
             "delta": word}
+    if turn.scenario == "big":
+        for _ in range(12):
+            yield 0.0, {"type": "response.output_text.delta", "item_id": f"msg_{n}", "output_index": 0,
+                        "content_index": 0, "delta": "x" * (1 << 20)}
     yield 0.0, {"type": "response.output_text.done", "item_id": f"msg_{n}", "output_index": 0, "content_index": 0,
                 "text": TEXT}
     done = {**item, "status": "completed", "content": [{"type": "output_text", "annotations": [], "text": TEXT}]}
