@@ -56,9 +56,14 @@ def cost_usd(
     completion_tokens: int | None,
     cached_tokens: int | None = None,
     cache_creation_tokens: int | None = None,
+    audio_input_tokens: int | None = None,
+    cached_audio_tokens: int | None = None,
+    audio_output_tokens: int | None = None,
     at: datetime | None = None,
 ) -> float | None:
-    """USD for these counts, or None when the provider, the model or the input is unknown."""
+    """USD for these counts, or None when the provider, the model or the input is unknown. The
+    audio counts are the audio parts of the input, of its cached part and of the output (audio is
+    priced apart from text, the Realtime API's models)."""
     provider_id = price_provider(provider)
     if provider_id is None or not model or prompt_tokens is None:
         return None
@@ -69,6 +74,9 @@ def cost_usd(
         cache_read_tokens=cached_tokens or None,
         cache_write_tokens=cache_creation_tokens or None,
         output_tokens=completion_tokens or None,
+        input_audio_tokens=audio_input_tokens or None,
+        cache_audio_read_tokens=cached_audio_tokens or None,
+        output_audio_tokens=audio_output_tokens or None,
     )
     try:
         price = calc_price(usage, model, provider_id=provider_id, genai_request_timestamp=at)
@@ -86,18 +94,23 @@ def price_call(
     completion_tokens: int | None,
     cached_tokens: int | None = None,
     cache_creation_tokens: int | None = None,
+    audio_input_tokens: int | None = None,
+    cached_audio_tokens: int | None = None,
+    audio_output_tokens: int | None = None,
     at: datetime | None = None,
     book: PriceBook | None = None,
 ) -> tuple[float | None, str | None]:
     """USD for these counts and where the price came from: the user's prices file first
-    (`addon.prices`), then genai-prices; (None, None) when neither knows it."""
+    (`addon.prices`, which prices audio as text), then genai-prices; (None, None) when neither knows it."""
     if prompt_tokens is None:
         return None, None
     price = book.find(provider, host, model) if book is not None else None
     if price is not None:
         return price.cost(prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens), CUSTOM
     cost = cost_usd(provider=provider, model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    cached_tokens=cached_tokens, cache_creation_tokens=cache_creation_tokens, at=at)
+                    cached_tokens=cached_tokens, cache_creation_tokens=cache_creation_tokens,
+                    audio_input_tokens=audio_input_tokens, cached_audio_tokens=cached_audio_tokens,
+                    audio_output_tokens=audio_output_tokens, at=at)
     return cost, GENAI_PRICES if cost is not None else None
 
 

@@ -184,7 +184,7 @@ def build_row(
         ),
         "operation": call.fmt.operation,
         "usage_source": "implausible" if implausible else "reported" if usage_reported else "missing",
-        **_cost(call, counts, model, usage_reported),
+        **_cost(call, counts, model, facts, usage_reported),
         "prompt_eval_duration_ms": bounds.server_ms_or_none(facts.prompt_eval_duration_ns,
                                                             "prompt_eval_duration", notes),
         "eval_duration_ms": bounds.server_ms_or_none(facts.eval_duration_ns, "eval_duration", notes),
@@ -241,9 +241,16 @@ def _usage_reported(call: Call, counts: dict[str, int | None]) -> bool:
     return counts["completion_tokens"] is not None or call.fmt.operation == "embeddings"
 
 
-def _cost(call: Call, counts: dict[str, int | None], model: str | None, usage_reported: bool) -> dict[str, Any]:
+def _cost(call: Call, counts: dict[str, int | None], model: str | None, facts: ResponseFacts,
+          usage_reported: bool) -> dict[str, Any]:
+    unknown: dict[str, Any] = {"cost_usd": None, "price_source": None}
     if not usage_reported:
-        return {"cost_usd": None, "price_source": None}
+        return unknown
+    audio_in, audio_out = facts.audio_input_tokens, facts.audio_output_tokens
+    if call.fmt.operation == "realtime" and (audio_in is None or audio_out is None):
+        return unknown  # its audio part, priced several times text, is not known: nor is its price
+    if (audio_in or 0) > (counts["prompt_tokens"] or 0) or (audio_out or 0) > (counts["completion_tokens"] or 0):
+        return unknown  # parts larger than their whole: counts that do not add up
     cost, source = price_call(
         provider=call.provider,
         host=call.host,
@@ -252,11 +259,14 @@ def _cost(call: Call, counts: dict[str, int | None], model: str | None, usage_re
         completion_tokens=counts["completion_tokens"],
         cached_tokens=counts["cached_tokens"],
         cache_creation_tokens=counts["cache_creation_tokens"],
+        audio_input_tokens=audio_in,
+        cached_audio_tokens=facts.cached_audio_tokens,
+        audio_output_tokens=audio_out,
         at=datetime.fromtimestamp(call.started_at, UTC),
         book=call.prices,
     )
     if cost is None or cost < 0:  # negative: counts that do not add up
-        return {"cost_usd": None, "price_source": None}
+        return unknown
     return {"cost_usd": cost, "price_source": source}
 
 

@@ -651,3 +651,28 @@ def test_the_proxys_own_durations_past_a_32_bit_column_are_stored_as_its_largest
 def test_a_status_code_that_is_no_http_status_is_not_stored():
     row = build_row(make_call(), ResponseFacts(), status_code=2**40, t_end=T0 + 1)
     assert row["status_code"] is None and "status code" in row["metering_note"]
+
+
+# --- the Realtime API: audio priced apart from text ----------------------------------------------
+
+
+def _realtime_row(**facts):
+    from addon.formats.openai_realtime import OpenAIRealtime
+
+    call = make_call(streamed=True)
+    call.fmt, call.path = OpenAIRealtime(), "/v1/realtime"
+    return build_row(call, ResponseFacts(model="gpt-realtime", prompt_tokens=1000, completion_tokens=500, **facts),
+                     status_code=None, t_end=T0)
+
+
+def test_realtime_audio_tokens_are_priced_at_their_own_rates():
+    # gpt-realtime: text in $4, audio in $32, text out $16, audio out $64 per million tokens
+    row = _realtime_row(audio_input_tokens=400, cached_audio_tokens=0, audio_output_tokens=300)
+    assert (row["operation"], row["usage_source"]) == ("realtime", "reported")
+    assert row["cost_usd"] == pytest.approx((600 * 4 + 400 * 32 + 200 * 16 + 300 * 64) / 1e6, rel=1e-9)
+
+
+@pytest.mark.parametrize("audio", [{}, {"audio_input_tokens": 400}, {"audio_input_tokens": 1200, "audio_output_tokens": 0}])
+def test_realtime_row_without_its_audio_part_or_with_parts_past_their_whole_is_unpriced(audio):
+    row = _realtime_row(**audio)
+    assert (row["usage_source"], row["prompt_tokens"], row["cost_usd"]) == ("reported", 1000, None)

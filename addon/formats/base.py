@@ -34,6 +34,11 @@ class ResponseFacts:
     cached_tokens: int | None = None  # cache reads, part of prompt_tokens
     cache_creation_tokens: int | None = None  # cache writes, part of prompt_tokens
     reasoning_tokens: int | None = None
+    # The audio part of the input, its cached part and of the output (the Realtime API): no column
+    # of their own, they price the call (audio costs several times text).
+    audio_input_tokens: int | None = None
+    cached_audio_tokens: int | None = None
+    audio_output_tokens: int | None = None
     finish_reason: str | None = None  # the provider's own value
     finish_category: str | None = None  # set only where the reason alone does not tell it
     tool_calls: bool = False  # the output called a tool (Gemini and Ollama still say "stop")
