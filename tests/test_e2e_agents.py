@@ -23,7 +23,7 @@ import pytest
 
 from tests import agent_upstream as up
 from tests.agent_upstream import AgentUpstream
-from tests.agents import agent_bin, agent_env
+from tests.agents import AGENTS, agent_bin, agent_env
 
 pytestmark = pytest.mark.e2e
 
@@ -111,12 +111,20 @@ def test_claude_code_main_call_is_one_row_with_the_upstreams_counts_and_delay(st
         up.MAIN_PROMPT_TOKENS, up.MAIN_CACHE_READ_TOKENS, up.MAIN_CACHE_WRITE_TOKENS, up.MAIN_OUTPUT_TOKENS,
         up.MAIN_PROMPT_TOKENS + up.MAIN_OUTPUT_TOKENS, "reported", "end_turn")
     assert main["cost_usd"] is None  # a server of no known name is never priced
+    # who made it: the session id is the one Claude Code sent in its header
+    assert (main["agent"], main["agent_version"], main["auth_mode"]) == ("claude-code", version("claude"), "api_key")
+    assert served.headers["x-claude-code-session-id"] and main["session_id"] == served.headers["x-claude-code-session-id"]
     assert_main_timing(main, served)
     assert_side_rows(side, completion_tokens=up.SIDE_OUTPUT_TOKENS)
     assert_no_secret(proxy, API_KEY)
 
 
 # --- Gemini CLI -----------------------------------------------------------------------------------
+
+
+def version(agent: str) -> str:
+    """The pinned version of an agent (tests/agents.py), as its User-Agent says it."""
+    return AGENTS[agent].rsplit("@", 1)[1]
 
 
 def gemini_home(home: Path, auth: str = "gemini-api-key") -> Path:
@@ -144,6 +152,7 @@ def test_gemini_cli_main_call_is_one_row_and_its_routing_calls_are_rows_of_their
     assert (main["provider"], main["host"], main["path"], main["operation"]) == (
         "gemini-compatible", "127.0.0.1", path, "generate_content")
     assert main["origin"].startswith("GeminiCLI")
+    assert (main["agent"], main["agent_version"], main["auth_mode"]) == ("gemini-cli", version("gemini"), "api_key")
     assert (main["model"], main["request_model"]) == (up.GEMINI_MODEL, requested)
     completion = up.MAIN_OUTPUT_TOKENS + up.MAIN_THOUGHT_TOKENS  # thoughts are output too
     assert (main["prompt_tokens"], main["cached_tokens"], main["completion_tokens"], main["reasoning_tokens"],
@@ -176,6 +185,8 @@ def test_gemini_cli_signed_in_to_code_assist_is_metered_through_its_envelope(sta
     assert (main["provider"], main["host"], main["path"], main["operation"]) == (
         "gemini-code-assist-compatible", "127.0.0.1", "/v1internal:streamGenerateContent", "generate_content")
     assert (main["model"], main["request_model"]) == (up.GEMINI_MODEL, served.body["model"])
+    assert (main["agent"], main["agent_version"], main["auth_mode"]) == ("gemini-cli", version("gemini"), "oauth")
+    assert main["session_id"] == served.body["user_prompt_id"]  # a one-shot run sends its session's id
     completion = up.MAIN_OUTPUT_TOKENS + up.MAIN_THOUGHT_TOKENS
     assert (main["prompt_tokens"], main["cached_tokens"], main["completion_tokens"], main["reasoning_tokens"],
             main["usage_source"], main["finish_reason"], main["chunk_count"], main["cost_usd"]) == (

@@ -7,6 +7,7 @@ try (update checks, analytics) goes to a closed port through HTTP(S)_PROXY."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.agents import agent_bin, agent_env
+from tests.agents import AGENTS, agent_bin, agent_env
 from tests.ws_upstream import RESPONSES_MODEL, TEXT, WsUpstream
 
 pytestmark = pytest.mark.e2e
 
+CODEX_VERSION = AGENTS["codex"].rsplit("@", 1)[1]
 DELAY_S = 0.3
 RUN_TIMEOUT_S = 120
 API_KEY = "sk-test-codex-DO-NOT-STORE-5e2d"
@@ -74,6 +76,14 @@ def test_codex_exec_main_call_is_one_row_with_the_upstreams_counts(tmp_path, sta
 
         main = [turn for turn in upstream.turns if turn.scenario != "warmup"]
         rows = proxy.rows(len(main))
+        # who made them: Codex names its session in x-codex-turn-metadata (on the WebSocket's upgrade,
+        # or on each HTTP request), and each row carries the session id as Codex sent it
+        sessions = {json.loads(s.headers["x-codex-turn-metadata"]).get("session_id") for s in upstream.served
+                    if "x-codex-turn-metadata" in s.headers}
+        assert len(sessions) == 1 and None not in sessions
+        for row in rows:
+            assert (row["agent"], row["agent_version"], row["session_id"]) == ("codex", CODEX_VERSION, *sessions)
+            assert row["auth_mode"] == "api_key"
         assert {turn.kind for turn in upstream.turns} == {"responses-ws" if websockets else "responses-sse"}
         assert len(main) >= 1 and len(rows) == len(main)
         for row, turn in zip(rows, main):
