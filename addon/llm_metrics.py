@@ -35,6 +35,7 @@ from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
 from addon.options import DEFAULT_ORIGIN_HEADER, add_options, line_buffered_stdout, parse_hosts, warn_at_start  # noqa: E402
 from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
+from addon.stream_usage import UsageInjector  # noqa: E402
 from storage import default_location  # noqa: E402
 from storage.db import display_location, hide_password, unreachable  # noqa: E402
 from storage.writer import METERING_LOST  # noqa: E402
@@ -56,6 +57,7 @@ class LLMMetrics:
         self.inflight: dict[str, Capture] = {}  # by flow.id (flow.metadata would be saved with the flow)
         self._flows: dict[str, http.HTTPFlow] = {}  # the flows of waiting calls, for their bodies at shutdown
         self._next_cid = 0
+        self.usage = UsageInjector()  # the one place a request or response is changed
 
     def load(self, loader) -> None:
         line_buffered_stdout()
@@ -74,6 +76,8 @@ class LLMMetrics:
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1")
         self.body_limit = options.llm_metrics_request_body_limit
+        if updated & {"llm_metrics_inject_usage", "llm_metrics_usage_hosts"}:
+            self.usage.configure(options.llm_metrics_inject_usage, options.llm_metrics_usage_hosts)
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
         elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit"} \
@@ -97,6 +101,7 @@ class LLMMetrics:
             self.handover.put(Shutdown(t))
         self.inflight.clear()
         self._flows.clear()
+        self.usage.injected.clear()
         self._close_metering()
 
     # -- hooks, in flow order ----------------------------------------------------------------
@@ -139,6 +144,16 @@ class LLMMetrics:
         headers.fields = tuple(field for field in headers.fields if field[0].lower() != tag)
         return values[-1].decode("utf-8", "surrogateescape")
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The whole request of a possible LLM call: a stream that did not ask for its usage asks
+        for it, where the upstream is known to accept that (`addon.stream_usage`)."""
+        if flow.id not in self.inflight:
+            return
+        try:
+            self.usage.request(flow, self.body_limit)
+        except Exception as exc:
+            _hook_error("request", exc)
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         capture = self.inflight.get(flow.id)
         if capture is None or self.handover is None:
@@ -159,14 +174,22 @@ class LLMMetrics:
                 self._flows.pop(flow.id, None)
                 if self.handover.behind:
                     self.handover.drop(capture)
-                    return
-                capture.state = CallState.STREAMING
-                self.handover.put(Open(capture.cid, self._with_body(capture, flow), capture.head, True))
-                response.stream = self.handover.stream_callable(capture, _hook_error)
+                else:
+                    capture.state = CallState.STREAMING
+                    self.handover.put(Open(capture.cid, self._with_body(capture, flow), capture.head, True))
+                    response.stream = self.handover.stream_callable(capture, _hook_error)
+        except Exception as exc:
+            _hook_error("responseheaders", exc)
+        try:
+            self.usage.responseheaders(flow, _hook_error)  # after the metering's: it wraps its stream callable
         except Exception as exc:
             _hook_error("responseheaders", exc)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            self.usage.response(flow)
+        except Exception as exc:
+            _hook_error("response", exc)
         capture = self.inflight.pop(flow.id, None)
         self._flows.pop(flow.id, None)
         if capture is None or self.handover is None or capture.state is CallState.DROPPED:
@@ -187,6 +210,7 @@ class LLMMetrics:
             _hook_error("response", exc)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self.usage.forget(flow)
         capture = self.inflight.pop(flow.id, None)
         self._flows.pop(flow.id, None)
         if capture is None or self.handover is None or capture.state is CallState.DROPPED:
