@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import bounds
+from . import bounds, estimate
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
 from .pricing import cost_usd
@@ -143,6 +143,7 @@ def build_row(
     ttlt = _ms(call.t_start, call.t_last_token) if streamed_times else None
     model = facts.model or call.request.get("request_model")
     usage_reported = not implausible and _usage_reported(call, counts)
+    estimated = not (implausible or usage_reported) and _estimate(call, facts, counts)
     row = {
         "timestamp": utc_timestamp(call.started_at),
         "success": error_type is None,
@@ -166,15 +167,16 @@ def build_row(
             override=facts.finish_category,
         ),
         "operation": call.fmt.operation,
-        "usage_source": "implausible" if implausible else "reported" if usage_reported else "missing",
-        "cost_usd": _cost(call, counts, model) if usage_reported else None,
+        "usage_source": _usage_source(implausible, usage_reported, estimated),
+        "cost_usd": _cost(call, counts, model) if usage_reported or estimated else None,
         "prompt_eval_duration_ms": bounds.server_ms_or_none(facts.prompt_eval_duration_ns,
                                                             "prompt_eval_duration", notes),
         "eval_duration_ms": bounds.server_ms_or_none(facts.eval_duration_ns, "eval_duration", notes),
         "time_to_first_byte_ms": _ms(call.t_start, call.t_headers),
         "time_to_first_token_ms": ttft,
         "time_to_last_token_ms": ttlt,
-        "tokens_per_second": _tokens_per_second(call, counts) if streamed_times else None,
+        # A rate is a measurement: never made of estimated counts.
+        "tokens_per_second": _tokens_per_second(call, counts) if streamed_times and not estimated else None,
         "chunk_count": bounds.measured(facts.events) if call.streamed else None,
         "error_type": error_type and redact(error_type),
         "error_message": error_message and redact(error_message),
@@ -218,6 +220,30 @@ def _usage_reported(call: Call, counts: dict[str, int | None]) -> bool:
     if counts["prompt_tokens"] is None:
         return False
     return counts["completion_tokens"] is not None or call.fmt.operation == "embeddings"
+
+
+# Streams that may lack their usage by the client's choice (stream_options.include_usage).
+_ESTIMATED_OPERATIONS = ("chat", "text_completion")
+
+
+def _estimate(call: Call, facts: ResponseFacts, counts: dict[str, int | None]) -> bool:
+    """A stream of generated content that reported no count at all gets estimated counts
+    (`addon.estimate`): its output always, its input where the request was text alone."""
+    if not call.streamed or call.fmt.operation not in _ESTIMATED_OPERATIONS or any(v is not None for v in counts.values()):
+        return False
+    output = estimate.output_tokens(facts.content_events, facts.output_chars)
+    if output is None:
+        return False
+    prompt = call.request.get("prompt_tokens_estimate")
+    counts["completion_tokens"], counts["prompt_tokens"] = output, prompt
+    counts["total_tokens"] = None if prompt is None else prompt + output
+    return True
+
+
+def _usage_source(implausible: bool, reported: bool, estimated: bool) -> str:
+    if implausible:
+        return "implausible"
+    return "reported" if reported else "estimated" if estimated else "missing"
 
 
 def _cost(call: Call, counts: dict[str, int | None], model: str | None) -> float | None:
