@@ -143,7 +143,8 @@ def build_row(
     ttlt = _ms(call.t_start, call.t_last_token) if streamed_times else None
     model = facts.model or call.request.get("request_model")
     usage_reported = not implausible and _usage_reported(call, counts)
-    estimated = not (implausible or usage_reported) and _estimate(call, facts, counts)
+    # A failed call's counts stay unknown: what a cut stream carried is not what it would have used.
+    estimated = error_type is None and not (implausible or usage_reported) and _estimate(call, facts, counts)
     row = {
         "timestamp": utc_timestamp(call.started_at),
         "success": error_type is None,
@@ -227,7 +228,7 @@ _ESTIMATED_OPERATIONS = ("chat", "text_completion")
 
 
 def _estimate(call: Call, facts: ResponseFacts, counts: dict[str, int | None]) -> bool:
-    """A stream of generated content that reported no count at all gets estimated counts
+    """A successful stream of generated content that reported no count at all gets estimated counts
     (`addon.estimate`): its output always, its input where the request was text alone."""
     if not call.streamed or call.fmt.operation not in _ESTIMATED_OPERATIONS or any(v is not None for v in counts.values()):
         return False

@@ -629,6 +629,13 @@ def test_no_estimate_where_a_count_was_reported_nothing_was_generated_or_nothing
     assert row["cost_usd"] is None
 
 
+def test_a_failed_stream_is_never_estimated():
+    facts = ResponseFacts(content_events=3, output_chars=9, error_type="stream_error")
+    row = build_row(make_call(streamed=True, request={**REQUEST, "prompt_tokens_estimate": 20}), facts,
+                    status_code=200, t_end=T0, error_type="upstream_disconnected")
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"]) == ("missing", None, None)
+
+
 def test_other_operations_are_never_estimated():
     from addon.formats.openai_responses import OpenAIResponses
 
