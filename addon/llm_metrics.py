@@ -9,7 +9,8 @@ they pick out requests that may be LLM calls (by method and path, without readin
 stamp times, keep references to the bytes and put them in the outbox (`addon.handover`), which
 hands them to the metering (`addon.backends`: a process of its own, or this one) every few
 milliseconds. docs/architecture.md draws the whole path. A metering failure is logged once and
-counted; it never changes, stalls or breaks the user's traffic.
+counted; it never changes, stalls or breaks the user's traffic. The one edit the proxy makes, asking
+a stream for its usage where that is safe, is `addon.stream_usage`'s.
 """
 
 from __future__ import annotations
