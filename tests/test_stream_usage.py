@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -16,6 +17,7 @@ from addon.stream_usage import (
     server_from_header,
     server_from_models,
 )
+from addon.wire.sse_filter import UsageChunkFilter
 
 
 def test_absent_stream_options_is_added_and_every_other_byte_kept():
@@ -125,3 +127,112 @@ def test_memory_is_bounded(monkeypatch):
     for port in range(5):
         memory.learn("h", port, "vLLM")
     assert len(memory.servers) == 2
+
+
+# --- the hooks, driven by hand in flow order (mitmproxy's test helpers) --------------------------
+
+USAGE_CHUNK = b'data: {"model":"gpt-x-1","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}\n\n'
+
+
+@pytest.fixture
+def addon(tmp_path):
+    from mitmproxy.test import taddons
+
+    from addon.llm_metrics import LLMMetrics
+
+    metrics = LLMMetrics()
+    with taddons.context(metrics) as tctx:
+        tctx.configure(metrics, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
+                       llm_metrics_worker=False)
+        yield metrics
+        metrics.done()
+
+
+def known_flow(body: dict | None = None, path: str = "/v1/chat/completions", **headers):
+    from tests.test_llm_metrics import CHAT, llm_flow
+
+    flow = llm_flow(CHAT if body is None else body, path=path, host="api.openai.com", **headers)
+    flow.request.headers["accept-encoding"] = "gzip, br"
+    return flow
+
+
+def through_request(addon, flow) -> None:
+    addon.requestheaders(flow)
+    addon.request(flow)
+
+
+def rows(addon) -> list[dict]:
+    from tests.test_llm_metrics import stored
+
+    return stored(addon)
+
+
+def test_hooks_ask_for_usage_and_the_client_gets_every_other_byte(addon):
+    from tests.test_llm_metrics import SSE, sse_response
+
+    flow = known_flow()
+    through_request(addon, flow)
+    assert json.loads(flow.request.content)["stream_options"] == {"include_usage": True}
+    assert flow.request.headers["content-length"] == str(len(flow.request.raw_content))
+    assert flow.request.headers["accept-encoding"] == "identity"
+    flow.response = sse_response()
+    flow.response.headers["content-length"] = str(len(SSE) + len(USAGE_CHUNK))  # a server that knew its length
+    addon.responseheaders(flow)
+    assert "content-length" not in flow.response.headers
+    assert flow.response.headers["transfer-encoding"] == "chunked"
+    upstream = SSE.replace(b"data: [DONE]", USAGE_CHUNK + b"data: [DONE]")
+    pieces = [upstream[i : i + 50] for i in range(0, len(upstream), 50)]
+    out = [flow.response.stream(p) for p in pieces]
+    assert all(o != b"" for o in out), "an empty piece before the end would end a chunked body"
+    assert b"".join(b"".join(o) if isinstance(o, list) else o for o in out) + flow.response.stream(b"") == SSE
+    addon.response(flow)
+    [row] = rows(addon)
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"], row["chunk_count"]) == ("reported", 9, 1, 4)
+
+
+def test_a_compressed_answer_is_passed_on_as_it_came(addon, caplog):
+    from tests.test_llm_metrics import sse_response
+
+    flow = known_flow()
+    through_request(addon, flow)
+    flow.response = sse_response()
+    flow.response.headers["content-encoding"] = "gzip"
+    with caplog.at_level(logging.WARNING):
+        addon.responseheaders(flow)
+    assert flow.response.stream(USAGE_CHUNK) == USAGE_CHUNK
+    assert "compressed a stream asked for uncompressed" in caplog.text
+
+
+def test_a_filter_failure_passes_what_it_held_and_everything_after(addon, monkeypatch):
+    from tests.test_llm_metrics import sse_response
+
+    flow = known_flow()
+    through_request(addon, flow)
+    flow.response = sse_response()
+    addon.responseheaders(flow)
+    assert flow.response.stream(b"data: {") == []
+    monkeypatch.setattr(UsageChunkFilter, "feed", lambda self, data: 1 / 0)
+    assert flow.response.stream(b'"a": 1}\n\n') == b'data: {"a": 1}\n\n'
+
+
+@pytest.mark.parametrize("case", ["compressed body", "not streamed", "responses path", "option off", "unknown host"])
+def test_requests_left_as_they_are(addon, case):
+    from mitmproxy.test import taddons
+
+    from tests.test_llm_metrics import CHAT, llm_flow
+
+    flow = {
+        "compressed body": lambda: known_flow(**{"content-encoding": "gzip"}),
+        "not streamed": lambda: known_flow({**CHAT, "stream": False}),
+        "responses path": lambda: known_flow({"model": "m", "input": "hi", "stream": True}, path="/v1/responses"),
+        "option off": known_flow,
+        "unknown host": lambda: llm_flow(CHAT),
+    }[case]()
+    if case == "option off":
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, llm_metrics_inject_usage=False)
+    before = flow.request.raw_content
+    through_request(addon, flow)
+    assert flow.request.raw_content == before
+    assert flow.request.headers.get("accept-encoding") != "identity"
+    assert flow.id not in addon.usage.injected
