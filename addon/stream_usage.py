@@ -254,24 +254,25 @@ class UsageInjector:
         response.stream = _filtering(stream, UsageChunkFilter(), on_error)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        """Any whole response: a changed call refused by its upstream is remembered; a model list
-        may name its server."""
+        """Any whole response (every flow's: kept to a few lookups): a changed call refused by its
+        upstream is remembered; a model list may name its server."""
         response = flow.response
         changed = flow.id in self.injected
-        self.injected.discard(flow.id)
+        if changed:
+            self.injected.discard(flow.id)
         if response is None:
             return
         data = flow.request.data
-        host, port = data.host.lower(), data.port
-        plain = not response.headers.get("content-encoding")
         if changed:
-            body = (response.raw_content or b"") if plain and not response.stream else b""
+            plain = not response.stream and not response.headers.get("content-encoding")
+            body = (response.raw_content or b"") if plain else b""
+            host = data.host.lower()
             if is_refusal(response.status_code, body, host in DOCUMENTED_HOSTS):
-                self.memory.refuse(host, port, response.status_code)
+                self.memory.refuse(host, data.port, response.status_code)
         elif data.method == b"GET" and response.status_code == 200 and data.path.split(b"?", 1)[0].endswith(b"/models"):
             body = response.raw_content or b""
-            if plain and len(body) <= MODELS_BODY_LIMIT:
-                self.memory.learn(host, port, server_from_models(body))
+            if len(body) <= MODELS_BODY_LIMIT and not response.headers.get("content-encoding"):
+                self.memory.learn(data.host.lower(), data.port, server_from_models(body))
 
     def forget(self, flow: http.HTTPFlow) -> None:
         self.injected.discard(flow.id)
