@@ -282,7 +282,8 @@ def _filtering(inner: Any, filt: UsageChunkFilter,
                on_error: Callable[[str, Exception], None]) -> Callable[[bytes], Iterable[bytes] | bytes]:
     """The stream callable of a changed call: the metering's first (it sees the upstream's
     bytes), then the filter. Never an empty piece before the end: over HTTP/1.1 chunked, an empty
-    chunk would end the body. A filter failure passes what it held and everything after."""
+    chunk would end the body. A filter failure passes what it held (the piece it failed on
+    included) and everything after."""
     metering = inner if callable(inner) else None
 
     def on_chunk(data: bytes) -> Iterable[bytes] | bytes:
@@ -292,7 +293,7 @@ def _filtering(inner: Any, filt: UsageChunkFilter,
             out = filt.feed(data) if data else filt.close()
         except Exception as exc:
             on_error("usage filter", exc)
-            out = filt.abandon() + data
+            out = filt.abandon()
         return out if out or not data else []
 
     return on_chunk

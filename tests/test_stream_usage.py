@@ -17,7 +17,6 @@ from addon.stream_usage import (
     server_from_header,
     server_from_models,
 )
-from addon.wire.sse_filter import UsageChunkFilter
 
 
 def test_absent_stream_options_is_added_and_every_other_byte_kept():
@@ -211,8 +210,10 @@ def test_a_filter_failure_passes_what_it_held_and_everything_after(addon, monkey
     flow.response = sse_response()
     addon.responseheaders(flow)
     assert flow.response.stream(b"data: {") == []
-    monkeypatch.setattr(UsageChunkFilter, "feed", lambda self, data: 1 / 0)
-    assert flow.response.stream(b'"a": 1}\n\n') == b'data: {"a": 1}\n\n'
+    monkeypatch.setattr("addon.wire.sse_filter.is_usage_only", lambda event: 1 / 0)
+    assert flow.response.stream(b'"a": 1}\n\ndata: {') == b'data: {"a": 1}\n\ndata: {'
+    usage = USAGE_CHUNK
+    assert flow.response.stream(usage) == usage  # passed untouched from then on
 
 
 @pytest.mark.parametrize("case", ["compressed body", "not streamed", "responses path", "option off", "unknown host"])

@@ -61,6 +61,7 @@ class UsageChunkFilter:
         self._off = False  # `abandon` was called: everything passes
 
     def feed(self, piece: bytes) -> bytes:
+        """Should it raise, `piece` is held already: `abandon` passes it on."""
         if self._off:
             return piece
         held = self._held
@@ -107,7 +108,8 @@ class UsageChunkFilter:
         return b""
 
     def abandon(self) -> bytes:
-        """What is held, to be passed on: from now on every byte passes untouched."""
+        """What is held (the piece a failed `feed` was given included), to be passed on: from now
+        on every byte passes untouched."""
         self._off = True
         rest = bytes(self._held)
         self._held.clear()
