@@ -132,3 +132,28 @@ def test_stream_options_without_usage_keep_their_other_keys(start_proxy, upstrea
     assert upstream.last().body["extra"] == "kept"
     [row] = proxy.rows(1)
     assert (row["usage_source"], row["completion_tokens"]) == ("reported", 6)
+
+
+def test_http2_client_gets_the_stream_without_the_usage_chunk(start_proxy, tls_upstream):
+    """HTTP/2 to the client (no chunked framing; an empty DATA frame is never sent), HTTP/1.1 to
+    the upstream."""
+    import ssl
+
+    from tests.clients import httpx
+    from tests.test_e2e_http2 import H2First
+
+    proxy = start_proxy("--set", "ssl_insecure=true", "--set", "connection_strategy=lazy",
+                        "--set", "llm_metrics_usage_hosts=127.0.0.1")
+    context = H2First(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(proxy.ca_cert))
+    client = httpx.Client(proxy=proxy.url, verify=context, http2=True)
+    body = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with client.stream("POST", f"{tls_upstream.base_url}/chat/completions", json=body) as response:
+        assert response.http_version == "HTTP/2"
+        received = b"".join(response.iter_raw())
+    events = [e for e in received.split(b"\n\n") if e]
+    assert len(events) == 9 and events[-1] == b"data: [DONE]"  # role, six words, finish, [DONE]
+    assert b'"choices":[]' not in received
+    assert tls_upstream.last().body["stream_options"] == {"include_usage": True}
+    [row] = proxy.rows(1)
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"]) == ("reported", 11, 6)
