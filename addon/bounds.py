@@ -41,6 +41,19 @@ TEXT_LIMITS: dict[str, int] = {
     "error_type": 128,
     "error_message": 1000,  # error bodies are cut at 500 before (formats.base.truncate)
     "metering_note": 500,
+    "price_source": 32,  # genai-prices or custom
+    # who made the call (addon.agents): names and ids as the client sent them
+    "agent": 64,
+    "agent_version": 64,
+    "session_id": 200,
+    "subagent_id": 200,
+    "parent_id": 200,
+    "request_kind": 64,
+    "auth_mode": 16,
+    # when the provider says its limits reset (addon.quota), UTC
+    "rate_reset_at": 32,
+    "quota_reset_at": 32,
+    "quota_long_reset_at": 32,
 }
 
 # A token count (and a request's max_tokens, message count) outside 0..MAX_COUNT is no count of a

@@ -35,6 +35,9 @@ class Request(NamedTuple):
     content_encoding: str | None
     user_agent: str | None
     origin: str | None  # the origin tag header's value, if the client sent one
+    # The values of addon.agents.AGENT_HEADERS (lower-case names): none can carry a credential.
+    agent_headers: tuple[tuple[str, str], ...] = ()
+    auth: str | None = None  # the kind of credential sent (addon.agents.auth_mode), never its value
 
 
 class ResponseHead(NamedTuple):
@@ -42,6 +45,7 @@ class ResponseHead(NamedTuple):
     status: int
     content_type: str | None
     content_encoding: str | None
+    quota_headers: tuple[tuple[str, str], ...] = ()  # the values of addon.quota.QUOTA_HEADERS
 
 
 # -- from the hooks to the metering ------------------------------------------------------------

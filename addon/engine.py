@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ from storage import RowWriter, enable_wal, open_database
 from storage.db import display_location
 
 from . import bounds, pricing
+from .agents import identify
+from .budget import Limits, Watch
 from .capture import (
     Abandon,
     Config,
@@ -43,7 +46,9 @@ from .formats import (
     unknown_request_fields,
 )
 from .metering import MAX_RESPONSE_BYTES, StreamMeter, meter_body, stream_framing
-from .record import Call, build_row, origin_from_user_agent, provider_for
+from .prices import PriceBook
+from .quota import headroom
+from .record import Call, build_row, known_provider, origin_from_user_agent, provider_for, utc_timestamp
 from .redact import redact, redact_path
 from .run_summary import RunTotals
 from .summary import format_call_line
@@ -67,8 +72,10 @@ class Engine:
     lines_every = CALL_LINES_EVERY_S
 
     def __init__(self, writer: Any, *, location: str | None = None, extra_hosts: dict[str, str] | None = None,
-                 log_calls: bool = True, request_body_limit: int = REQUEST_BODY_LIMIT) -> None:
+                 log_calls: bool = True, request_body_limit: int = REQUEST_BODY_LIMIT,
+                 limits: Limits | None = None, prices: PriceBook | None = None) -> None:
         self.writer = writer
+        self.prices = prices  # the user's prices file, ahead of genai-prices
         self.location = location
         self.extra_hosts = extra_hosts or {}
         self.log_calls = log_calls
@@ -78,6 +85,8 @@ class Engine:
         self.recorded = 0
         self.ended = 0  # calls handed over that are settled: recorded, dropped, or found not to be LLM calls
         self.run_totals = RunTotals()  # for the summary printed at exit
+        self.watch = Watch(limits or Limits())  # budgets and quota thresholds (addon/budget.py)
+        self.seed: tuple[str, float, dict[str, float]] | None = None  # today's earlier spending, once read
         self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
         self.metering_errors = 0
         self._logged_errors: set[str] = set()
@@ -235,6 +244,9 @@ class Engine:
         self.extra_hosts = m.settings.get("extra_hosts", self.extra_hosts)
         self.log_calls = m.settings.get("log_calls", self.log_calls)
         self.request_body_limit = m.settings.get("request_body_limit", self.request_body_limit)
+        self.prices = m.settings.get("prices", self.prices)
+        if "limits" in m.settings:
+            self.watch.limits = m.settings["limits"]
 
     def _lost(self, m: Lost) -> None:
         if self.writer is not None:
@@ -262,25 +274,31 @@ class Engine:
             if body is None:  # not read: the path alone tells, no field is known
                 fmt = recognise_by_path(path)
             else:
-                llm_host = request.host in self.extra_hosts or provider_for(request.host, request.port) != "openai-compatible"
+                llm_host = request.host in self.extra_hosts or known_provider(request.host, request.port) is not None
                 fmt = recognise_unreadable(path, llm_host=llm_host)
             if fmt is None:
                 if body is None:
                     self._count_unparsed(path)
                 return None
             fields = unknown_request_fields(fmt, path)
-        return Call(
+        call = Call(
             fmt=fmt,
             started_at=request.started_at,
             t_start=request.t_start,
             host=request.host,
             port=request.port,
             path=path,
-            provider=provider_for(request.host, request.port, self.extra_hosts),
+            provider=provider_for(request.host, request.port, self.extra_hosts, fmt.family),
             origin=request.origin or origin_from_user_agent(request.user_agent),
             request=fields,
             notes=notes,
+            prices=self.prices,
         )
+        try:
+            call.identity = identify(dict(request.agent_headers), parsed, request.auth)
+        except Exception as exc:  # who sent it is a detail: the call is recorded without it
+            self._metering_error("identify", exc)
+        return call
 
     def _request_body(self, request: Request, notes: list[str]) -> bytes | None:
         """The request body without its Content-Encoding; None when it is not read (`notes`
@@ -300,7 +318,12 @@ class Engine:
         return decoded.data
 
     def _head(self, call: Call, head: ResponseHead, streamed: bool) -> None:
-        call.t_headers, call.status_code, call.content_type, call.content_encoding = head
+        call.t_headers, call.status_code, call.content_type, call.content_encoding = head[:4]
+        if head.quota_headers:
+            try:  # the response's wall-clock time: the quota's resets may be relative to it
+                call.headroom = headroom(dict(head.quota_headers), call.started_at + head.t_headers - call.t_start)
+            except Exception as exc:
+                self._metering_error("headroom", exc)
         if not streamed:
             return
         framing = stream_framing(call.fmt, call.content_type, status=call.status_code,
@@ -344,10 +367,21 @@ class Engine:
         self.run_totals.add(row)
         if self.writer is not None:
             self.writer.submit(row)
+        if self.watch.limits.active:
+            self._watch(row)
         if self.log_calls:
             self.call_lines.append(format_call_line(row))
             if self.lines_since is None:
                 self.lines_since = time.monotonic()
+
+    def _watch(self, row: dict[str, Any]) -> None:
+        try:
+            seed, self.seed = self.seed, None
+            lines = self.watch.seed(*seed) if seed is not None else []
+            for line in lines + self.watch.observe(row):
+                log.warning(line)
+        except Exception as exc:  # a budget is a detail: the row is stored whatever happens here
+            self._metering_error("budget", exc)
 
     def _finish_anyway(self, call: Call, status: int | None, t: float) -> None:
         """After a metering failure: the call is still recorded, with what its request said."""
@@ -381,7 +415,7 @@ class Engine:
                      self.writer.written, self.location and display_location(self.location),
                      f" ({elsewhere} of them in a file since deleted or replaced there)" if elsewhere else "",
                      self.writer.dropped, self.writer.drops_recorded)
-        for line in self.run_totals.lines(self.unparsed):
+        for line in self.run_totals.lines(self.unparsed) + self.watch.summary():
             log.info(line)
 
     def _count_unparsed(self, path: str) -> None:
@@ -414,7 +448,8 @@ def prepare_store(location: str, keep_backups: int):
 
 
 def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hosts: dict[str, str],
-                 log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, db=None) -> Engine:
+                 log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, limits: Limits | None = None,
+                 prices: PriceBook | None = None, db=None) -> Engine:
     """An engine with its own started writer; `db` when the caller has just prepared the store.
 
     It never waits for the database: without `db` the writer's thread opens it (and brings its
@@ -430,8 +465,34 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
         db.close()
     writer = RowWriter(db, queue_size=queue_size, connect=lambda: _open_store(location, keep_backups))
     writer.start()
-    return Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
-                  request_body_limit=request_body_limit)
+    engine = Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
+                    request_body_limit=request_body_limit, limits=limits, prices=prices)
+    if limits is not None and (limits.daily_usd is not None or limits.agents_daily_usd):
+        threading.Thread(target=_read_spending, args=(engine, location, time.time()), daemon=True,
+                         name="llm-metrics-budget").start()
+    return engine
+
+
+def _read_spending(engine: Engine, location: str, run_start: float) -> None:
+    """Today's (UTC) spending recorded before this run, for the budgets: read once, on a thread
+    and a connection of its own, so that a slow database never holds the metering. The calls of
+    this run are those started since it began; they are counted as they are recorded."""
+    day = utc_timestamp(run_start)[:10]
+    try:
+        db = open_database(location, create=False)
+        try:
+            rows = db.execute_sql(
+                "SELECT agent, SUM(cost_usd) FROM completion_requests WHERE timestamp >= %s AND timestamp < %s "
+                "AND cost_usd IS NOT NULL GROUP BY agent".replace("%s", db.param),
+                (f"{day}T00:00:00.000000Z", utc_timestamp(run_start))).fetchall()
+        finally:
+            db.close()
+    except Exception as exc:
+        log.warning("llm-metrics: budgets count only this run's calls: today's earlier spending could not be read "
+                    "(%s)", redact(type(exc).__name__ + ": " + str(exc))[:200])
+        return
+    by_agent = {agent: float(cost) for agent, cost in rows if agent and cost is not None}
+    engine.seed = (day, sum(float(cost) for _, cost in rows if cost is not None), by_agent)
 
 
 def _open_store(location: str, keep_backups: int):

@@ -28,13 +28,17 @@ if _ROOT not in sys.path:
 
 from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
 
+from addon.agents import AGENT_HEADERS, auth_mode  # noqa: E402
 from addon.backends import Metering, open_metering  # noqa: E402
+from addon.budget import Limits, parse_agent_budgets, parse_amount  # noqa: E402
 from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
 from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
 from addon.options import DEFAULT_ORIGIN_HEADER, add_options, line_buffered_stdout, parse_hosts, warn_at_start  # noqa: E402
+from addon.prices import PriceBook, PriceFileError, load_prices  # noqa: E402
+from addon.quota import QUOTA_HEADERS  # noqa: E402
 from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
 from addon.stream_usage import UsageInjector  # noqa: E402
 from storage import default_location  # noqa: E402
@@ -55,6 +59,8 @@ class LLMMetrics:
         self.extra_hosts: dict[str, str] = {}
         self.origin_header: bytes | None = DEFAULT_ORIGIN_HEADER.encode()
         self.body_limit = REQUEST_BODY_LIMIT
+        self.limits = Limits()
+        self.prices: PriceBook | None = None
         self.inflight: dict[str, Capture] = {}  # by flow.id (flow.metadata would be saved with the flow)
         self._flows: dict[str, http.HTTPFlow] = {}  # the flows of waiting calls, for their bodies at shutdown
         self._next_cid = 0
@@ -79,10 +85,14 @@ class LLMMetrics:
         self.body_limit = options.llm_metrics_request_body_limit
         if updated & {"llm_metrics_inject_usage", "llm_metrics_usage_hosts"}:
             self.usage.configure(options.llm_metrics_inject_usage, options.llm_metrics_usage_hosts)
+        if updated & _LIMIT_OPTIONS:
+            self.limits = _limits(options)
+        if "llm_metrics_prices" in updated:
+            self.prices = _prices(options.llm_metrics_prices)
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
-        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit"} \
-                and self.handover is not None:
+        elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit",
+                        "llm_metrics_prices", *_LIMIT_OPTIONS} and self.handover is not None:
             self.handover.put(Config(self._settings()))
 
     def running(self) -> None:
@@ -117,20 +127,25 @@ class LLMMetrics:
             if data.method != b"POST" or self.handover is None:
                 return
             host = data.host.lower()
-            path = data.path.split(b"?", 1)[0]  # a key in the query (Gemini's ?key=) is never kept
+            path, _, query = data.path.partition(b"?")  # a key in the query (Gemini's ?key=) is never kept
             if not (path.endswith(_CANDIDATE_SUFFIXES) or host in self.extra_hosts):
                 return
             user_agent = encoding = None
-            for name, value in flow.request.headers.fields:  # one pass: each Headers.get is a pass too
+            agent_headers = []
+            fields = flow.request.headers.fields
+            for name, value in fields:  # one pass: each Headers.get is a pass too
                 name = name.lower()
-                if name == b"user-agent":
-                    user_agent = value.decode("utf-8", "surrogateescape")
-                elif name == b"content-encoding":
+                if name == b"content-encoding":
                     encoding = value.decode("latin-1")
+                elif name in AGENT_HEADERS:  # who sent it; never a credential
+                    text = value.decode("utf-8", "surrogateescape")
+                    agent_headers.append((name.decode("latin-1"), text))
+                    if name == b"user-agent":
+                        user_agent = text
             self._next_cid += 1
             request = Request(_started(flow.request.timestamp_start), flow.request.timestamp_start or time.time(),
                               host, data.port, path.decode("utf-8", "surrogateescape"), b"", encoding, user_agent,
-                              origin)
+                              origin, tuple(agent_headers), auth_mode(fields, _has_key_parameter(query)))
             self.inflight[flow.id] = Capture(self._next_cid, request)
             self._flows[flow.id] = flow
         except Exception as exc:  # never let metering touch the user's traffic
@@ -162,14 +177,8 @@ class LLMMetrics:
         try:
             response = flow.response
             assert response is not None  # mitmproxy calls this hook with the response's headers
-            content_type = encoding = None
-            for name, value in response.headers.fields:
-                name = name.lower()
-                if name == b"content-type":
-                    content_type = value.decode("latin-1")
-                elif name == b"content-encoding":
-                    encoding = value.decode("latin-1")
-            capture.head = ResponseHead(time.perf_counter(), response.status_code, content_type, encoding)
+            capture.head = _head(time.perf_counter(), response)
+            content_type = capture.head.content_type
             if passes_as_stream(capture.request.path, content_type, response.status_code):
                 response.stream = True  # passed on as it arrives, metered or not
                 self._flows.pop(flow.id, None)
@@ -203,8 +212,7 @@ class LLMMetrics:
             elif self.handover.behind:
                 self.handover.drop(capture)
             else:
-                head = capture.head or ResponseHead(t, response.status_code, response.headers.get("content-type"),
-                                                    response.headers.get("content-encoding"))
+                head = capture.head or _head(t, response)
                 self.handover.put(Whole(capture.cid, self._with_body(capture, flow), head, t, response.status_code,
                                         response.raw_content or b""), final=True)
         except Exception as exc:
@@ -240,7 +248,7 @@ class LLMMetrics:
 
     def _settings(self) -> dict:
         return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls,
-                "request_body_limit": self.body_limit}
+                "request_body_limit": self.body_limit, "limits": self.limits, "prices": self.prices}
 
     def _open_store(self, location: str) -> None:
         self._close_metering()
@@ -299,6 +307,59 @@ class LLMMetrics:
             log.error("llm-metrics: %d call(s) were not stored: the metering process ended, or did not finish "
                       "within %.0f s",
                       metering.unsettled, CLOSE_TIMEOUT_S)
+
+
+_LIMIT_OPTIONS = {"llm_metrics_budget_daily_usd", "llm_metrics_budget_agents", "llm_metrics_quota_alert_percent"}
+
+
+def _limits(options) -> Limits:
+    """The budgets and quota threshold the options ask for; OptionsError names a bad one."""
+    try:
+        return Limits(
+            daily_usd=parse_amount(options.llm_metrics_budget_daily_usd, "llm_metrics_budget_daily_usd"),
+            agents_daily_usd=parse_agent_budgets(options.llm_metrics_budget_agents),
+            quota_percent=parse_amount(options.llm_metrics_quota_alert_percent, "llm_metrics_quota_alert_percent",
+                                       most=100.0),
+        )
+    except ValueError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
+
+
+def _prices(path: str) -> PriceBook | None:
+    """The user's prices file, read now: a bad one stops the proxy with one line."""
+    if not path:
+        return None
+    try:
+        book = load_prices(os.path.expanduser(path))
+    except PriceFileError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
+    log.info("llm-metrics: %d price(s) from %s, ahead of genai-prices", len(book.prices), path)
+    return book
+
+
+def _head(t: float, response: http.Response) -> ResponseHead:
+    """What crosses of a response's headers: its type and coding, and what it says of the headroom left."""
+    content_type = encoding = None
+    quota = []
+    for name, value in response.headers.fields:  # one pass
+        name = name.lower()
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"content-encoding":
+            encoding = value.decode("latin-1")
+        elif name in QUOTA_HEADERS:
+            quota.append((name.decode("latin-1"), value.decode("latin-1")))
+    return ResponseHead(t, response.status_code, content_type, encoding, tuple(quota))
+
+
+_KEY_PARAMETERS = (b"key", b"api_key", b"api-key", b"apikey", b"access_token")
+
+
+def _has_key_parameter(query: bytes) -> bool:
+    """Whether a query string carries a credential (Gemini's ?key=): its kind is kept, never its value."""
+    if not query:
+        return False
+    return any(part.split(b"=", 1)[0].lower() in _KEY_PARAMETERS for part in query.split(b"&"))
 
 
 def _started(timestamp_start: float | None) -> float:

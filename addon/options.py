@@ -49,6 +49,18 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("llm_metrics_request_body_limit", int, REQUEST_BODY_LIMIT,
      "Request bodies larger than this many bytes, as sent or once decompressed, are not read: such "
      "a call is recorded by its path, without its request's model, limits and message count."),
+    ("llm_metrics_prices", str, "",
+     "A TOML file of your own prices (self-hosted models, negotiated rates), ahead of genai-prices: "
+     "[[price]] entries with model (a name or glob), optional host or provider, and USD per million "
+     "input_per_million, output_per_million, cached_input_per_million, cache_write_per_million."),
+    ("llm_metrics_budget_daily_usd", str, "",
+     "A daily budget in USD for all calls (UTC days; e.g. 25): one line is logged as 80, 90 and 100 % "
+     "of it are reached. Nothing is blocked. Empty: off."),
+    ("llm_metrics_budget_agents", Sequence[str], [],
+     "Daily budgets per agent, as AGENT=USD (e.g. claude-code=20,codex=10): one line at 80, 90 and 100 %."),
+    ("llm_metrics_quota_alert_percent", str, "",
+     "Log one line when a response says a subscription quota window (Claude's 5-hour, Codex's) is this "
+     "percent used (e.g. 80), again at 90 and 100 %. Empty: off."),
 )
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
+from .prices import CUSTOM, GENAI_PRICES, PriceBook
+
 # This project's provider names -> genai-prices provider ids.
 _PROVIDER_IDS = {
     "openai": "openai",
@@ -31,14 +33,17 @@ _PROVIDER_IDS = {
     "cerebras": "cerebras",
     "aws-bedrock": "aws",
 }
-# Servers anyone can run (vLLM, llama.cpp, Ollama): a model name there says nothing about a
-# bill, and genai-prices would match `openai-compatible` to OpenAI's list prices.
-_NEVER_PRICED = frozenset({"openai-compatible", "ollama"})
+# Servers anyone can run (vLLM, llama.cpp, Ollama, a gateway), named after the API they speak
+# (`openai-compatible`, `anthropic-compatible`, ...): a model name there says nothing about a bill,
+# and genai-prices would match `openai-compatible` to OpenAI's list prices. Gemini Code Assist (Gemini
+# CLI signed in with a Google account) is a free tier or a subscription: no call has a list price.
+_NEVER_PRICED = frozenset({"ollama", "gemini-code-assist"})
+_NEVER_PRICED_ENDING = "-compatible"
 
 
 def price_provider(provider: str | None) -> str | None:
     """The genai-prices provider id; a name a user gave a host (`HOST=NAME`) is passed as is."""
-    if not provider or provider in _NEVER_PRICED:
+    if not provider or provider in _NEVER_PRICED or provider.endswith(_NEVER_PRICED_ENDING):
         return None
     return _PROVIDER_IDS.get(provider, provider)
 
@@ -70,6 +75,30 @@ def cost_usd(
     except (LookupError, ValueError):  # unknown model or provider; counts that do not add up
         return None
     return _usd(price.total_price)
+
+
+def price_call(
+    *,
+    provider: str | None,
+    host: str | None,
+    model: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    cached_tokens: int | None = None,
+    cache_creation_tokens: int | None = None,
+    at: datetime | None = None,
+    book: PriceBook | None = None,
+) -> tuple[float | None, str | None]:
+    """USD for these counts and where the price came from: the user's prices file first
+    (`addon.prices`), then genai-prices; (None, None) when neither knows it."""
+    if prompt_tokens is None:
+        return None, None
+    price = book.find(provider, host, model) if book is not None else None
+    if price is not None:
+        return price.cost(prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens), CUSTOM
+    cost = cost_usd(provider=provider, model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    cached_tokens=cached_tokens, cache_creation_tokens=cache_creation_tokens, at=at)
+    return cost, GENAI_PRICES if cost is not None else None
 
 
 def _usd(value: Decimal) -> float:

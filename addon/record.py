@@ -12,18 +12,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import bounds, estimate
+from .agents import Identity
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
-from .pricing import cost_usd
+from .prices import PriceBook
+from .pricing import price_call
+from .quota import Headroom
 from .redact import redact, redact_path
 from .wire import MAX_EVENT_BYTES
 
-# Well-known API hosts name the provider; any other host is "openai-compatible" (vLLM,
-# llama.cpp, LM Studio, ...), except Ollama's default port.
+# Well-known API hosts name the provider; any other host (vLLM, llama.cpp, LM Studio, a gateway,
+# a test's fake) is named after the API it speaks, `<family>-compatible` (`openai-compatible`,
+# `anthropic-compatible`, `gemini-compatible`, ...), except Ollama's default port.
 _PROVIDER_BY_HOST = {
     "api.openai.com": "openai",
     "api.anthropic.com": "anthropic",
     "generativelanguage.googleapis.com": "gemini",
+    "cloudcode-pa.googleapis.com": "gemini-code-assist",  # Gemini CLI signed in with a Google account
     "aiplatform.googleapis.com": "vertex-ai",
     "openrouter.ai": "openrouter",
     "api.groq.com": "groq",
@@ -42,9 +47,12 @@ _PROVIDER_BY_HOST_SUFFIX = (
     ("-aiplatform.googleapis.com", "vertex-ai"),
 )
 OLLAMA_PORT = 11434
+COMPATIBLE = "-compatible"  # the ending of every name given after an API rather than a host
 
 
-def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None) -> str:
+def known_provider(host: str, port: int, extra_hosts: dict[str, str] | None = None) -> str | None:
+    """The provider a host is known as (named in `llm_metrics_hosts`, or a well-known API); None
+    for any other host."""
     host = host.lower()
     if extra_hosts and extra_hosts.get(host):
         return extra_hosts[host]
@@ -57,7 +65,13 @@ def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None
             return name
     if port == OLLAMA_PORT:
         return "ollama"
-    return "openai-compatible"
+    return None
+
+
+def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None, family: str = "openai") -> str:
+    """The provider a row names: the host's, else the API `family` the call speaks, as
+    `<family>-compatible` (an Anthropic Messages call to a local server is `anthropic-compatible`)."""
+    return known_provider(host, port, extra_hosts) or family + COMPATIBLE
 
 
 def origin_from_user_agent(user_agent: str | None) -> str | None:
@@ -108,6 +122,9 @@ class Call:
     buffered: bytearray | None = None  # a body passed on as a stream but metered whole at its end
     metering_failed: bool = False
     notes: list[str] = field(default_factory=list)  # what was not read or stored, and why (metering_note)
+    identity: Identity = Identity()  # who made it (addon.agents)
+    prices: PriceBook | None = None  # the user's prices file (llm_metrics_prices), first
+    headroom: Headroom = Headroom()  # what its response said is left (addon.quota)
 
     def stamp_token(self, now: float) -> None:
         if self.t_first_token is None:
@@ -169,7 +186,7 @@ def build_row(
         ),
         "operation": call.fmt.operation,
         "usage_source": _usage_source(implausible, usage_reported, estimated),
-        "cost_usd": _cost(call, counts, model) if usage_reported or estimated else None,
+        **_cost(call, counts, model, usage_reported or estimated),
         "prompt_eval_duration_ms": bounds.server_ms_or_none(facts.prompt_eval_duration_ns,
                                                             "prompt_eval_duration", notes),
         "eval_duration_ms": bounds.server_ms_or_none(facts.eval_duration_ns, "eval_duration", notes),
@@ -182,7 +199,11 @@ def build_row(
         "error_type": error_type and redact(error_type),
         "error_message": error_message and redact(error_message),
         "metering_note": "; ".join(notes) or None,
+        **call.identity._asdict(),
+        **call.headroom._asdict(),
     }
+    row["retry_count"] = bounds.count_or_none(row["retry_count"], "retry_count", notes)
+    row["metering_note"] = "; ".join(notes) or None
     for column, limit in bounds.TEXT_LIMITS.items():
         row[column] = bounds.clean_text(row[column], limit)
     return row
@@ -247,28 +268,37 @@ def _usage_source(implausible: bool, reported: bool, estimated: bool) -> str:
     return "reported" if reported else "estimated" if estimated else "missing"
 
 
-def _cost(call: Call, counts: dict[str, int | None], model: str | None) -> float | None:
-    cost = cost_usd(
+def _cost(call: Call, counts: dict[str, int | None], model: str | None, usage_known: bool) -> dict[str, Any]:
+    """The call's cost and where its price came from, of reported or estimated counts."""
+    if not usage_known:
+        return {"cost_usd": None, "price_source": None}
+    cost, source = price_call(
         provider=call.provider,
+        host=call.host,
         model=model,
         prompt_tokens=counts["prompt_tokens"],
         completion_tokens=counts["completion_tokens"],
         cached_tokens=counts["cached_tokens"],
         cache_creation_tokens=counts["cache_creation_tokens"],
         at=datetime.fromtimestamp(call.started_at, UTC),
+        book=call.prices,
     )
-    return cost if cost is None or cost >= 0 else None  # negative: counts that do not add up
+    if cost is None or cost < 0:  # negative: counts that do not add up
+        return {"cost_usd": None, "price_source": None}
+    return {"cost_usd": cost, "price_source": source}
 
 
 def _tokens_per_second(call: Call, counts: dict[str, int | None]) -> float | None:
-    """Output tokens over generation time (first to last token); prompt tokens never count."""
+    """The decode rate, as AIPerf and vLLM define it: the N - 1 output tokens after the first over
+    the time from first to last token, (N - 1) / (t_last - t_first). The first token's own time is
+    in the time to first token, never here; prompt tokens never count. None below two tokens."""
     completion = counts["completion_tokens"]
-    if completion is None or call.t_first_token is None or call.t_last_token is None:
+    if completion is None or completion < 2 or call.t_first_token is None or call.t_last_token is None:
         return None
     seconds = call.t_last_token - call.t_first_token
     if seconds <= 0:
         return None
-    return bounds.finite_or_none(round(completion / seconds, 3))
+    return bounds.finite_or_none(round((completion - 1) / seconds, 3))
 
 
 def now() -> float:

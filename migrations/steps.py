@@ -221,3 +221,114 @@ def m006_metering_note(db: peewee.Database, migrator: SchemaMigrator) -> None:
     # row says which and why here, so that a NULL is never silent. Only added: rows recorded
     # before keep NULL, as nothing then was left out this way.
     migrator.add_column(TABLE, "metering_note", peewee.TextField(null=True)).run()
+
+
+# m007's columns, frozen: who made a call (addon/agents.py) and what its response said is left of
+# the provider's limits (addon/quota.py).
+_M007_COLUMNS = (
+    ("agent", peewee.TextField(null=True)),
+    ("agent_version", peewee.TextField(null=True)),
+    ("session_id", peewee.TextField(null=True)),
+    ("subagent_id", peewee.TextField(null=True)),
+    ("parent_id", peewee.TextField(null=True)),
+    ("request_kind", peewee.TextField(null=True)),
+    ("retry_count", peewee.IntegerField(null=True)),
+    ("auth_mode", peewee.TextField(null=True)),
+    ("rate_remaining_requests", peewee.BigIntegerField(null=True)),
+    ("rate_remaining_tokens", peewee.BigIntegerField(null=True)),
+    ("rate_reset_at", peewee.TextField(null=True)),
+    ("quota_used_percent", peewee.DoubleField(null=True)),
+    ("quota_window_minutes", peewee.IntegerField(null=True)),
+    ("quota_reset_at", peewee.TextField(null=True)),
+    ("quota_long_used_percent", peewee.DoubleField(null=True)),
+    ("quota_long_window_minutes", peewee.IntegerField(null=True)),
+    ("quota_long_reset_at", peewee.TextField(null=True)),
+    ("retry_after_s", peewee.DoubleField(null=True)),
+)
+_M007_FAMILIES = {peewee.TextField: "text", peewee.IntegerField: "integer", peewee.BigIntegerField: "integer",
+                  peewee.DoubleField: "real"}
+# A session's calls and an agent's calls in time order, for `--session` and `--group-by agent`;
+# partial: rows without them (most calls not made by an agent) cost the writer nothing.
+_M007_INDEXES = (
+    ("calls_by_session", ("session_id", "timestamp"), " WHERE session_id IS NOT NULL"),
+    ("calls_by_agent", ("agent", "timestamp"), " WHERE agent IS NOT NULL"),
+)
+
+
+@step(
+    7,
+    "m007_agents_and_headroom",
+    "who made each call (agent, session, retries, kind of credential) and the rate limits and quota left",
+    promises=(
+        AddsColumns(TABLE, {name: _M007_FAMILIES[type(f)] for name, f in _M007_COLUMNS}),
+        *(AddsIndex(TABLE, columns) for _, columns, _ in _M007_INDEXES),
+    ),
+)
+def m007_agents_and_headroom(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Issue 19: coding agents and SDKs say who they are, their session and their retries in
+    # headers; providers say in response headers how much of a rate limit or subscription quota
+    # is left. Only added, all NULL for rows recorded before: nothing was known of them then.
+    # Remaining counts are 64-bit: a tokens-per-minute limit can pass 2**31 on PostgreSQL.
+    for name, field in _M007_COLUMNS:
+        migrator.add_column(TABLE, name, field).run()
+    for name, columns, where in _M007_INDEXES:
+        db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({', '.join(columns)}){where}")
+
+
+@step(
+    8,
+    "m008_price_source",
+    "where each cost's price came from: genai-prices, or the user's prices file",
+    promises=(AddsColumns(TABLE, {"price_source": "text"}),),
+)
+def m008_price_source(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Issue 22: a prices file (llm_metrics_prices) can price self-hosted models and negotiated
+    # rates ahead of genai-prices, so a cost must say which it came from. Every cost recorded
+    # before this step came from genai-prices, the only source there was: they say so.
+    migrator.add_column(TABLE, "price_source", peewee.TextField(null=True)).run()
+    db.execute_sql(f"UPDATE {TABLE} SET price_source = 'genai-prices' WHERE cost_usd IS NOT NULL")
+
+
+# m009's table, frozen: what `python -m migrations prune` keeps of the rows it deletes.
+_DAILY_TOTALS_SQLITE = """
+CREATE TABLE IF NOT EXISTS daily_totals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    day TEXT NOT NULL,
+    model TEXT,
+    provider TEXT,
+    agent TEXT,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    streamed INTEGER NOT NULL,
+    prompt_tokens BIGINT,
+    completion_tokens BIGINT,
+    cached_tokens BIGINT,
+    reasoning_tokens BIGINT,
+    cost_usd REAL,
+    unpriced_calls INTEGER NOT NULL,
+    response_time_ms_sum BIGINT,
+    response_time_count INTEGER NOT NULL,
+    ttft_ms_sum BIGINT,
+    ttft_count INTEGER NOT NULL
+)
+"""
+_DAILY_TOTALS_POSTGRES = (
+    _DAILY_TOTALS_SQLITE.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "SERIAL PRIMARY KEY")
+    .replace("REAL", "DOUBLE PRECISION")
+)
+_DAILY_TOTALS_INDEX = "CREATE INDEX IF NOT EXISTS daily_totals_day ON daily_totals (day, model, provider, agent)"
+
+
+@step(
+    9,
+    "m009_daily_totals",
+    "daily totals per model, provider and agent of the calls a prune deletes",
+    promises=(Creates("daily_totals", columns_of_create(_DAILY_TOTALS_SQLITE), (("day", "model", "provider", "agent"),)),),
+)
+def m009_daily_totals(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Issue 22: months of rows grow without bound; `python -m migrations prune` (and the proxy's
+    # llm_metrics_retention_days) delete old rows, keeping these totals so that reports over
+    # long ranges still count them. Sums are NULL when no call of the group reported them.
+    sql = _DAILY_TOTALS_POSTGRES if isinstance(db, peewee.PostgresqlDatabase) else _DAILY_TOTALS_SQLITE
+    db.execute_sql(sql)
+    db.execute_sql(_DAILY_TOTALS_INDEX)

@@ -25,6 +25,8 @@ DIMENSIONS = {
     "host": "host",
     "origin": "origin",
     "path": "path",
+    "agent": "agent",
+    "session": "session_id",
     # A call whose timestamp is not a time is in the group of no hour (NULL), not in "garbage".
     "hour": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 13) END",
     "day": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 10) END",
@@ -46,7 +48,8 @@ class Metric:
 LATENCY = Metric("latency_ms", "response_time_ms", (50, 95, 99))
 TTFT = Metric("ttft_ms", "time_to_first_token_ms", (50, 95))  # only streamed calls have one
 TOKENS_PER_SECOND = Metric("output_tokens_per_second", "tokens_per_second", (50,))
-# Time per output token = generation time / output tokens = 1000 / tokens_per_second: its p-th
+# Time per output token = (t_last - t_first) / (N - 1) = 1000 / tokens_per_second (the row's decode
+# rate, (N - 1) / (t_last - t_first), AIPerf's and vLLM's definition, addon/record.py): its p-th
 # percentile is 1000 over the tokens/s value at the mirrored rank n + 1 - k, so one ranking of
 # tokens_per_second gives both.
 TIME_PER_TOKEN_PCTS = (50,)

@@ -37,6 +37,7 @@ class CompletionRequest(peewee.Model):
     operation = peewee.TextField(null=True)  # chat, text_completion, responses, embeddings, messages, generate_content
     usage_source = peewee.TextField(null=True)  # reported, estimated (addon/estimate.py), missing, implausible (a count left out)
     cost_usd = peewee.DoubleField(null=True)  # NULL: usage missing, or provider/model not in the price data
+    price_source = peewee.TextField(null=True)  # where cost_usd's price came from: genai-prices, custom; NULL: no cost
     prompt_eval_duration_ms = peewee.DoubleField(null=True)  # the server's own timings (Ollama)
     eval_duration_ms = peewee.DoubleField(null=True)
     time_to_first_byte_ms = peewee.IntegerField(null=True)
@@ -47,6 +48,26 @@ class CompletionRequest(peewee.Model):
     error_type = peewee.TextField(null=True)
     error_message = peewee.TextField(null=True)
     metering_note = peewee.TextField(null=True)  # what of the call was not read or stored, and why
+    # who made it (addon/agents.py), as the client said: NULL when it did not say
+    agent = peewee.TextField(null=True)  # normalised: claude-code, codex, gemini-cli, openai-python, curl, ...
+    agent_version = peewee.TextField(null=True)
+    session_id = peewee.TextField(null=True)  # the agent's own session id
+    subagent_id = peewee.TextField(null=True)
+    parent_id = peewee.TextField(null=True)
+    request_kind = peewee.TextField(null=True)  # as the agent says (Codex: prewarm, turn, ...)
+    retry_count = peewee.IntegerField(null=True)  # the SDK's retry counter: 0 for a first attempt
+    auth_mode = peewee.TextField(null=True)  # api_key, oauth or none: never the credential
+    # what the response said is left (addon/quota.py): NULL when it said nothing
+    rate_remaining_requests = peewee.BigIntegerField(null=True)
+    rate_remaining_tokens = peewee.BigIntegerField(null=True)
+    rate_reset_at = peewee.TextField(null=True)  # UTC
+    quota_used_percent = peewee.DoubleField(null=True)  # the short window (Claude's 5 h, Codex's primary)
+    quota_window_minutes = peewee.IntegerField(null=True)
+    quota_reset_at = peewee.TextField(null=True)
+    quota_long_used_percent = peewee.DoubleField(null=True)  # the long window (7 days, Codex's secondary)
+    quota_long_window_minutes = peewee.IntegerField(null=True)
+    quota_long_reset_at = peewee.TextField(null=True)
+    retry_after_s = peewee.DoubleField(null=True)
 
     class Meta:
         table_name = "completion_requests"
@@ -66,4 +87,30 @@ class DroppedRows(peewee.Model):
         table_name = "dropped_rows"
 
 
-MODELS = (CompletionRequest, DroppedRows)
+class DailyTotals(peewee.Model):
+    """What a prune keeps of the rows it deletes: per UTC day, model, provider and agent. Sums are
+    NULL when no call of the group reported them; latency and TTFT as sum and count (a mean)."""
+
+    day = peewee.TextField()  # 2026-11-22
+    model = peewee.TextField(null=True)
+    provider = peewee.TextField(null=True)
+    agent = peewee.TextField(null=True)
+    requests = peewee.IntegerField()
+    errors = peewee.IntegerField()
+    streamed = peewee.IntegerField()
+    prompt_tokens = peewee.BigIntegerField(null=True)
+    completion_tokens = peewee.BigIntegerField(null=True)
+    cached_tokens = peewee.BigIntegerField(null=True)
+    reasoning_tokens = peewee.BigIntegerField(null=True)
+    cost_usd = peewee.DoubleField(null=True)
+    unpriced_calls = peewee.IntegerField()
+    response_time_ms_sum = peewee.BigIntegerField(null=True)
+    response_time_count = peewee.IntegerField()
+    ttft_ms_sum = peewee.BigIntegerField(null=True)
+    ttft_count = peewee.IntegerField()
+
+    class Meta:
+        table_name = "daily_totals"
+
+
+MODELS = (CompletionRequest, DroppedRows, DailyTotals)

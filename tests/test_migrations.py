@@ -73,6 +73,13 @@ ADDED_COLUMNS = (
     "prompt_eval_duration_ms", "eval_duration_ms",
     # m006
     "metering_note",
+    # m007
+    "agent", "agent_version", "session_id", "subagent_id", "parent_id", "request_kind", "retry_count",
+    "auth_mode", "rate_remaining_requests", "rate_remaining_tokens", "rate_reset_at", "quota_used_percent",
+    "quota_window_minutes", "quota_reset_at", "quota_long_used_percent", "quota_long_window_minutes",
+    "quota_long_reset_at", "retry_after_s",
+    # m008
+    "price_source",
 )
 
 # --- the schema a current build makes: name -> (declared type, NOT NULL) -----------------------
@@ -118,6 +125,27 @@ EXPECTED_COLUMNS = {
         "eval_duration_ms": ("REAL", False),
         # m006
         "metering_note": ("TEXT", False),
+        # m007
+        "agent": ("TEXT", False),
+        "agent_version": ("TEXT", False),
+        "session_id": ("TEXT", False),
+        "subagent_id": ("TEXT", False),
+        "parent_id": ("TEXT", False),
+        "request_kind": ("TEXT", False),
+        "retry_count": ("INTEGER", False),
+        "auth_mode": ("TEXT", False),
+        "rate_remaining_requests": ("INTEGER", False),  # BIGINT on PostgreSQL
+        "rate_remaining_tokens": ("INTEGER", False),
+        "rate_reset_at": ("TEXT", False),
+        "quota_used_percent": ("REAL", False),
+        "quota_window_minutes": ("INTEGER", False),
+        "quota_reset_at": ("TEXT", False),
+        "quota_long_used_percent": ("REAL", False),
+        "quota_long_window_minutes": ("INTEGER", False),
+        "quota_long_reset_at": ("TEXT", False),
+        "retry_after_s": ("REAL", False),
+        # m008
+        "price_source": ("TEXT", False),
     },
     # m004
     "dropped_rows": {
@@ -129,13 +157,35 @@ EXPECTED_COLUMNS = {
         "hostname": ("TEXT", False),
         "pid": ("INTEGER", False),
     },
+    # m009
+    "daily_totals": {
+        "id": ("INTEGER", False),
+        "day": ("TEXT", True),
+        "model": ("TEXT", False),
+        "provider": ("TEXT", False),
+        "agent": ("TEXT", False),
+        "requests": ("INTEGER", True),
+        "errors": ("INTEGER", True),
+        "streamed": ("INTEGER", True),
+        "prompt_tokens": ("BIGINT", False),
+        "completion_tokens": ("BIGINT", False),
+        "cached_tokens": ("BIGINT", False),
+        "reasoning_tokens": ("BIGINT", False),
+        "cost_usd": ("REAL", False),
+        "unpriced_calls": ("INTEGER", True),
+        "response_time_ms_sum": ("BIGINT", False),
+        "response_time_count": ("INTEGER", True),
+        "ttft_ms_sum": ("BIGINT", False),
+        "ttft_count": ("INTEGER", True),
+    },
     "schema_version": {
         "version": ("INTEGER", False),
         "applied_at": ("TEXT", True),
         "description": ("TEXT", False),
     },
 }
-EXPECTED_PRIMARY_KEYS = {"completion_requests": ["id"], "dropped_rows": ["id"], "schema_version": ["version"]}
+EXPECTED_PRIMARY_KEYS = {"completion_requests": ["id"], "dropped_rows": ["id"], "daily_totals": ["id"],
+                         "schema_version": ["version"]}
 _RUN_KEYS = ("model", "provider", "host", "origin")
 EXPECTED_INDEXES = {  # name -> (columns in index order, unique)
     "completion_requests_timestamp": (("timestamp",), False),
@@ -146,11 +196,16 @@ EXPECTED_INDEXES = {  # name -> (columns in index order, unique)
     "report_ttft": ((*_RUN_KEYS, "time_to_first_token_ms"), False),
     "report_tps": ((*_RUN_KEYS, "tokens_per_second"), False),
     "report_errors": (("status_code", "error_type", "timestamp", "success"), False),
+    # m007
+    "calls_by_session": (("session_id", "timestamp"), False),
+    "calls_by_agent": (("agent", "timestamp"), False),
 }
 EXPECTED_PARTIAL_INDEXES = {  # name -> its WHERE clause
     "report_ttft": "time_to_first_token_ms IS NOT NULL",
     "report_tps": "tokens_per_second IS NOT NULL",
     "report_errors": "NOT success",
+    "calls_by_session": "session_id IS NOT NULL",
+    "calls_by_agent": "agent IS NOT NULL",
 }
 EXPECTED_DROPPED_ROWS_INDEXES = {"dropped_rows_last_dropped_at": (("last_dropped_at",), False)}
 
@@ -303,19 +358,21 @@ def test_report_indexes_leave_out_the_rows_they_do_not_serve(tmp_path):
     con = connect(path)
     partial = {name: sql.split(" WHERE ", 1)[1] for name, sql in con.execute(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
-    rows = [  # (success, ttft, tps): a streamed success, a plain success, a failure
-        (1, 300, 80.5), (1, None, None), (0, None, None),
+    rows = [  # (success, ttft, tps, agent, session): a streamed success by an agent, a plain success, a failure
+        (1, 300, 80.5, "codex", "s-1"), (1, None, None, None, None), (0, None, None, None, None),
     ]
     con.executemany(
         "INSERT INTO completion_requests (timestamp, success, response_time_ms, is_streaming, "
-        "time_to_first_token_ms, tokens_per_second) VALUES ('2026-11-22T00:00:00.000000Z', ?, 5, 0, ?, ?)", rows)
+        "time_to_first_token_ms, tokens_per_second, agent, session_id) "
+        "VALUES ('2026-11-22T00:00:00.000000Z', ?, 5, 0, ?, ?, ?, ?)", rows)
     entries = {
         name: con.execute(f"SELECT count(*) FROM completion_requests INDEXED BY {name} WHERE {where}").fetchone()[0]
         for name, where in partial.items()
     }
     con.close()
     assert partial == EXPECTED_PARTIAL_INDEXES
-    assert entries == {"report_ttft": 1, "report_tps": 1, "report_errors": 1}
+    assert entries == {"report_ttft": 1, "report_tps": 1, "report_errors": 1, "calls_by_agent": 1,
+                       "calls_by_session": 1}
 
 
 def test_new_database_records_every_step_once(tmp_path):

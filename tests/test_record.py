@@ -9,9 +9,11 @@ import peewee
 import pytest
 
 from addon import bounds
-from addon.formats import ResponseFacts
+from addon.agents import Identity
+from addon.formats import FORMATS, ResponseFacts
 from addon.formats.openai_chat import OpenAIChat
-from addon.record import Call, build_row, origin_from_user_agent, provider_for, utc_timestamp
+from addon.quota import Headroom
+from addon.record import Call, build_row, known_provider, origin_from_user_agent, provider_for, utc_timestamp
 from storage.models import CompletionRequest
 
 # --- provider_for -------------------------------------------------------------------------------
@@ -23,6 +25,7 @@ from storage.models import CompletionRequest
         ("api.openai.com", "openai"),
         ("api.anthropic.com", "anthropic"),
         ("generativelanguage.googleapis.com", "gemini"),
+        ("cloudcode-pa.googleapis.com", "gemini-code-assist"),
         ("aiplatform.googleapis.com", "vertex-ai"),
         ("openrouter.ai", "openrouter"),
         ("api.groq.com", "groq"),
@@ -67,8 +70,29 @@ def test_azure_and_vertex_regional_hosts_are_recognised_by_suffix(host, provider
         "vllm.internal",
     ],
 )
-def test_unknown_host_is_openai_compatible(host):
+def test_unknown_host_is_named_after_the_api_it_speaks(host):
+    assert known_provider(host, 8000) is None
     assert provider_for(host, 8000) == "openai-compatible"
+    assert provider_for(host, 8000, family="anthropic") == "anthropic-compatible"
+    assert provider_for(host, 8000, family="gemini") == "gemini-compatible"
+
+
+def test_every_format_names_unknown_hosts_after_its_api():
+    names = {type(fmt).__name__: provider_for("127.0.0.1", 8000, family=fmt.family) for fmt in FORMATS}
+    assert names == {
+        "OpenAIChat": "openai-compatible", "OpenAICompletions": "openai-compatible",
+        "OpenAIResponses": "openai-compatible", "OpenAIEmbeddings": "openai-compatible",
+        "AnthropicMessages": "anthropic-compatible", "GeminiCodeAssist": "gemini-code-assist-compatible",
+        "GeminiGenerateContent": "gemini-compatible", "OllamaChat": "ollama-compatible",
+        "OllamaGenerate": "ollama-compatible", "BedrockConverse": "aws-bedrock-compatible",
+        "BedrockInvokeAnthropic": "aws-bedrock-compatible",
+    }
+
+
+def test_a_known_host_keeps_its_name_whatever_the_api():
+    assert provider_for("api.openai.com", 443, family="anthropic") == "openai"
+    assert provider_for("gpu-box.lan", 11434, family="openai") == "ollama"
+    assert provider_for("llm.internal", 8000, {"llm.internal": "vllm"}, family="gemini") == "vllm"
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "gpu-box.lan"])
@@ -256,7 +280,27 @@ def test_row_copies_what_the_request_and_response_said():
         "error_type": None,
         "error_message": None,
         "metering_note": None,
+        "price_source": "genai-prices",
+        **dict.fromkeys(Identity._fields), **dict.fromkeys(Headroom._fields),  # nobody said
     }
+
+
+def test_row_carries_who_made_the_call_and_the_headroom_left():
+    call = make_call()
+    call.identity = Identity(agent="codex", agent_version="0.171.0", session_id="s-1", retry_count=2, auth_mode="oauth")
+    call.headroom = Headroom(rate_remaining_tokens=5_000_000_000, quota_used_percent=42.5, quota_window_minutes=300)
+    row = build_row(call, ResponseFacts(), status_code=200, t_end=T0 + 1)
+    assert (row["agent"], row["agent_version"], row["session_id"], row["retry_count"], row["auth_mode"]) == \
+        ("codex", "0.171.0", "s-1", 2, "oauth")
+    assert (row["rate_remaining_tokens"], row["quota_used_percent"], row["quota_window_minutes"]) == \
+        (5_000_000_000, 42.5, 300)
+
+
+def test_a_retry_count_no_sdk_sends_is_left_out_with_a_note():
+    call = make_call()
+    call.identity = Identity(retry_count=10**12)
+    row = build_row(call, ResponseFacts(), status_code=200, t_end=T0 + 1)
+    assert row["retry_count"] is None and "retry_count" in row["metering_note"]
 
 
 UNKNOWABLE = (
@@ -302,26 +346,37 @@ def test_streamed_call_records_token_timings_rate_and_chunks():
         50, 200, 1200,
     )
     assert row["response_time_ms"] == 1250
-    assert row["tokens_per_second"] == pytest.approx(50.0)  # 50 tokens over first..last = 1 s
+    assert row["tokens_per_second"] == pytest.approx(49.0)  # the 49 tokens after the first over first..last = 1 s
     assert row["chunk_count"] == 17
     assert row["is_streaming"] is True
 
 
 def test_tokens_per_second_ignores_the_wait_for_the_first_token():
     call = make_call(streamed=True, first=T0 + 10.0, last=T0 + 12.0)
-    row = build_row(call, ResponseFacts(prompt_tokens=5000, completion_tokens=100), status_code=200, t_end=T0 + 12)
+    row = build_row(call, ResponseFacts(prompt_tokens=5000, completion_tokens=101), status_code=200, t_end=T0 + 12)
     assert row["tokens_per_second"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("tokens", [2, 4, 48])
+def test_tokens_per_second_is_the_decode_rate_of_n_tokens_sent_at_a_steady_rate(tokens):
+    """AIPerf's and vLLM's definition: one token every 10 ms is 100 tokens/s, however few there are
+    (N tokens over their N - 1 gaps, never N over N - 1 gaps: 2 tokens would read as 200)."""
+    call = make_call(streamed=True, first=T0 + 0.3, last=T0 + 0.3 + (tokens - 1) * 0.010)
+    row = build_row(call, ResponseFacts(completion_tokens=tokens), status_code=200, t_end=T0 + 1)
+    assert row["tokens_per_second"] == pytest.approx(100.0, rel=1e-4)
 
 
 @pytest.mark.parametrize(
     ("first", "last", "completion"),
     [
         (T0 + 0.5, T0 + 0.5, 1),  # a single content chunk: no span to divide by
+        (T0 + 0.5, T0 + 0.6, 1),  # one token: no gap after it, whatever the chunks (a reasoning chunk)
+        (T0 + 0.5, T0 + 0.6, 0),
         (T0 + 0.5, T0 + 0.4, 10),  # clock went backwards
         (T0 + 0.2, T0 + 1.2, None),  # the stream never reported usage
         (None, None, 10),  # no content arrived
     ],
-    ids=["zero-span", "negative-span", "tokens-unknown", "no-token"],
+    ids=["zero-span", "one-token", "zero-tokens", "negative-span", "tokens-unknown", "no-token"],
 )
 def test_tokens_per_second_is_none_without_a_span_or_a_count(first, last, completion):
     call = make_call(streamed=True, first=first, last=last)
@@ -492,12 +547,14 @@ def _long_text_call(text: str) -> tuple[Call, ResponseFacts]:
     call = make_call(origin=text, request={**REQUEST, "request_model": text})
     call.host = call.path = call.provider = text
     call.notes.append(text)
+    call.identity = Identity(*[text] * 6, None, text)  # every text of who made it; retry_count is a number
+    call.headroom = Headroom(rate_reset_at=text, quota_reset_at=text, quota_long_reset_at=text)
     facts = ResponseFacts(model=text, finish_reason=text, error_type=text, error_message=text)
     return call, facts
 
 
 @pytest.mark.parametrize("column", sorted(set(bounds.TEXT_LIMITS) - {"timestamp", "finish_category", "operation",
-                                                                     "usage_source"}))
+                                                                     "usage_source", "price_source"}))
 def test_text_longer_than_its_column_allows_is_cut_and_ends_with_a_marker(column):
     row = build_row(*_long_text_call("x" * 5000), status_code=200, t_end=T0 + 1)
     assert len(row[column]) == bounds.TEXT_LIMITS[column]

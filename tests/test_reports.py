@@ -20,7 +20,7 @@ from rich.console import Console
 from migrations import upgrade
 from reports.cli import main
 from reports.report import load_report
-from reports.selection import Selection
+from reports.selection import Selection, utc_text
 from reports.source import open_source
 from storage import open_database
 
@@ -493,6 +493,12 @@ def shape(value):
 
 def test_json_has_exactly_the_shape_docs_report_json_md_documents(database, capsys):
     add_drops(database[0])  # so that every list has an item to compare
+    con = sqlite3.connect(database[0])
+    con.execute("INSERT INTO completion_requests (timestamp, success, response_time_ms, is_streaming, provider, "
+                "auth_mode, quota_used_percent, quota_window_minutes) VALUES (?, 1, 5, 0, 'anthropic', 'oauth', 40, 300)",
+                (utc_text(datetime.now(UTC) - timedelta(minutes=1)),))
+    con.commit()
+    con.close()
     out = run_json(database[0], capsys=capsys)
     documented = documented_example()
     documented["groups"][0]["rows"][0]["key"] = {"model": "value"}  # the example shows provider/host

@@ -225,7 +225,7 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
 
         def _stream(self, sc: Scenario, body: dict[str, Any], served: Served) -> None:
             self._start_chunked(sc.status, "text/event-stream; charset=utf-8", sc.content_encoding,
-                                {"cache-control": "no-cache"})
+                                {"cache-control": "no-cache", **sc.extra_headers})
             base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": sc.model}
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             null_usage = {"usage": None} if include_usage else {}

@@ -67,6 +67,9 @@ class WireFormat(Protocol):
     """One API's request and response shape (e.g. OpenAI Chat Completions)."""
 
     operation: str  # chat, text_completion, responses, embeddings, messages, generate_content
+    # The API's owner, as a provider is named (`openai`, `anthropic`, `gemini`): a call to a host
+    # with no known name is stored as `<family>-compatible`.
+    family: str
     path_suffix: str  # the request path ends with this
     shape_key: str  # a request body of this API has this top-level key
     # A streamed response may come as `application/json`: one JSON array written element by

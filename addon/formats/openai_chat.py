@@ -23,6 +23,7 @@ _GENERATED_KEYS = ("content", "reasoning_content", "reasoning", "tool_calls", "f
 
 class OpenAIChat:
     operation = "chat"
+    family = "openai"
     path_suffix = "/chat/completions"
     shape_key = "messages"
     messages_key: str | None = "messages"
