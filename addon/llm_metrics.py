@@ -9,7 +9,8 @@ they pick out requests that may be LLM calls (by method and path, without readin
 stamp times, keep references to the bytes and put them in the outbox (`addon.handover`), which
 hands them to the metering (`addon.backends`: a process of its own, or this one) every few
 milliseconds. docs/architecture.md draws the whole path. A metering failure is logged once and
-counted; it never changes, stalls or breaks the user's traffic.
+counted; it never changes, stalls or breaks the user's traffic. The one edit the proxy makes, asking
+a stream for its usage where that is safe, is `addon.stream_usage`'s.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from addon.options import DEFAULT_ORIGIN_HEADER, add_options, line_buffered_stdo
 from addon.prices import PriceBook, PriceFileError, load_prices  # noqa: E402
 from addon.quota import QUOTA_HEADERS  # noqa: E402
 from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
+from addon.stream_usage import UsageInjector  # noqa: E402
 from addon.wire import MAX_EVENT_BYTES  # noqa: E402
 from storage import default_location  # noqa: E402
 from storage.db import display_location, hide_password, unreachable  # noqa: E402
@@ -80,6 +82,7 @@ class LLMMetrics:
         self.sockets: dict[str, Socket] = {}  # WebSockets that may carry LLM calls, by flow.id
         self._upgrade_origins: dict[str, str] = {}  # origin tags of GET requests, until websocket_start
         self._next_cid = 0
+        self.usage = UsageInjector()  # the one place a request or response is changed
 
     def load(self, loader) -> None:
         line_buffered_stdout()
@@ -98,6 +101,8 @@ class LLMMetrics:
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1")
         self.body_limit = options.llm_metrics_request_body_limit
+        if updated & {"llm_metrics_inject_usage", "llm_metrics_usage_hosts"}:
+            self.usage.configure(options.llm_metrics_inject_usage, options.llm_metrics_usage_hosts)
         if updated & _LIMIT_OPTIONS:
             self.limits = _limits(options)
         if "llm_metrics_prices" in updated:
@@ -127,6 +132,7 @@ class LLMMetrics:
         self._flows.clear()
         self.sockets.clear()
         self._upgrade_origins.clear()
+        self.usage.injected.clear()
         self._close_metering()
 
     # -- hooks, in flow order ----------------------------------------------------------------
@@ -162,6 +168,16 @@ class LLMMetrics:
         headers.fields = tuple(field for field in headers.fields if field[0].lower() != tag)
         return values[-1].decode("utf-8", "surrogateescape")
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The whole request of a possible LLM call: a stream that did not ask for its usage asks
+        for it, where the upstream is known to accept that (`addon.stream_usage`)."""
+        if flow.id not in self.inflight:
+            return
+        try:
+            self.usage.request(flow, self.body_limit)
+        except Exception as exc:
+            _hook_error("request", exc)
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         capture = self.inflight.get(flow.id)
         if capture is None or self.handover is None:
@@ -176,16 +192,24 @@ class LLMMetrics:
                 self._flows.pop(flow.id, None)
                 if self.handover.behind:
                     self.handover.drop(capture)
-                    return
-                capture.state = CallState.STREAMING
-                self.handover.put(Open(capture.cid, self._with_body(capture, flow), capture.head, True))
-                response.stream = self.handover.stream_callable(capture, _hook_error)
+                else:
+                    capture.state = CallState.STREAMING
+                    self.handover.put(Open(capture.cid, self._with_body(capture, flow), capture.head, True))
+                    response.stream = self.handover.stream_callable(capture, _hook_error)
+        except Exception as exc:
+            _hook_error("responseheaders", exc)
+        try:
+            self.usage.responseheaders(flow, _hook_error)  # after the metering's: it wraps its stream callable
         except Exception as exc:
             _hook_error("responseheaders", exc)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if self._upgrade_origins and flow.websocket is None:
             self._upgrade_origins.pop(flow.id, None)
+        try:
+            self.usage.response(flow)
+        except Exception as exc:
+            _hook_error("response", exc)
         capture = self.inflight.pop(flow.id, None)
         self._flows.pop(flow.id, None)
         if capture is None or self.handover is None or capture.state is CallState.DROPPED:
@@ -207,6 +231,7 @@ class LLMMetrics:
     def error(self, flow: http.HTTPFlow) -> None:
         if self._upgrade_origins:
             self._upgrade_origins.pop(flow.id, None)
+        self.usage.forget(flow)
         capture = self.inflight.pop(flow.id, None)
         self._flows.pop(flow.id, None)
         if capture is None or self.handover is None or capture.state is CallState.DROPPED:

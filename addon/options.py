@@ -40,6 +40,12 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
      "Print a one-line summary of each captured call."),
     ("llm_metrics_worker", bool, True,
      "Meter calls in a process of their own, off mitmproxy's event loop; false: in mitmproxy's process."),
+    ("llm_metrics_inject_usage", bool, True,
+     "Ask upstreams known to accept it for the usage of streamed Chat Completions and Completions "
+     "calls that did not ask (stream_options.include_usage), and hide the extra usage chunk from "
+     "the client; false: never change a request (such streams get estimated usage)."),
+    ("llm_metrics_usage_hosts", Sequence[str], [],
+     "Extra upstreams, as HOST or HOST:PORT, known to accept stream_options.include_usage."),
     ("llm_metrics_request_body_limit", int, REQUEST_BODY_LIMIT,
      "Request bodies larger than this many bytes, as sent or once decompressed, are not read: such "
      "a call is recorded by its path, without its request's model, limits and message count."),

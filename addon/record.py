@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import bounds
+from . import bounds, estimate
 from .agents import Identity
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
@@ -160,6 +160,8 @@ def build_row(
     ttlt = _ms(call.t_start, call.t_last_token) if streamed_times else None
     model = facts.model or call.request.get("request_model")
     usage_reported = not implausible and _usage_reported(call, counts)
+    # A failed call's counts stay unknown: what a cut stream carried is not what it would have used.
+    estimated = error_type is None and not (implausible or usage_reported) and _estimate(call, facts, counts)
     row = {
         "timestamp": utc_timestamp(call.started_at),
         "success": error_type is None,
@@ -183,15 +185,16 @@ def build_row(
             override=facts.finish_category,
         ),
         "operation": call.fmt.operation,
-        "usage_source": "implausible" if implausible else "reported" if usage_reported else "missing",
-        **_cost(call, counts, model, facts, usage_reported),
+        "usage_source": _usage_source(implausible, usage_reported, estimated),
+        **_cost(call, counts, model, facts, usage_reported or estimated),
         "prompt_eval_duration_ms": bounds.server_ms_or_none(facts.prompt_eval_duration_ns,
                                                             "prompt_eval_duration", notes),
         "eval_duration_ms": bounds.server_ms_or_none(facts.eval_duration_ns, "eval_duration", notes),
         "time_to_first_byte_ms": _ms(call.t_start, call.t_headers),
         "time_to_first_token_ms": ttft,
         "time_to_last_token_ms": ttlt,
-        "tokens_per_second": _tokens_per_second(call, counts) if streamed_times else None,
+        # A rate is a measurement: never made of estimated counts.
+        "tokens_per_second": _tokens_per_second(call, counts) if streamed_times and not estimated else None,
         "chunk_count": bounds.measured(facts.events) if call.streamed else None,
         "error_type": error_type and redact(error_type),
         "error_message": error_message and redact(error_message),
@@ -241,10 +244,35 @@ def _usage_reported(call: Call, counts: dict[str, int | None]) -> bool:
     return counts["completion_tokens"] is not None or call.fmt.operation == "embeddings"
 
 
+# Streams that may lack their usage by the client's choice (stream_options.include_usage).
+_ESTIMATED_OPERATIONS = ("chat", "text_completion")
+
+
+def _estimate(call: Call, facts: ResponseFacts, counts: dict[str, int | None]) -> bool:
+    """A successful stream of generated content that reported no count at all gets estimated counts
+    (`addon.estimate`): its output always, its input where the request was text alone."""
+    if not call.streamed or call.fmt.operation not in _ESTIMATED_OPERATIONS or any(v is not None for v in counts.values()):
+        return False
+    output = estimate.output_tokens(facts.content_events, facts.output_chars)
+    if output is None:
+        return False
+    prompt = call.request.get("prompt_tokens_estimate")
+    counts["completion_tokens"], counts["prompt_tokens"] = output, prompt
+    counts["total_tokens"] = None if prompt is None else prompt + output
+    return True
+
+
+def _usage_source(implausible: bool, reported: bool, estimated: bool) -> str:
+    if implausible:
+        return "implausible"
+    return "reported" if reported else "estimated" if estimated else "missing"
+
+
 def _cost(call: Call, counts: dict[str, int | None], model: str | None, facts: ResponseFacts,
-          usage_reported: bool) -> dict[str, Any]:
+          usage_known: bool) -> dict[str, Any]:
+    """The call's cost and where its price came from, of reported or estimated counts."""
     unknown: dict[str, Any] = {"cost_usd": None, "price_source": None}
-    if not usage_reported:
+    if not usage_known:
         return unknown
     audio_in, audio_out = facts.audio_input_tokens, facts.audio_output_tokens
     if call.fmt.operation == "realtime" and (audio_in is None or audio_out is None):

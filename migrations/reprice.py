@@ -1,10 +1,12 @@
-"""Repricing stored rows after the price data was upgraded (a newer `genai-prices`).
+"""Repricing stored rows after the price data was upgraded (a newer `genai-prices`), or with a
+prices file (`addon.prices`).
 
 `cost_usd` is computed when a call is recorded, from the counts in its row and the price data
-installed then. The counts stay in the row, so after an upgrade every cost can be computed again
-the same way (`addon.pricing.cost_usd`, as of each call's own timestamp). Rows whose usage was
-not reported keep NULL; rows recorded before costs existed (schema versions 1 and 2) are priced
-too when their counts allow it. Counts and every other column are left as they are.
+installed then. The counts stay in the row (reported or estimated), so after an upgrade every cost
+can be computed again the same way (`addon.pricing.price_call`, as of each call's own timestamp),
+except a Realtime call's, whose audio part is not stored. Rows whose usage is missing keep NULL;
+rows recorded before costs existed (schema versions 1 and 2) are priced too when their counts
+allow it. Counts and every other column are left as they are.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ BATCH_ROWS = 1000
 _SELECT = (
     f"SELECT id, provider, host, model, prompt_tokens, completion_tokens, cached_tokens, "
     f"cache_creation_tokens, operation, timestamp, cost_usd, price_source FROM {TABLE} "
-    f"WHERE prompt_tokens IS NOT NULL AND (usage_source = 'reported' OR usage_source IS NULL) ORDER BY id"
+    f"WHERE prompt_tokens IS NOT NULL AND (usage_source IN ('reported', 'estimated') OR usage_source IS NULL) "
+    # A Realtime call's audio part, priced apart, is not stored: its cost cannot be made again.
+    f"AND (operation IS NULL OR operation <> 'realtime') ORDER BY id"
 )
 
 

@@ -45,7 +45,7 @@ CSV_METRICS = (
     "requests", "errors",
     "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms",
     "time_per_output_token_p50_ms", "output_tokens_per_second_p50",
-    "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls",
+    "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls", "estimated_calls",
 )
 
 
@@ -145,7 +145,7 @@ def _csv_metrics(row) -> list[str]:
         row.latency_ms.get("p50"), row.latency_ms.get("p95"), row.latency_ms.get("p99"),
         row.ttft_ms.get("p50"), row.ttft_ms.get("p95"),
         row.time_per_output_token_ms.get("p50"), row.output_tokens_per_second.get("p50"),
-        row.prompt_tokens, row.completion_tokens, row.cost_usd, row.unpriced_calls,
+        row.prompt_tokens, row.completion_tokens, row.cost_usd, row.unpriced_calls, row.estimated_calls,
     ]
     return [_cell(v) for v in values]
 

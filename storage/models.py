@@ -35,7 +35,7 @@ class CompletionRequest(peewee.Model):
     finish_reason = peewee.TextField(null=True)  # the provider's own value
     finish_category = peewee.TextField(null=True)  # stop, length, tool_calls, content_filter, error, other
     operation = peewee.TextField(null=True)  # chat, text_completion, responses, embeddings, messages, generate_content
-    usage_source = peewee.TextField(null=True)  # reported, missing, implausible (a count left out)
+    usage_source = peewee.TextField(null=True)  # reported, estimated (addon/estimate.py), missing, implausible (a count left out)
     cost_usd = peewee.DoubleField(null=True)  # NULL: usage missing, or provider/model not in the price data
     price_source = peewee.TextField(null=True)  # where cost_usd's price came from: genai-prices, custom; NULL: no cost
     prompt_eval_duration_ms = peewee.DoubleField(null=True)  # the server's own timings (Ollama)

@@ -676,3 +676,52 @@ def test_realtime_audio_tokens_are_priced_at_their_own_rates():
 def test_realtime_row_without_its_audio_part_or_with_parts_past_their_whole_is_unpriced(audio):
     row = _realtime_row(**audio)
     assert (row["usage_source"], row["prompt_tokens"], row["cost_usd"]) == ("reported", 1000, None)
+
+
+# --- estimated usage: a stream that reported no count -------------------------------------------
+
+
+def test_stream_without_usage_gets_estimated_counts_priced_as_estimated():
+    call = make_call(streamed=True, request={**REQUEST, "prompt_tokens_estimate": 20}, first=T0 + 0.1, last=T0 + 0.5)
+    facts = ResponseFacts(model="gpt-4o-mini-2024-07-18", finish_reason="stop", content_events=9, output_chars=40)
+    row = build_row(call, facts, status_code=200, t_end=T0 + 0.6)
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == ("estimated", 20, 9, 29)
+    assert (row["cached_tokens"], row["reasoning_tokens"]) == (None, None)
+    assert row["cost_usd"] == pytest.approx((20 * 0.15 + 9 * 0.6) / 1e6, rel=1e-9)
+    assert row["tokens_per_second"] is None  # a rate is measured, never made of estimates
+    assert row["time_to_first_token_ms"] == 100
+
+
+def test_estimated_output_without_an_estimate_of_the_input_is_unpriced():
+    call = make_call(streamed=True, request={**REQUEST, "prompt_tokens_estimate": None})
+    row = build_row(call, ResponseFacts(model="gpt-4o-mini", content_events=3, output_chars=9), status_code=200, t_end=T0)
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == ("estimated", None, 3, None)
+    assert row["cost_usd"] is None
+
+
+@pytest.mark.parametrize("facts, streamed", [
+    (ResponseFacts(content_events=3, output_chars=9, prompt_tokens=5), True),  # a count was reported: no guess beside it
+    (ResponseFacts(content_events=0, finish_reason="stop"), True),  # nothing generated: unknown, never 0
+    (ResponseFacts(content_events=3, output_chars=9), False),  # a whole body that lacks usage
+])
+def test_no_estimate_where_a_count_was_reported_nothing_was_generated_or_nothing_streamed(facts, streamed):
+    row = build_row(make_call(streamed=streamed, request={**REQUEST, "prompt_tokens_estimate": 20}), facts,
+                    status_code=200, t_end=T0)
+    assert row["usage_source"] == "missing"
+    assert row["cost_usd"] is None
+
+
+def test_a_failed_stream_is_never_estimated():
+    facts = ResponseFacts(content_events=3, output_chars=9, error_type="stream_error")
+    row = build_row(make_call(streamed=True, request={**REQUEST, "prompt_tokens_estimate": 20}), facts,
+                    status_code=200, t_end=T0, error_type="upstream_disconnected")
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"]) == ("missing", None, None)
+
+
+def test_other_operations_are_never_estimated():
+    from addon.formats.openai_responses import OpenAIResponses
+
+    call = make_call(streamed=True)
+    call.fmt = OpenAIResponses()
+    row = build_row(call, ResponseFacts(content_events=3, output_chars=9), status_code=200, t_end=T0)
+    assert (row["usage_source"], row["completion_tokens"]) == ("missing", None)

@@ -19,6 +19,14 @@ from storage import open_database
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
+@pytest.fixture(autouse=True)
+def _now_is_when_each_test_starts():
+    """Rows are made relative to now, and the report judges them against its own now: the two must
+    be seconds apart, not the minutes a long test run takes to reach a test."""
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0)
+
+
 def at(minutes_ago: float) -> str:
     return utc_text(NOW - timedelta(minutes=minutes_ago))
 

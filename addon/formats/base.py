@@ -49,6 +49,7 @@ class ResponseFacts:
     events: int = 0  # data-bearing stream events (the SSE `[DONE]` sentinel excluded)
     content_events: int = 0  # events carrying generated content: text, reasoning or tool calls
     text_events: int = 0  # events carrying visible assistant text only
+    output_chars: int = 0  # characters of generated output seen in stream events (for an estimate)
     malformed_events: int = 0  # events whose data was not valid JSON
     terminated: bool = False  # the format's own end-of-stream marker was seen
     oversized_events: int = 0  # stream events longer than addon.wire.MAX_EVENT_BYTES: not read
