@@ -56,6 +56,7 @@ from .prices import PriceBook
 from .quota import headroom
 from .record import Call, build_row, known_provider, origin_from_user_agent, provider_for, utc_timestamp
 from .redact import redact, redact_path
+from .retention import Retention
 from .run_summary import RunTotals
 from .summary import format_call_line
 from .transport import classify_flow_error
@@ -79,8 +80,10 @@ class Engine:
 
     def __init__(self, writer: Any, *, location: str | None = None, extra_hosts: dict[str, str] | None = None,
                  log_calls: bool = True, request_body_limit: int = REQUEST_BODY_LIMIT,
-                 limits: Limits | None = None, prices: PriceBook | None = None) -> None:
+                 limits: Limits | None = None, prices: PriceBook | None = None, retention_days: int = 0) -> None:
         self.writer = writer
+        self.retention_days = retention_days  # read by the retention thread (addon/retention.py) each day
+        self.retention: Retention | None = None
         self.prices = prices  # the user's prices file, ahead of genai-prices
         self.location = location
         self.extra_hosts = extra_hosts or {}
@@ -324,6 +327,7 @@ class Engine:
         self.prices = m.settings.get("prices", self.prices)
         if "limits" in m.settings:
             self.watch.limits = m.settings["limits"]
+        self.retention_days = m.settings.get("retention_days", self.retention_days)
 
     def _lost(self, m: Lost) -> None:
         if self.writer is not None:
@@ -486,6 +490,8 @@ class Engine:
         """The end of the run: rows written (or counted), then the summary."""
         self._shutdown(Shutdown(time.perf_counter()))
         self.flush_lines()
+        if self.retention is not None:
+            self.retention.stop()
         if self.writer is not None:
             self.writer.close()
             elsewhere = self.writer.written_to_replaced
@@ -530,7 +536,7 @@ def prepare_store(location: str, keep_backups: int):
 
 def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hosts: dict[str, str],
                  log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, limits: Limits | None = None,
-                 prices: PriceBook | None = None, db=None) -> Engine:
+                 prices: PriceBook | None = None, retention_days: int = 0, db=None) -> Engine:
     """An engine with its own started writer; `db` when the caller has just prepared the store.
 
     It never waits for the database: without `db` the writer's thread opens it (and brings its
@@ -547,7 +553,11 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     writer = RowWriter(db, queue_size=queue_size, connect=lambda: _open_store(location, keep_backups))
     writer.start()
     engine = Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
-                    request_body_limit=request_body_limit, limits=limits, prices=prices)
+                    request_body_limit=request_body_limit, limits=limits, prices=prices,
+                    retention_days=retention_days)
+    # Started whatever the days: an option set later, while running, takes effect at the next run.
+    engine.retention = Retention(location, lambda: engine.retention_days)
+    engine.retention.start()
     if limits is not None and (limits.daily_usd is not None or limits.agents_daily_usd):
         threading.Thread(target=_read_spending, args=(engine, location, time.time()), daemon=True,
                          name="llm-metrics-budget").start()

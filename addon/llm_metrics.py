@@ -100,6 +100,8 @@ class LLMMetrics:
         for name in ("llm_metrics_queue_size", "llm_metrics_backup_keep", "llm_metrics_request_body_limit"):
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1")
+        if "llm_metrics_retention_days" in updated and not 0 <= options.llm_metrics_retention_days <= 36_600:
+            raise exceptions.OptionsError("llm_metrics_retention_days must be from 0 (keep everything) to 36600")
         self.body_limit = options.llm_metrics_request_body_limit
         if updated & {"llm_metrics_inject_usage", "llm_metrics_usage_hosts"}:
             self.usage.configure(options.llm_metrics_inject_usage, options.llm_metrics_usage_hosts)
@@ -110,7 +112,8 @@ class LLMMetrics:
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
         elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit",
-                        "llm_metrics_prices", *_LIMIT_OPTIONS} and self.handover is not None:
+                        "llm_metrics_prices", "llm_metrics_retention_days", *_LIMIT_OPTIONS} \
+                and self.handover is not None:
             self.handover.put(Config(self._settings()))
 
     def running(self) -> None:
@@ -332,7 +335,8 @@ class LLMMetrics:
 
     def _settings(self) -> dict:
         return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls,
-                "request_body_limit": self.body_limit, "limits": self.limits, "prices": self.prices}
+                "request_body_limit": self.body_limit, "limits": self.limits, "prices": self.prices,
+                "retention_days": ctx.options.llm_metrics_retention_days}
 
     def _open_store(self, location: str) -> None:
         self._close_metering()

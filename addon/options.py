@@ -53,6 +53,9 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
      "A TOML file of your own prices (self-hosted models, negotiated rates), ahead of genai-prices: "
      "[[price]] entries with model (a name or glob), optional host or provider, and USD per million "
      "input_per_million, output_per_million, cached_input_per_million, cache_write_per_million."),
+    ("llm_metrics_retention_days", int, 0,
+     "Delete calls older than this many days, once a day while the proxy runs, keeping their daily "
+     "totals per model, provider and agent (reports still count them). 0: keep everything."),
     ("llm_metrics_budget_daily_usd", str, "",
      "A daily budget in USD for all calls (UTC days; e.g. 25): one line is logged as 80, 90 and 100 % "
      "of it are reached. Nothing is blocked. Empty: off."),

@@ -28,6 +28,7 @@ from .groups import (
 from .indexes import RUN_KEYS
 from .overview import Overview, empty_overview, load_overview, render_overview
 from .percentiles import METHOD
+from .pruned import Pruned, load_pruned, render_pruned
 from .quota import QuotaRow, load_quota, render_quota
 from .retries import Retries, load_retries, render_retries
 from .selection import TABLE, Selection, utc_text
@@ -63,6 +64,7 @@ class Report:
     quota: list[QuotaRow] = field(default_factory=list)
     retries: Retries | None = None
     session: SessionCalls | None = None  # with one --session
+    pruned: Pruned | None = None  # calls deleted by a prune, as the daily totals it kept
 
     def as_dict(self) -> dict:
         return {
@@ -82,6 +84,7 @@ class Report:
             "quota": [q.as_dict() for q in self.quota],
             "retries": self.retries.as_dict() if self.retries is not None else None,
             "session": self.session.as_dict() if self.session is not None else None,
+            "pruned": self.pruned.as_dict() if self.pruned is not None else None,
         }
 
     def as_csv(self) -> str:
@@ -106,6 +109,8 @@ class Report:
             self.overview, title, _filters_text(self.selection), filtered_beyond_time=self.selection.filters_calls,
         )]
         if not self.overview.requests:
+            if self.pruned is not None:
+                parts += [Text(""), render_pruned(self.pruned, self.cost_known)]
             return Group(*parts)
         if self.quota:
             parts += [Text(""), render_quota(self.quota, utc(self.generated_at_utc) or datetime.now(UTC))]
@@ -118,6 +123,8 @@ class Report:
         parts.append(render_errors(self.errors) if self.errors.kinds else Text("No errors.", style="italic"))
         if self.retries is not None and self.retries.any:
             parts += [Text(""), render_retries(self.retries, self.cost_known)]
+        if self.pruned is not None:
+            parts += [Text(""), render_pruned(self.pruned, self.cost_known)]
         parts += [Text(""), self.timeline, Text(""), render_slowest(self.slowest)]
         return Group(*parts)
 
@@ -191,8 +198,11 @@ def _load_report(src: Source, selection: Selection, group_by: str | None, top: i
         keys = totals_keys(src, selection, groupings)
         combos = load_totals(src, selection, keys)
         overview = load_overview(src, selection, combos)
+        pruned = load_pruned(src, selection)
         if not overview.requests:
-            return empty_report(src.location, selection, src.has_cost, generated, overview)
+            report = empty_report(src.location, selection, src.has_cost, generated, overview)
+            report.pruned = pruned
+            return report
         groups = load_groups(src, selection, groupings, keys, combos)
         if group_by is None and _agents_seen(src, selection) > 1:
             groups.append(_by_agent(src, selection))
@@ -201,7 +211,7 @@ def _load_report(src: Source, selection: Selection, group_by: str | None, top: i
             load_errors(src, selection, top),
             load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds, overview.requests),
             load_slowest(src, selection, top, combos if keys == list(RUN_KEYS) else ()),
-            load_quota(src, selection, now), load_retries(src, selection), load_session(src, selection),
+            load_quota(src, selection, now), load_retries(src, selection), load_session(src, selection), pruned,
         )
 
 

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
@@ -263,3 +264,87 @@ def test_a_million_calls_half_old_while_a_proxy_writes(tmp_path, start_proxy, up
     assert set(stored) == set(expected)
     for key, (n, prompt, cost) in expected.items():
         assert stored[key][:2] == (n, prompt) and stored[key][2] == pytest.approx(cost), key
+
+
+@pytest.mark.e2e
+def test_the_proxy_prunes_by_itself_with_retention_days(tmp_path, start_proxy, upstream):
+    from tests.clients import httpx
+
+    now = datetime.now(UTC)
+    rows = [(stamp((now - timedelta(days=40)).replace(hour=12, minute=i)), 1, 100, 0, "old-model", "openai", None, 10, 2, None, None,
+             0.001, None) for i in range(30)]
+    rows += [(stamp(now - timedelta(days=5)), 1, 100, 0, "recent", "openai", None, 10, 2, None, None, None, None)]
+    path = make_db(tmp_path / "m.db", rows)
+    proxy = start_proxy("--set", f"llm_metrics_db={path}", "--set", "llm_metrics_retention_days=30")
+    with httpx.Client(proxy=proxy.url) as client:
+        client.post(f"{upstream.base_url}/chat/completions", json={"model": "gpt-fake", "messages": []})
+    deadline = time.monotonic() + 60
+    while "retention: deleted" not in proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "llm-metrics: retention: deleted 30 call(s) older than 30 days" in proxy.log()
+    proxy.stop()
+    assert count(path, "model = 'old-model'") == 0 and count(path) == 2  # the recent one, and the call just made
+    [totals] = stored_totals(path).values()
+    assert (totals["requests"], totals["prompt_tokens"], totals["cost_usd"]) == (30, 300, pytest.approx(0.03))
+
+
+@pytest.mark.e2e
+def test_a_negative_retention_stops_the_proxy_with_one_line(start_proxy):
+    proxy = start_proxy("--set", "llm_metrics_retention_days=-1", wait=False)
+    assert proxy.proc.wait(timeout=30) != 0
+    assert "llm_metrics_retention_days must be from 0 (keep everything) to 36600" in proxy.log()
+
+
+# -- the report reads the kept totals -----------------------------------------------------------------
+
+
+def report_json(path: str, *args: str) -> dict:
+    import io
+    import json
+
+    from rich.console import Console
+
+    from reports.cli import main
+
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    assert main(["--db", path, "--format", "json", *args], console) == 0
+    return json.loads(console.file.getvalue())
+
+
+def test_the_report_counts_pruned_calls_from_their_totals(tmp_path):
+    rows = make_rows(2000)
+    path = make_db(tmp_path / "m.db", rows)
+    cut = stamp(NOW - timedelta(days=10))
+    expected = expected_totals(rows, cut)
+    prune(open_database(path), cut, pause_s=0)
+    pruned = report_json(path)["pruned"]
+    assert pruned["requests"] == sum(t["requests"] for t in expected.values())
+    assert pruned["errors"] == sum(t["errors"] for t in expected.values())
+    assert pruned["cost_usd"] == pytest.approx(sum(t["cost_usd"] or 0 for t in expected.values()))
+    gpt = next(m for m in pruned["by_model"] if m["model"] == "gpt-4o")
+    mine = [t for k, t in expected.items() if k[1] == "gpt-4o"]
+    assert gpt["requests"] == sum(t["requests"] for t in mine)
+    assert gpt["mean_latency_ms"] == pytest.approx(sum(t["response_time_ms_sum"] for t in mine)
+                                                   / sum(t["response_time_count"] for t in mine))
+    # filters it knows apply; one it cannot apply keeps the totals out, and says so
+    only = report_json(path, "--model", "claude")["pruned"]
+    assert only["requests"] == sum(t["requests"] for k, t in expected.items() if k[1] == "claude")
+    blocked = report_json(path, "--host", "h")["pruned"]
+    assert blocked["requests"] == 0 and "host" in blocked["not_selectable"]
+    assert report_json(path, "--until", "2026-10-01")["pruned"] is None  # before any of them
+
+
+def test_a_database_whose_every_call_was_pruned_still_reports_them(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from reports.cli import main
+
+    path = make_db(tmp_path / "m.db", make_rows(100))
+    prune(open_database(path), stamp(NOW + timedelta(days=1)), pause_s=0)
+    assert count(path) == 0
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    assert main(["--db", path], console) == 0
+    text = console.file.getvalue()
+    assert "Older calls kept as daily totals (100 calls" in text
