@@ -132,6 +132,7 @@ def test_daily_budget_levels_are_logged_once_each_counting_earlier_runs(start_pr
     lines = _level_lines(second.log(), "llm-metrics: ")
     crossed = [line.split("llm-metrics: ")[1].split(" %")[0] for line in lines if "of the daily budget" in line]
     assert crossed == ["80", "90", "100"]
+    assert "budget and quota levels crossed this run: 3" in second.log(), second.log()[-3000:]
     summary = second.log().split("budget and quota levels crossed this run: 3")[1]
     assert summary.count("of the daily budget reached") == 3  # the summary lists them again
     spent = [line for line in second.log().splitlines() if "budget: $" in line]

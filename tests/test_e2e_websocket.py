@@ -224,4 +224,6 @@ def test_a_killed_metering_process_loses_at_most_the_socket_it_was_following_whi
     rows, drops = proxy.rows(3), read_drops(proxy.db_path)
     assert len(rows) == 3 and all(r["success"] for r in rows)
     assert [r["prompt_tokens"] for r in rows] == [turn.input_tokens for turn in ws_upstream.turns]
-    assert drops == {"metering_lost": 1}  # the socket open in it (its response had ended: an over-count of one)
+    # The socket open in it is counted (its response had ended: an over-count of one), and so may be the
+    # first call, stored, when the process died before its word of that reached the proxy.
+    assert set(drops) == {"metering_lost"} and 1 <= drops["metering_lost"] <= 2
