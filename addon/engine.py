@@ -20,7 +20,7 @@ from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
 from storage.db import display_location
 
-from . import bounds, pricing
+from . import bounds, exposition, pricing
 from .agents import identify
 from .budget import Limits, Watch
 from .capture import (
@@ -37,6 +37,7 @@ from .capture import (
     Whole,
     iter_batch,
 )
+from .exposition import Exports, ExportSettings
 from .formats import (
     ResponseFacts,
     recognise,
@@ -72,7 +73,7 @@ class Engine:
 
     def __init__(self, writer: Any, *, location: str | None = None, extra_hosts: dict[str, str] | None = None,
                  log_calls: bool = True, request_body_limit: int = REQUEST_BODY_LIMIT,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, exports: ExportSettings | None = None) -> None:
         self.writer = writer
         self.location = location
         self.extra_hosts = extra_hosts or {}
@@ -85,6 +86,8 @@ class Engine:
         self.run_totals = RunTotals()  # for the summary printed at exit
         self.watch = Watch(limits or Limits())  # budgets and quota thresholds (addon/budget.py)
         self.seed: tuple[str, float, dict[str, float]] | None = None  # today's earlier spending, once read
+        self.exports: Exports | None = None  # Prometheus, OpenTelemetry (addon/exposition.py)
+        self._set_exports(exports)
         self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
         self.metering_errors = 0
         self._logged_errors: set[str] = set()
@@ -244,6 +247,13 @@ class Engine:
         self.request_body_limit = m.settings.get("request_body_limit", self.request_body_limit)
         if "limits" in m.settings:
             self.watch.limits = m.settings["limits"]
+        if "exports" in m.settings:
+            self._set_exports(m.settings["exports"])
+
+    def _set_exports(self, settings: ExportSettings | None) -> None:
+        self.exports = exposition.reopen(self.exports, settings)
+        if self.writer is not None:
+            self.writer.on_dropped = self.exports.dropped if self.exports is not None else None
 
     def _lost(self, m: Lost) -> None:
         if self.writer is not None:
@@ -365,6 +375,11 @@ class Engine:
             self.writer.submit(row)
         if self.watch.limits.active:
             self._watch(row)
+        if self.exports is not None:
+            try:
+                self.exports.observe(row, call.port)
+            except Exception as exc:  # numbers out are a detail: the row is stored whatever happens here
+                self._metering_error("export", exc)
         if self.log_calls:
             self.call_lines.append(format_call_line(row))
             if self.lines_since is None:
@@ -413,6 +428,7 @@ class Engine:
                      self.writer.dropped, self.writer.drops_recorded)
         for line in self.run_totals.lines(self.unparsed) + self.watch.summary():
             log.info(line)
+        self._set_exports(None)  # its port free, what OpenTelemetry has yet to send sent
 
     def _count_unparsed(self, path: str) -> None:
         """Named in the exit summary so a user can report them; bounded in distinct paths, each
@@ -445,7 +461,7 @@ def prepare_store(location: str, keep_backups: int):
 
 def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hosts: dict[str, str],
                  log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, limits: Limits | None = None,
-                 db=None) -> Engine:
+                 exports: ExportSettings | None = None, db=None) -> Engine:
     """An engine with its own started writer; `db` when the caller has just prepared the store.
 
     It never waits for the database: without `db` the writer's thread opens it (and brings its
@@ -462,7 +478,7 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     writer = RowWriter(db, queue_size=queue_size, connect=lambda: _open_store(location, keep_backups))
     writer.start()
     engine = Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
-                    request_body_limit=request_body_limit, limits=limits)
+                    request_body_limit=request_body_limit, limits=limits, exports=exports)
     if limits is not None and (limits.daily_usd is not None or limits.agents_daily_usd):
         threading.Thread(target=_read_spending, args=(engine, location, time.time()), daemon=True,
                          name="llm-metrics-budget").start()
