@@ -6,7 +6,7 @@ It runs where rows are built (the metering process, or mitmproxy's with llm_metr
 fed the row `build_row` made: the numbers out are the stored ones, never a second measurement.
 Names and units are the OpenTelemetry GenAI semantic conventions' (`METRICS`), spelt for
 Prometheus as the OTLP -> Prometheus translation spells them, so one dashboard
-(docs/grafana-dashboard.json) reads either way out.
+(dashboards/llm-metrics-proxy.json) reads either way out.
 
 Labels have few values: provider, operation and agent come from this project's own tables; model
 names are normalised and capped (`llm_metrics_export_models`, the rest `other`; a name gets a
@@ -20,8 +20,6 @@ import importlib.util
 import ipaddress
 import logging
 import re
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -41,7 +39,6 @@ _MAX_NAMES = 64  # providers (a user may name hosts) and agents: tables of this 
 OTHER = "other"
 OTHER_ERROR = "_OTHER"  # the conventions' fallback value of error.type
 _LABEL_MAX_CHARS = 128
-_BIND_RETRY_S = 5.0  # a metering process restarted after a crash may start before the port is free
 
 # This project's provider names and operations -> the conventions' well-known values.
 _PROVIDERS = {"gemini": "gcp.gemini", "vertex-ai": "gcp.vertex_ai", "aws-bedrock": "aws.bedrock",
@@ -254,103 +251,6 @@ def measurements(labels: CallLabels, row: Mapping[str, Any]) -> Iterator[tuple[M
             yield metric, row[column], call
 
 
-# -- Prometheus ---------------------------------------------------------------------------------
-
-
-class PrometheusMetrics:
-    """The metrics in a registry of their own (never prometheus_client's global one)."""
-
-    def __init__(self, registry: Any = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self.families: dict[Metric, Any] = {}
-        for metric in METRICS:
-            labels = [name.replace(".", "_") for name in metric.labels]
-            family: Any
-            if metric.kind == "histogram":
-                name = metric.prometheus_name
-                family = Histogram(name, metric.description, labels, registry=self.registry, buckets=metric.buckets)
-            else:  # prometheus_client adds the `_total`
-                name = metric.prometheus_name.removesuffix("_total")
-                family = Counter(name, metric.description, labels, registry=self.registry)
-            self.families[metric] = family
-        for reason in _drop_reasons():  # known from the start: a panel of drops shows 0, not "No data"
-            self.families[DROPPED].labels(reason)
-
-    def observe(self, labels: CallLabels, row: Mapping[str, Any]) -> None:
-        for metric, value, values in measurements(labels, row):
-            child = self.families[metric].labels(*values)
-            if metric.kind == "histogram":
-                child.observe(value)
-            else:
-                child.inc(value)
-
-    def dropped(self, n: int, reason: str) -> None:
-        self.families[DROPPED].labels(label_text(reason)).inc(n)
-
-
-def _drop_reasons() -> tuple[str, ...]:
-    from storage.writer import DROP_REASONS
-
-    return tuple(DROP_REASONS)
-
-
-class MetricsServer:
-    """`/metrics` on (host, port), served by prometheus_client's server from a thread of its own.
-    Bound from a thread too, trying again for a few seconds: a metering process started after one
-    crashed may come up before the port the dead one held is free."""
-
-    def __init__(self, registry: Any, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._registry = registry
-        self._httpd: Any = None
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._binder = threading.Thread(target=self._bind, name="llm-metrics-prometheus", daemon=True)
-        self._binder.start()
-
-    def _bind(self) -> None:
-        from prometheus_client import start_http_server
-
-        deadline = time.monotonic() + _BIND_RETRY_S
-        while not self._closed.is_set():
-            try:
-                httpd, _ = start_http_server(self.port, addr=self.host, registry=self._registry)
-            except OSError as exc:
-                if time.monotonic() < deadline:
-                    self._closed.wait(0.1)
-                    continue
-                log.error("llm-metrics: Prometheus metrics cannot be served on %s:%d: %s", self.host, self.port,
-                          exc.strerror or exc)
-                return
-            with self._lock:
-                if self._closed.is_set():
-                    _stop(httpd)
-                    return
-                self._httpd = httpd
-            log.info("llm-metrics: Prometheus metrics on http://%s/metrics", _netloc(self.host, self.port))
-            return
-
-    def close(self) -> None:
-        """The port is free again when this returns."""
-        self._closed.set()
-        self._binder.join(1.0)
-        with self._lock:
-            httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            _stop(httpd)
-
-
-def _stop(httpd: Any) -> None:
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _netloc(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # -- both ---------------------------------------------------------------------------------------
 
 
@@ -361,9 +261,11 @@ class Exports:
         """`registry`, `otel`: what tests put in place of a registry and an `addon.otel.OtlpExport`."""
         self.settings = settings
         self.labels = LabelMaker(settings.max_models)
-        self.prometheus: PrometheusMetrics | None = None
-        self.server: MetricsServer | None = None
+        self.prometheus: Any = None  # addon.prometheus's PrometheusMetrics and MetricsServer
+        self.server: Any = None
         if settings.prometheus is not None or registry is not None:
+            from .prometheus import MetricsServer, PrometheusMetrics
+
             self.prometheus = PrometheusMetrics(registry)
             if settings.prometheus is not None:
                 self.server = MetricsServer(self.prometheus.registry, *settings.prometheus)
