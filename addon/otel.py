@@ -28,6 +28,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from storage.writer import DROP_REASONS
+
 from .exposition import DROPPED, METRICS, STREAM, CallLabels, measurements
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class OtlpExport:
                         explicit_bucket_boundaries_advisory=metric.buckets)
                 else:
                     self.instruments[metric] = meter.create_counter(metric.name, metric.unit, metric.description)
+            for reason in DROP_REASONS:  # as on /metrics: every reason there from the start, at 0
+                self.instruments[DROPPED].add(0, {"reason": reason})
         if "traces" in signals:
             if span_exporter is None:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
