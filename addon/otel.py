@@ -31,11 +31,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from storage.writer import DROP_REASONS
 
 from .exposition import DROPPED, METRICS, STREAM, CallLabels, measurements
+from .redact import REDACT_WARNINGS
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "llm-metrics-proxy"
 CLOSE_TIMEOUT_S = 5.0  # at the end, for the last export: a collector that is away must not hold the stop
+SAME_LINE_EVERY_S = 600.0  # the SDK's own lines (a collector away: two a minute), each at most this often
 
 
 class OtlpExport:
@@ -72,6 +74,7 @@ class OtlpExport:
             self.tracer_provider = TracerProvider(resource=resource)
             self.tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
             self.tracer = self.tracer_provider.get_tracer("llm-metrics-proxy")
+        _quieten_sdk_lines()
 
     def observe(self, labels: CallLabels, row: Mapping[str, Any], port: int | None) -> None:
         if self.meter_provider is not None:
@@ -115,6 +118,34 @@ class OtlpExport:
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown(timeout_millis=CLOSE_TIMEOUT_S * 1000)
+
+
+class _SameLineRarely(logging.Filter):
+    """Passes a line (by its logger and format) at most once every SAME_LINE_EVERY_S."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = (record.name, str(record.msg)), time.monotonic()
+        if now - self.last.get(key, -SAME_LINE_EVERY_S) < SAME_LINE_EVERY_S:
+            return False
+        self.last[key] = now
+        return True
+
+
+_SAME_LINE_RARELY = _SameLineRarely()
+
+
+def _quieten_sdk_lines() -> None:
+    """The exporters' loggers (their modules are loaded by now): a collector that is away is said
+    once every ten minutes, not at every export; an endpoint's credentials never."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("opentelemetry") and isinstance(logger, logging.Logger):
+            for line_filter in (_SAME_LINE_RARELY, REDACT_WARNINGS):  # by its format, before the redaction formats it
+                if line_filter not in logger.filters:
+                    logger.addFilter(line_filter)
 
 
 def _attributes(names: tuple[str, ...], values: tuple[str, ...]) -> dict[str, Any]:

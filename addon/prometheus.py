@@ -52,7 +52,9 @@ class PrometheusMetrics:
         if isinstance(self.registry, Registry):
             self.registry.on_collect = self._collecting
         self.families: dict[Metric, Any] = {}
-        self._shown: set[tuple[str, tuple[str, ...]]] = set()  # series a scrape has read
+        # Series a scrape has read, with their child: prometheus_client's labels() is most of the
+        # cost of a row otherwise (bench/exposition.py).
+        self._shown: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._held: dict[tuple[str, tuple[str, ...]], tuple[Any, str, list[float]]] = {}  # new: held at 0
         self._lock = threading.Lock()
         for metric in METRICS:
@@ -78,8 +80,9 @@ class PrometheusMetrics:
 
     def _add(self, metric: Metric, values: tuple[str, ...], value: float) -> None:
         key = (metric.name, values)
-        if key in self._shown:
-            _count(self.families[metric].labels(*values), metric.kind, value)
+        child = self._shown.get(key)
+        if child is not None:
+            _count(child, metric.kind, value)
             return
         with self._lock:
             held = self._held.get(key)
@@ -97,7 +100,7 @@ class PrometheusMetrics:
             for key, (child, kind, values) in held.items():
                 for value in values:
                     _count(child, kind, value)
-                self._shown.add(key)
+                self._shown[key] = child
 
         return release
 
