@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+from .redact import redact
+
 log = logging.getLogger(__name__)
 
 # Buckets, in the conventions' units. Durations: the conventions' 0.01 ... 81.92 s doubling, and two
@@ -115,10 +117,12 @@ def export_settings(prometheus: str, otel: str, max_models: int) -> ExportSettin
     """The settings the options ask for; ValueError says what is wrong with one."""
     if max_models < 1:
         raise ValueError("llm_metrics_export_models must be at least 1")
-    signals = parse_signals(otel)
+    listen, signals = parse_listen(prometheus), parse_signals(otel)
+    if listen is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise ValueError("llm_metrics_prometheus needs prometheus_client: pip install -e . (or python3 dev.py run)")
     if signals and importlib.util.find_spec("opentelemetry.sdk") is None:
         raise ValueError("llm_metrics_otel needs the OpenTelemetry SDK: pip install 'llm-metrics-proxy[otel]'")
-    return ExportSettings(parse_listen(prometheus), signals, max_models)
+    return ExportSettings(listen, signals, max_models)
 
 
 def parse_listen(text: str) -> tuple[str, int] | None:
@@ -271,9 +275,13 @@ class Exports:
                 self.server = MetricsServer(self.prometheus.registry, *settings.prometheus)
         self.otel = otel
         if otel is None and settings.otel:
-            from .otel import OtlpExport
+            try:
+                from .otel import OtlpExport
 
-            self.otel = OtlpExport(settings.otel)
+                self.otel = OtlpExport(settings.otel)
+            except BaseException:
+                self.close()  # the port free again
+                raise
 
     def observe(self, row: Mapping[str, Any], port: int | None = None) -> None:
         """A row as built; `port`: the server's behind the proxy (spans name it, rows do not store it)."""
@@ -308,4 +316,10 @@ def reopen(exports: Exports | None, settings: ExportSettings | None) -> Exports 
         return exports
     if exports is not None:
         exports.close()
-    return Exports(settings) if settings is not None and settings.active else None
+    if settings is None or not settings.active:
+        return None
+    try:
+        return Exports(settings)
+    except Exception as exc:  # a way out that cannot start must not stop the metering with it
+        log.error("llm-metrics: metrics are not exported: %s", redact(repr(exc))[:300])
+        return None

@@ -282,3 +282,17 @@ def test_docs_metric_table_lists_every_metric_with_its_labels():
             documented[match.group(1)] = (match.group(2), set(re.findall(r"`(\w+)`", match.group(3))))
     expected = {m.prometheus_name: (m.kind, {label.replace(".", "_") for label in m.labels}) for m in METRICS}
     assert documented == expected
+
+
+def test_a_way_out_that_cannot_start_is_said_and_leaves_the_metering_and_the_port_alone(monkeypatch, caplog):
+    import addon.otel
+
+    def broken(signals):
+        raise RuntimeError("no collector library here")
+
+    monkeypatch.setattr(addon.otel, "OtlpExport", broken)
+    port = free_port()
+    with caplog.at_level("ERROR", logger="addon.exposition"):
+        assert reopen(None, ExportSettings(prometheus=("127.0.0.1", port), otel=frozenset({"metrics"}))) is None
+    assert "metrics are not exported: RuntimeError('no collector library here')" in caplog.text
+    assert _port_free(port)
