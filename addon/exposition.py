@@ -133,8 +133,9 @@ def parse_listen(text: str) -> tuple[str, int] | None:
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "127.0.0.1", text
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not host or (":" in host and not bracketed) or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"llm_metrics_prometheus takes HOST:PORT (e.g. 127.0.0.1:9464) or PORT, not {text!r}")
     return host, int(port)
 

@@ -81,7 +81,8 @@ def test_listen_address_is_parsed(text, expected):
     assert parse_listen(text) == expected
 
 
-@pytest.mark.parametrize("text", ["nope", "127.0.0.1:", ":9464", "127.0.0.1:70000", "127.0.0.1:0", "host:port"])
+@pytest.mark.parametrize("text", ["nope", "127.0.0.1:", ":9464", "127.0.0.1:70000", "127.0.0.1:0", "host:port", "::1",
+                                  "::1:9464", "[::1]"])
 def test_bad_listen_address_is_refused(text):
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_listen(text)
