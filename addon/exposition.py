@@ -16,6 +16,7 @@ at `MAX_ERROR_TYPES` (the rest `_OTHER`). Never a session, user, key or request 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import ipaddress
 import logging
@@ -192,6 +193,7 @@ class Bounded:
 _NOT_IN_LABEL = re.compile(r"[^a-z0-9._:/@+-]+")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names row after row: the regex once each
 def label_text(value: Any) -> str:
     """Lower case, runs of other characters than letters, digits and `._:/@+-` as one `_`, at most
     128 characters; '' for none."""

@@ -1,17 +1,19 @@
-"""Prometheus out (`llm_metrics_prometheus`): the metrics of `addon/exposition.py` in a registry of
-their own, served on `/metrics` by prometheus_client's server, from threads of its own. Imported
-only when Prometheus is on."""
+"""Prometheus out (`llm_metrics_prometheus`): the metrics of `addon/exposition.py`, counted in plain
+numbers and rendered by prometheus_client at each scrape, served on `/metrics` by its server from
+threads of its own. Imported only when Prometheus is on."""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.metrics_core import Metric as Family
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric as Family
+from prometheus_client.utils import floatToGoString
 
 from storage.writer import DROP_REASONS
 
@@ -22,94 +24,76 @@ log = logging.getLogger("addon.exposition")  # said as the exposition's own line
 _BIND_RETRY_S = 5.0  # a metering process restarted after a crash may start before the port is free
 
 
-class Registry(CollectorRegistry):
-    """A registry whose families come without prometheus_client's `_created` samples (Prometheus
-    2 stores each as a series of its own, one more beside every counter and histogram series;
-    prometheus_client's own switch, `disable_created_metrics`, is global to the process), and
-    that tells a scrape's start (`on_collect`, which returns what to call once it has read all)."""
-
-    on_collect: Callable[[], Callable[[], None]] | None = None
-
-    def collect(self) -> Iterator[Family]:
-        done = self.on_collect() if self.on_collect is not None else None
-        for family in super().collect():
-            family.samples = [sample for sample in family.samples if not sample.name.endswith("_created")]
-            yield family
-        if done is not None:
-            done()
-
-
 class PrometheusMetrics:
-    """The metrics in a registry of their own (never prometheus_client's global one).
+    """The metrics as a collector in a registry of their own (never prometheus_client's global one).
+
+    Each series is a list of numbers: a counter's value; a histogram's count per bucket, then its
+    sum. A row adds to them under one lock (prometheus_client's own metric objects cost several
+    times as much a row: bench/exposition.py); a scrape renders them (`collect`).
 
     A series is first shown at 0, with what was counted into it from the scrape after: rate() and
     increase() take a counter's increase from one sample to the next, so a series whose first sample
     is already 2 (a model's first two errors between two scrapes) would count as no increase at
-    all. Values held so wait for the next scrape, at most one scrape interval, once per series."""
+    all. Its values wait for the next scrape, at most one scrape interval, once per series."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else Registry(auto_describe=True)
-        if isinstance(self.registry, Registry):
-            self.registry.on_collect = self._collecting
-        self.families: dict[Metric, Any] = {}
-        # Series a scrape has read, with their child: prometheus_client's labels() is most of the
-        # cost of a row otherwise (bench/exposition.py).
-        self._shown: dict[tuple[str, tuple[str, ...]], Any] = {}
-        self._held: dict[tuple[str, tuple[str, ...]], tuple[Any, str, list[float]]] = {}  # new: held at 0
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        self._series: dict[Metric, dict[tuple[str, ...], list[float]]] = {metric: {} for metric in METRICS}
+        self._unshown: set[tuple[Metric, tuple[str, ...]]] = set()  # new series, shown at 0 by the next scrape
         self._lock = threading.Lock()
-        for metric in METRICS:
-            labels = [name.replace(".", "_") for name in metric.labels]
-            family: Any
-            if metric.kind == "histogram":
-                name = metric.prometheus_name
-                family = Histogram(name, metric.description, labels, registry=self.registry, buckets=metric.buckets)
-            else:  # prometheus_client adds the `_total`
-                name = metric.prometheus_name.removesuffix("_total")
-                family = Counter(name, metric.description, labels, registry=self.registry)
-            self.families[metric] = family
         for reason in DROP_REASONS:  # known from the start: a panel of drops shows 0, not "No data"
             self._add(DROPPED, (reason,), 0)
+        self.registry.register(self)
 
     def observe(self, labels: CallLabels, row: Mapping[str, Any]) -> None:
-        for metric, value, values in measurements(labels, row):
-            self._add(metric, values, value)
+        with self._lock:
+            for metric, value, values in measurements(labels, row):
+                self._add(metric, values, value)
 
     def dropped(self, n: int, reason: str) -> None:
         """From the thread that counts the drop (`RowWriter.on_dropped`)."""
-        self._add(DROPPED, (label_text(reason),), n)
+        with self._lock:
+            self._add(DROPPED, (label_text(reason),), n)
 
     def _add(self, metric: Metric, values: tuple[str, ...], value: float) -> None:
-        key = (metric.name, values)
-        child = self._shown.get(key)
-        if child is not None:
-            _count(child, metric.kind, value)
-            return
+        series = self._series[metric]
+        numbers = series.get(values)
+        if numbers is None:
+            numbers = series[values] = [0.0] * (len(metric.buckets) + 2 if metric.buckets else 1)
+            self._unshown.add((metric, values))
+        if metric.buckets:
+            numbers[bisect.bisect_left(metric.buckets, value)] += 1  # the first bucket whose bound is >= value
+            numbers[-1] += value
+        else:
+            numbers[0] += value
+
+    def collect(self) -> Iterator[Family]:
+        """A scrape: every series as counted, those new since the last scrape at 0."""
         with self._lock:
-            held = self._held.get(key)
-            if held is None:
-                held = self._held[key] = (self.families[metric].labels(*values), metric.kind, [])
-            held[2].append(value)
-
-    def _collecting(self) -> Callable[[], None]:
-        """A scrape starts: the series held so far are read at 0, and get what was held for them
-        once it has read them (series new while it reads wait for the next)."""
-        with self._lock:
-            held, self._held = self._held, {}
-
-        def release() -> None:
-            for key, (child, kind, values) in held.items():
-                for value in values:
-                    _count(child, kind, value)
-                self._shown[key] = child
-
-        return release
+            snapshot = {metric: [(values, list(numbers)) for values, numbers in series.items()]
+                        for metric, series in self._series.items()}
+            unshown, self._unshown = self._unshown, set()
+        for metric, series in snapshot.items():
+            yield _family(metric, [(values, [0.0] * len(numbers) if (metric, values) in unshown else numbers)
+                                   for values, numbers in series])
 
 
-def _count(child: Any, kind: str, value: float) -> None:
-    if kind == "histogram":
-        child.observe(value)
-    elif value:
-        child.inc(value)
+def _family(metric: Metric, series: list[tuple[tuple[str, ...], list[float]]]) -> Family:
+    labels = [name.replace(".", "_") for name in metric.labels]
+    if not metric.buckets:
+        counter = CounterMetricFamily(metric.prometheus_name, metric.description, labels=labels)
+        for values, (value,) in series:
+            counter.add_metric(values, value)
+        return counter
+    histogram = HistogramMetricFamily(metric.prometheus_name, metric.description, labels=labels)
+    bounds = [floatToGoString(bound) for bound in metric.buckets] + ["+Inf"]
+    for values, numbers in series:
+        cumulative, buckets = 0.0, []
+        for bound, count in zip(bounds, numbers[:-1]):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        histogram.add_metric(values, buckets, numbers[-1])
+    return histogram
 
 
 class MetricsServer:
@@ -163,5 +147,3 @@ def _stop(httpd: Any) -> None:
 
 def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from addon.exposition import (
     MAX_ERROR_TYPES,
@@ -28,7 +28,7 @@ from addon.exposition import (
     reopen,
 )
 from addon.llm_metrics import LLMMetrics
-from addon.prometheus import MetricsServer, PrometheusMetrics, Registry
+from addon.prometheus import MetricsServer, PrometheusMetrics
 from storage.writer import METERING_LOST, RowWriter
 from tests.conftest import free_port
 
@@ -58,7 +58,7 @@ def series(samples, name: str) -> list[dict]:
 
 def exports(max_models: int = 50) -> Exports:
     """Prometheus metrics in a registry, served nowhere; every series already read once."""
-    e = Exports(ExportSettings(max_models=max_models), registry=Registry())
+    e = Exports(ExportSettings(max_models=max_models), registry=CollectorRegistry())
     scrape(e.prometheus.registry)
     return e
 
