@@ -4,11 +4,13 @@
     .venv/bin/python bench/exposition.py [--quick] [--rounds N] [--seconds S] [--concurrency 1,16]
 
 Small non-streamed chat completions against one fake upstream (bench/_upstream.py), in alternating
-rounds (the order rotated per round) through two mitmdump processes: the addon as shipped, and the
+rounds (the order rotated per round) through three mitmdump processes: the addon as shipped, the
 addon with /metrics on, which a thread of this script scrapes every second as Prometheus would
-(every 15 s by default: this is 15 times as often). The ratio that matters: requests/s with it on
-over off (target >= 0.98). CPU per request: mitmdump's own (its event loop, where the hooks run)
-and its metering process's, where rows are counted into the metrics and /metrics is served.
+(every 15 s by default: this is 15 times as often), and a second addon as shipped, the control:
+its ratio to the first is what the machine's own noise makes of two identical proxies. The ratio
+that matters: requests/s with /metrics on over off (target >= 0.98), beside the control's. CPU
+per request: mitmdump's own (its event loop, where the hooks run) and its metering process's,
+where rows are counted into the metrics and /metrics is served.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def measure(args) -> dict:
     work = scratch_dir("exposition")
     metrics_port = free_port()
     proxies = {"off": Proxy("addon", work / "off"),
-               "on": Proxy("addon", work / "on", f"llm_metrics_prometheus=127.0.0.1:{metrics_port}")}
+               "on": Proxy("addon", work / "on", f"llm_metrics_prometheus=127.0.0.1:{metrics_port}"),
+               "control": Proxy("addon", work / "control")}
     scraper = Scraper(metrics_port)
     keys = [(v, c) for c in args.concurrency for v in proxies]
     rate = {k: [] for k in keys}
@@ -72,7 +75,7 @@ def measure(args) -> dict:
     try:
         for r in range(args.rounds):
             for conc in args.concurrency:
-                names = list(proxies) if r % 2 == 0 else list(proxies)[::-1]
+                names = list(proxies)[r % 3:] + list(proxies)[: r % 3]
                 for name in names:
                     proxy = proxies[name]
                     cpu0 = proxy.thread_cpu_s()
@@ -98,13 +101,14 @@ def render(data: dict, args) -> str:
     rate, cpu, scraper = data["rate"], data["cpu"], data["scraper"]
     rows, lines = [], []
     for conc in args.concurrency:
-        for name in ("off", "on"):
+        for name, title in (("off", "addon"), ("on", "addon, /metrics on"), ("control", "addon again (control)")):
             seconds, worker, n = cpu[(name, conc)]
-            rows.append([f"addon, /metrics {name}", conc, median(rate[(name, conc)]), seconds * 1e6 / max(1, n),
-                         worker * 1e6 / max(1, n)])
+            rows.append([title, conc, median(rate[(name, conc)]), seconds * 1e6 / max(1, n), worker * 1e6 / max(1, n)])
         ratios = [a / b for a, b in zip(rate[("on", conc)], rate[("off", conc)])]
+        control = [a / b for a, b in zip(rate[("control", conc)], rate[("off", conc)])]
         lines.append(f"on / off requests/s at concurrency {conc:>2}: {median(ratios):.3f} (rounds {min(ratios):.2f}.."
-                     f"{max(ratios):.2f}; target >= 0.98: {'met' if median(ratios) >= 0.98 else 'NOT met'})")
+                     f"{max(ratios):.2f}; target >= 0.98: {'met' if median(ratios) >= 0.98 else 'NOT met'}); "
+                     f"control / off: {median(control):.3f} (rounds {min(control):.2f}..{max(control):.2f})")
     out = [table(["proxy", "conc", "req/s", "mitmdump CPU us/req", "metering process us/req"], rows,
                  title=f"Small non-streamed chat completions, {args.rounds} rounds x {args.seconds:g} s per proxy and "
                        "concurrency (median req/s; CPU over all rounds)"), ""]
@@ -115,7 +119,7 @@ def render(data: dict, args) -> str:
 
 
 def main() -> None:
-    parser = bench_options(__doc__, "3 rounds of 1 s (about 30 s)", rounds=8, seconds=2.0,
+    parser = bench_options(__doc__, "3 rounds of 1 s (about 30 s)", rounds=12, seconds=1.5,
                            seconds_help="per proxy, concurrency and round")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
     args = parse_options(parser, rounds=3, seconds=1.0)
