@@ -10,13 +10,15 @@ addon with /metrics on, which a thread of this script scrapes every second as Pr
 its ratio to the first is what the machine's own noise makes of two identical proxies. The ratio
 that matters: requests/s with /metrics on over off (target >= 0.98), beside the control's. CPU
 per request: mitmdump's own (its event loop, where the hooks run) and its metering process's,
-where rows are counted into the metrics and /metrics is served.
+where rows are counted into the metrics and /metrics is served. Then, in this process, what one
+row costs the metering (`Exports.observe`) and what one scrape of the series they make costs.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 import urllib.request
 
 from _harness import (
@@ -97,6 +99,33 @@ def measure(args) -> dict:
     return {"rate": rate, "cpu": cpu, "scraper": scraper, "rows": rows}
 
 
+def observe_cost(n: int = 20_000) -> dict:
+    """µs per row of `Exports.observe` (10 models, streamed and not, a failure in ten), and ms per
+    scrape of the series they make."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from addon.exposition import Exports, ExportSettings
+
+    exports = Exports(ExportSettings(), registry=CollectorRegistry())
+    rows = [{"success": i % 10 != 0, "provider": "openai", "operation": "chat", "request_model": f"gpt-{i % 10}",
+             "model": f"gpt-{i % 10}", "agent": ("codex", "claude-code")[i % 2], "is_streaming": i % 3 == 0,
+             "response_time_ms": 300 + i % 5000, "time_to_first_token_ms": 100 + i % 900 if i % 3 == 0 else None,
+             "prompt_tokens": 1000 + i, "completion_tokens": 200 + i % 300, "cost_usd": 0.001,
+             "cached_tokens": 500, "cache_creation_tokens": None, "reasoning_tokens": 64,
+             "error_type": None if i % 10 else "http_429"} for i in range(n)]
+    for row in rows[:100]:
+        exports.observe(row)
+    start = time.perf_counter()
+    for row in rows:
+        exports.observe(row)
+    per_row = (time.perf_counter() - start) / n
+    start = time.perf_counter()
+    text = generate_latest(exports.prometheus.registry)
+    scrape = time.perf_counter() - start
+    return {"row_us": per_row * 1e6, "scrape_ms": scrape * 1e3, "bytes": len(text),
+            "samples": text.count(b"\n") - text.count(b"# ")}
+
+
 def render(data: dict, args) -> str:
     rate, cpu, scraper = data["rate"], data["cpu"], data["scraper"]
     rows, lines = [], []
@@ -115,6 +144,9 @@ def render(data: dict, args) -> str:
     out += lines
     out.append(f"/metrics scraped {scraper.scrapes} times ({scraper.failures} failed), "
                f"{scraper.bytes / max(1, scraper.scrapes) / 1024:.1f} KiB each; rows stored: {data['rows']}")
+    cost = data["observe"]
+    out.append(f"in-process: Exports.observe {cost['row_us']:.1f} us a row; a scrape of its {cost['samples']:,} samples "
+               f"({cost['bytes'] / 1024:.0f} KiB) {cost['scrape_ms']:.1f} ms")
     return "\n".join(out)
 
 
@@ -124,7 +156,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
     args = parse_options(parser, rounds=3, seconds=1.0)
     print_start()
-    print(render(measure(args), args))
+    data = measure(args)
+    data["observe"] = observe_cost()
+    print(render(data, args))
     print_end()
 
 
