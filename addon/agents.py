@@ -128,10 +128,11 @@ def _codex_ids(headers: Headers, body: Body) -> dict[str, str | None]:
 
 
 def _gemini_cli_ids(headers: Headers, body: Body) -> dict[str, str | None]:
-    # Code Assist requests carry `user_prompt_id`: `<session id>########<prompt number>`.
+    # Code Assist requests carry `user_prompt_id`: `<session id>########<prompt number>` in an
+    # interactive session; a one-shot run (`gemini -p`, 0.61) sends its session's id alone, the same
+    # on every call of the run.
     prompt_id = _text(body.get("user_prompt_id")) if body else None
-    session = prompt_id.split("########", 1)[0] if prompt_id and "########" in prompt_id else None
-    return {"session_id": session}
+    return {"session_id": prompt_id.split("########", 1)[0] if prompt_id else None}
 
 
 RECOGNISERS: tuple[Recogniser, ...] = (

@@ -41,6 +41,7 @@ TEXT_LIMITS: dict[str, int] = {
     "error_type": 128,
     "error_message": 1000,  # error bodies are cut at 500 before (formats.base.truncate)
     "metering_note": 500,
+    "price_source": 32,  # genai-prices or custom
     # who made the call (addon.agents): names and ids as the client sent them
     "agent": 64,
     "agent_version": 64,

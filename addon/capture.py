@@ -93,7 +93,8 @@ class Fail(NamedTuple):
 
 
 class Abandon(NamedTuple):
-    """The hooks stopped handing over an opened call's pieces: it is counted as dropped."""
+    """The hooks stopped handing over an opened call's pieces (or a socket's messages): it (the
+    responses open on the socket) is counted as dropped."""
 
     cid: int
     reason: str
@@ -118,6 +119,36 @@ class Shutdown(NamedTuple):
     t: float
 
 
+class SocketOpen(NamedTuple):
+    """`websocket_start` of a WebSocket on a path where LLM APIs take them: its messages follow,
+    each response on it a call (`addon.formats.websocket`). Sent again, under a new id, when the
+    hooks take up a socket they had stopped handing over."""
+
+    cid: int
+    request: Request  # of the upgrade, without a body
+    model: str | None  # its query's `model` (the Realtime API is named there), the only part of a query kept
+    head: ResponseHead | None = None  # of the upgrade's answer (101): its headroom headers
+
+
+class SocketMessage(NamedTuple):
+    """`websocket_message`: one text message, whole, as it passed the proxy at `t`."""
+
+    cid: int
+    t: float
+    from_client: bool
+    data: bytes | None  # None past its limit (a client's: the request body limit; a server's: MAX_EVENT_BYTES)
+    size: int
+
+
+class SocketClose(NamedTuple):
+    """`websocket_end`: a response still open on the socket ends unfinished."""
+
+    cid: int
+    t: float
+    code: int | None  # the close code (1006: the connection ended without a close frame)
+    by_client: bool
+
+
 class Piece(NamedTuple):
     """One piece of a streamed body, as `iter_batch` yields it (in a batch: three bare items)."""
 
@@ -126,7 +157,7 @@ class Piece(NamedTuple):
     data: bytes
 
 
-Message = Open | End | Whole | Fail | Abandon | Lost | Config | Shutdown
+Message = Open | End | Whole | Fail | Abandon | Lost | Config | Shutdown | SocketOpen | SocketMessage | SocketClose
 
 
 def add_piece(items: list[Any], cid: int, t: float, data: bytes) -> None:

@@ -9,6 +9,7 @@ call is still recorded with what could be read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
 from storage.db import display_location
+from storage.writer import SOCKET_OVERFLOW
 
 from . import bounds, exposition, pricing
 from .agents import identify
@@ -34,6 +36,9 @@ from .capture import (
     Request,
     ResponseHead,
     Shutdown,
+    SocketClose,
+    SocketMessage,
+    SocketOpen,
     Whole,
     iter_batch,
 )
@@ -46,10 +51,13 @@ from .formats import (
     recognise_unreadable,
     unknown_request_fields,
 )
+from .formats.websocket import RealtimeSession, ResponsesSession, Turn, open_session, outcome
 from .metering import MAX_RESPONSE_BYTES, StreamMeter, meter_body, stream_framing
+from .prices import PriceBook
 from .quota import headroom
-from .record import Call, build_row, origin_from_user_agent, provider_for, utc_timestamp
+from .record import Call, build_row, known_provider, origin_from_user_agent, provider_for, utc_timestamp
 from .redact import redact, redact_path
+from .retention import Retention
 from .run_summary import RunTotals
 from .summary import format_call_line
 from .transport import classify_flow_error
@@ -73,13 +81,19 @@ class Engine:
 
     def __init__(self, writer: Any, *, location: str | None = None, extra_hosts: dict[str, str] | None = None,
                  log_calls: bool = True, request_body_limit: int = REQUEST_BODY_LIMIT,
-                 limits: Limits | None = None, exports: ExportSettings | None = None) -> None:
+                 limits: Limits | None = None, prices: PriceBook | None = None, retention_days: int = 0,
+                 exports: ExportSettings | None = None) -> None:
         self.writer = writer
+        self.retention_days = retention_days  # read by the retention thread (addon/retention.py) each day
+        self.retention: Retention | None = None
+        self.prices = prices  # the user's prices file, ahead of genai-prices
         self.location = location
         self.extra_hosts = extra_hosts or {}
         self.log_calls = log_calls
         self.request_body_limit = request_body_limit
         self.calls: dict[int, Call] = {}
+        self.sockets: dict[int, _Socket] = {}  # WebSockets followed, by their id
+        self.warmups = 0  # WebSocket warm-ups (`generate: false`) that succeeded: not calls, not recorded
         self.ignored: set[int] = set()  # calls that turned out not to be LLM calls: their pieces are dropped
         self.recorded = 0
         self.ended = 0  # calls handed over that are settled: recorded, dropped, or found not to be LLM calls
@@ -96,6 +110,7 @@ class Engine:
         self._handlers: dict[type, Callable[[Any], None]] = {
             Piece: self._piece, Open: self._open, End: self._end, Whole: self._whole, Fail: self._fail,
             Abandon: self._abandon, Lost: self._lost, Config: self._config, Shutdown: self._shutdown,
+            SocketOpen: self._socket_open, SocketMessage: self._socket_message, SocketClose: self._socket_close,
         }
 
     def handle_all(self, items: list[Any]) -> None:
@@ -224,10 +239,16 @@ class Engine:
             self.ignored.discard(m.cid)
         elif self.calls.pop(m.cid, None) is not None:
             self._lost(Lost(1, m.reason))
+        elif m.cid in self.sockets:
+            still_open = self.sockets.pop(m.cid).session.open_count
+            if still_open:
+                self._lost(Lost(still_open, m.reason))
         self.ended += 1
 
     def _shutdown(self, m: Shutdown) -> None:
         """The proxy stopped: a call still open is complete if its stream was, else cut short."""
+        for cid in list(self.sockets):
+            self._socket_close(SocketClose(cid, m.t, None, False), _SHUTDOWN)
         calls, self.calls = list(self.calls.values()), {}
         self.ended += len(self.ignored)
         self.ignored.clear()
@@ -235,18 +256,82 @@ class Engine:
             try:
                 if self._finish_delivered(call):
                     continue
-                self._finish(call, call.meter.facts if call.meter else None, call.status_code, m.t,
-                             error=("proxy_shutdown", "the proxy stopped before the call completed"))
+                self._finish(call, call.meter.facts if call.meter else None, call.status_code, m.t, error=_SHUTDOWN)
             except Exception as exc:
                 self._metering_error("done", exc)
                 self._finish_anyway(call, call.status_code, m.t)
+
+    # -- WebSockets: each response on one is a call (addon.formats.websocket) ------------------
+
+    def _socket_open(self, m: SocketOpen) -> None:
+        request = m.request
+        session = open_session(request.path, m.model, _size(self.request_body_limit))
+        if session is None:
+            self.ignored.add(m.cid)  # its messages and end are dropped as they come
+            return
+        call = Call(fmt=session.fmt, started_at=request.started_at, t_start=request.t_start, host=request.host,
+                    port=request.port, path=request.path,
+                    provider=provider_for(request.host, request.port, self.extra_hosts),
+                    origin=request.origin or origin_from_user_agent(request.user_agent), request={}, streamed=True,
+                    prices=self.prices)
+        try:
+            call.identity = identify(dict(request.agent_headers), None, request.auth)
+            if m.head is not None and m.head.quota_headers:
+                call.headroom = headroom(dict(m.head.quota_headers), request.started_at + m.head.t_headers - request.t_start)
+        except Exception as exc:  # who sent it is a detail: the calls are recorded without it
+            self._metering_error("identify", exc)
+        self.sockets[m.cid] = _Socket(call, session)
+
+    def _socket_message(self, m: SocketMessage) -> None:
+        socket = self.sockets.get(m.cid)
+        if socket is not None:
+            session = socket.session
+            self._turns_ended(socket, (session.client if m.from_client else session.server)(m.t, m.data, m.size))
+
+    def _socket_close(self, m: SocketClose, error: tuple[str, str] | None = None) -> None:
+        """The socket ended (the proxy stopping ends it with `error`): each response still open on
+        it is cut short. The socket is one call handed over (`ended`), whatever it carried."""
+        self.ended += 1
+        if m.cid in self.ignored:
+            self.ignored.discard(m.cid)
+            return
+        socket = self.sockets.pop(m.cid, None)
+        if socket is not None:
+            self._turns_ended(socket, socket.session.close(m.t, error or _closed_early(m)))
+
+    def _turns_ended(self, socket: _Socket, turns: list[Turn]) -> None:
+        for turn in turns:
+            try:
+                self._turn_row(socket, turn)
+            except Exception as exc:
+                self._metering_error("websocket", exc)
+
+    def _turn_row(self, socket: _Socket, turn: Turn) -> None:
+        """A response ended on a socket: its row, as a streamed call's, timed from its request message."""
+        if turn.dropped:
+            self._lost(Lost(1, SOCKET_OVERFLOW))
+            return
+        error = outcome(turn)
+        if turn.warmup and error is None and turn.facts.error_type is None:
+            self.warmups += 1  # nothing generated, nothing failed: no call to count
+            return
+        base = socket.call
+        call = dataclasses.replace(
+            base, started_at=base.started_at + (turn.t_start - base.t_start), t_start=turn.t_start,
+            request=turn.request, t_headers=turn.t_first_event, status_code=turn.status,
+            t_first_token=turn.t_first_token, t_last_token=turn.t_last_token, notes=list(turn.notes))
+        if turn.warmup:
+            call.notes.append("a warm-up request (generate: false): nothing was to be generated")
+        self._finish(call, turn.facts, turn.status, turn.t_end or turn.t_start, error=error, settles=False)
 
     def _config(self, m: Config) -> None:
         self.extra_hosts = m.settings.get("extra_hosts", self.extra_hosts)
         self.log_calls = m.settings.get("log_calls", self.log_calls)
         self.request_body_limit = m.settings.get("request_body_limit", self.request_body_limit)
+        self.prices = m.settings.get("prices", self.prices)
         if "limits" in m.settings:
             self.watch.limits = m.settings["limits"]
+        self.retention_days = m.settings.get("retention_days", self.retention_days)
         if "exports" in m.settings:
             self._set_exports(m.settings["exports"])
 
@@ -281,7 +366,7 @@ class Engine:
             if body is None:  # not read: the path alone tells, no field is known
                 fmt = recognise_by_path(path)
             else:
-                llm_host = request.host in self.extra_hosts or provider_for(request.host, request.port) != "openai-compatible"
+                llm_host = request.host in self.extra_hosts or known_provider(request.host, request.port) is not None
                 fmt = recognise_unreadable(path, llm_host=llm_host)
             if fmt is None:
                 if body is None:
@@ -295,10 +380,11 @@ class Engine:
             host=request.host,
             port=request.port,
             path=path,
-            provider=provider_for(request.host, request.port, self.extra_hosts),
+            provider=provider_for(request.host, request.port, self.extra_hosts, fmt.family),
             origin=request.origin or origin_from_user_agent(request.user_agent),
             request=fields,
             notes=notes,
+            prices=self.prices,
         )
         try:
             call.identity = identify(dict(request.agent_headers), parsed, request.auth)
@@ -364,12 +450,13 @@ class Engine:
         self._finish(call, call.meter.facts, call.status_code, call.t_end_marker, error=_stream_outcome(call))
         return True
 
-    def _finish(self, call: Call, facts, status: int | None, t_end: float, *, error=None) -> None:
+    def _finish(self, call: Call, facts, status: int | None, t_end: float, *, error=None, settles: bool = True) -> None:
+        """`settles`: the call was handed over as one (a response on a WebSocket is not: its socket is)."""
         error_type, error_message = error if error else (None, None)
         row = build_row(call, facts or ResponseFacts(), status_code=status, t_end=t_end,
                         error_type=error_type, error_message=error_message)
         self.recorded += 1
-        self.ended += 1
+        self.ended += settles
         self.run_totals.add(row)
         if self.writer is not None:
             self.writer.submit(row)
@@ -419,6 +506,8 @@ class Engine:
         """The end of the run: rows written (or counted), then the summary."""
         self._shutdown(Shutdown(time.perf_counter()))
         self.flush_lines()
+        if self.retention is not None:
+            self.retention.stop()
         if self.writer is not None:
             self.writer.close()
             elsewhere = self.writer.written_to_replaced
@@ -428,6 +517,9 @@ class Engine:
                      self.writer.dropped, self.writer.drops_recorded)
         for line in self.run_totals.lines(self.unparsed) + self.watch.summary():
             log.info(line)
+        if self.warmups:
+            log.info("llm-metrics: %d WebSocket warm-up request(s) (generate: false, nothing generated) not recorded "
+                     "as calls", self.warmups)
         self._set_exports(None)  # its port free, what OpenTelemetry has yet to send sent
 
     def _count_unparsed(self, path: str) -> None:
@@ -461,7 +553,8 @@ def prepare_store(location: str, keep_backups: int):
 
 def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hosts: dict[str, str],
                  log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, limits: Limits | None = None,
-                 exports: ExportSettings | None = None, db=None) -> Engine:
+                 prices: PriceBook | None = None, retention_days: int = 0, exports: ExportSettings | None = None,
+                 db=None) -> Engine:
     """An engine with its own started writer; `db` when the caller has just prepared the store.
 
     It never waits for the database: without `db` the writer's thread opens it (and brings its
@@ -478,7 +571,11 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     writer = RowWriter(db, queue_size=queue_size, connect=lambda: _open_store(location, keep_backups))
     writer.start()
     engine = Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
-                    request_body_limit=request_body_limit, limits=limits, exports=exports)
+                    request_body_limit=request_body_limit, limits=limits, prices=prices,
+                    retention_days=retention_days, exports=exports)
+    # Started whatever the days: an option set later, while running, takes effect at the next run.
+    engine.retention = Retention(location, lambda: engine.retention_days)
+    engine.retention.start()
     if limits is not None and (limits.daily_usd is not None or limits.agents_daily_usd):
         threading.Thread(target=_read_spending, args=(engine, location, time.time()), daemon=True,
                          name="llm-metrics-budget").start()
@@ -523,6 +620,23 @@ def warm() -> None:
         pricing.warm()
     except Exception as exc:  # no prices means NULL costs, never a proxy that cannot start
         log.warning("llm-metrics: price data unavailable, cost_usd will be NULL: %r", exc)
+
+
+_SHUTDOWN = ("proxy_shutdown", "the proxy stopped before the call completed")
+
+
+@dataclasses.dataclass(slots=True)
+class _Socket:
+    call: Call  # what every response on it shares: host, path, provider, origin; the upgrade's times
+    session: ResponsesSession | RealtimeSession
+
+
+def _closed_early(m: SocketClose) -> tuple[str, str]:
+    """The error of a response the socket's end cut short: the side that ended it names it."""
+    how = "without a close frame (1006)" if m.code == 1006 else f"with code {m.code}"
+    if m.by_client:
+        return "client_disconnected", f"the client closed the WebSocket {how} before the response completed"
+    return "upstream_disconnected", f"the WebSocket was closed by the server {how} before the response completed"
 
 
 def _json_object(body: bytes, notes: list[str]) -> dict[str, Any] | None:

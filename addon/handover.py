@@ -19,7 +19,7 @@ from typing import Any
 from storage.writer import METERING_BEHIND
 
 from .backends import Metering
-from .capture import Abandon, Lost, Message, Request, ResponseHead, add_piece
+from .capture import Abandon, Lost, Message, Request, ResponseHead, SocketOpen, add_piece
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,18 @@ class Capture:
     head: ResponseHead | None = None
 
 
+@dataclass(slots=True)
+class Socket:
+    """A WebSocket that may carry LLM calls, as the hooks know it."""
+
+    opening: SocketOpen  # what opens it in the metering (again, under a new id, after it was dropped)
+    state: CallState = CallState.DROPPED
+
+    @property
+    def cid(self) -> int:
+        return self.opening.cid
+
+
 class Handover:
     def __init__(self, metering: Metering) -> None:
         self.metering = metering
@@ -54,11 +66,15 @@ class Handover:
         self.behind = False  # BACKLOG_LIMIT waits for the metering: calls are dropped
         self._lost: dict[str, int] = {}  # calls counted as dropped, not yet told to the metering
 
-    def put(self, message: Message, final: bool = False) -> None:
+    def put(self, message: Message, final: bool = False, size: int = 0) -> None:
+        """`size`: the bytes it carries (a WebSocket message's), which count as a stream's pieces do."""
         self._items.append(message)
         self._finals += final
+        self._piece_bytes += size
         if not self._scheduled:
             self._schedule()
+        elif size and self._piece_bytes > HAND_OVER_BYTES:
+            self.flush()
 
     def count_lost(self, n: int, reason: str) -> None:
         """Calls that will never be handed over: the metering is told to count them."""
@@ -66,7 +82,7 @@ class Handover:
         if not self._scheduled:
             self._schedule()
 
-    def drop(self, capture: Capture, reason: str = METERING_BEHIND) -> None:
+    def drop(self, capture: Capture | Socket, reason: str = METERING_BEHIND) -> None:
         """Stops handing over a call: the metering forgets what it had of it and counts it."""
         if capture.state is CallState.STREAMING:
             self.put(Abandon(capture.cid, reason), final=True)

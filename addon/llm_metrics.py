@@ -9,7 +9,8 @@ they pick out requests that may be LLM calls (by method and path, without readin
 stamp times, keep references to the bytes and put them in the outbox (`addon.handover`), which
 hands them to the metering (`addon.backends`: a process of its own, or this one) every few
 milliseconds. docs/architecture.md draws the whole path. A metering failure is logged once and
-counted; it never changes, stalls or breaks the user's traffic.
+counted; it never changes, stalls or breaks the user's traffic. The one edit the proxy makes, asking
+a stream for its usage where that is safe, is `addon.stream_usage`'s.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from urllib.parse import parse_qsl
 
 # `mitmdump -s addon/llm_metrics.py` loads this file as a script: make the project importable
 # when it was not pip-installed.
@@ -30,23 +32,40 @@ from mitmproxy import ctx, exceptions, hooks, http  # noqa: E402
 from addon.agents import AGENT_HEADERS, auth_mode  # noqa: E402
 from addon.backends import Metering, open_metering  # noqa: E402
 from addon.budget import Limits, parse_agent_budgets, parse_amount  # noqa: E402
-from addon.capture import Config, End, Fail, Open, Request, ResponseHead, Shutdown, Whole  # noqa: E402
+from addon.capture import (  # noqa: E402
+    Config,
+    End,
+    Fail,
+    Open,
+    Request,
+    ResponseHead,
+    Shutdown,
+    SocketClose,
+    SocketMessage,
+    SocketOpen,
+    Whole,
+)
 from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
 from addon.exposition import ExportSettings, export_settings, export_warnings  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
-from addon.handover import CallState, Capture, Handover  # noqa: E402
+from addon.formats.websocket import SOCKET_SUFFIXES  # noqa: E402
+from addon.handover import CallState, Capture, Handover, Socket  # noqa: E402
 from addon.metering import passes_as_stream  # noqa: E402
 from addon.options import DEFAULT_ORIGIN_HEADER, add_options, line_buffered_stdout, parse_hosts, warn_at_start  # noqa: E402
+from addon.prices import PriceBook, PriceFileError, load_prices  # noqa: E402
 from addon.quota import QUOTA_HEADERS  # noqa: E402
 from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
+from addon.stream_usage import UsageInjector  # noqa: E402
+from addon.wire import MAX_EVENT_BYTES  # noqa: E402
 from storage import default_location  # noqa: E402
 from storage.db import display_location, hide_password, unreachable  # noqa: E402
-from storage.writer import METERING_LOST  # noqa: E402
+from storage.writer import METERING_BEHIND, METERING_LOST  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 30.0
 _CANDIDATE_SUFFIXES = tuple(suffix.encode() for suffix in CANDIDATE_SUFFIXES)
+_SOCKET_SUFFIXES = tuple(suffix.encode() for suffix in SOCKET_SUFFIXES)
 
 
 class LLMMetrics:
@@ -59,9 +78,13 @@ class LLMMetrics:
         self.body_limit = REQUEST_BODY_LIMIT
         self.limits = Limits()
         self.exports = ExportSettings()
+        self.prices: PriceBook | None = None
         self.inflight: dict[str, Capture] = {}  # by flow.id (flow.metadata would be saved with the flow)
         self._flows: dict[str, http.HTTPFlow] = {}  # the flows of waiting calls, for their bodies at shutdown
+        self.sockets: dict[str, Socket] = {}  # WebSockets that may carry LLM calls, by flow.id
+        self._upgrade_origins: dict[str, str] = {}  # origin tags of GET requests, until websocket_start
         self._next_cid = 0
+        self.usage = UsageInjector()  # the one place a request or response is changed
 
     def load(self, loader) -> None:
         line_buffered_stdout()
@@ -80,15 +103,22 @@ class LLMMetrics:
         for name in ("llm_metrics_queue_size", "llm_metrics_backup_keep", "llm_metrics_request_body_limit"):
             if name in updated and getattr(options, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1")
+        if "llm_metrics_retention_days" in updated and not 0 <= options.llm_metrics_retention_days <= 36_600:
+            raise exceptions.OptionsError("llm_metrics_retention_days must be from 0 (keep everything) to 36600")
         self.body_limit = options.llm_metrics_request_body_limit
+        if updated & {"llm_metrics_inject_usage", "llm_metrics_usage_hosts"}:
+            self.usage.configure(options.llm_metrics_inject_usage, options.llm_metrics_usage_hosts)
         if updated & _LIMIT_OPTIONS:
             self.limits = _limits(options)
+        if "llm_metrics_prices" in updated:
+            self.prices = _prices(options.llm_metrics_prices)
         if updated & _EXPORT_OPTIONS:
             self.exports = _exports(options)
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
         elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit",
-                        *_LIMIT_OPTIONS, *_EXPORT_OPTIONS} and self.handover is not None:
+                        "llm_metrics_prices", "llm_metrics_retention_days", *_LIMIT_OPTIONS, *_EXPORT_OPTIONS} \
+                and self.handover is not None:
             self.handover.put(Config(self._settings()))
 
     def running(self) -> None:
@@ -108,6 +138,9 @@ class LLMMetrics:
             self.handover.put(Shutdown(t))
         self.inflight.clear()
         self._flows.clear()
+        self.sockets.clear()
+        self._upgrade_origins.clear()
+        self.usage.injected.clear()
         self._close_metering()
 
     # -- hooks, in flow order ----------------------------------------------------------------
@@ -120,27 +153,15 @@ class LLMMetrics:
         try:
             origin = self._take_origin(flow.request.headers)
             if data.method != b"POST" or self.handover is None:
+                if origin is not None and data.method == b"GET":
+                    self._upgrade_origins[flow.id] = origin  # a WebSocket's upgrade, maybe: its calls have it
                 return
             host = data.host.lower()
             path, _, query = data.path.partition(b"?")  # a key in the query (Gemini's ?key=) is never kept
             if not (path.endswith(_CANDIDATE_SUFFIXES) or host in self.extra_hosts):
                 return
-            user_agent = encoding = None
-            agent_headers = []
-            fields = flow.request.headers.fields
-            for name, value in fields:  # one pass: each Headers.get is a pass too
-                name = name.lower()
-                if name == b"content-encoding":
-                    encoding = value.decode("latin-1")
-                elif name in AGENT_HEADERS:  # who sent it; never a credential
-                    text = value.decode("utf-8", "surrogateescape")
-                    agent_headers.append((name.decode("latin-1"), text))
-                    if name == b"user-agent":
-                        user_agent = text
             self._next_cid += 1
-            request = Request(_started(flow.request.timestamp_start), flow.request.timestamp_start or time.time(),
-                              host, data.port, path.decode("utf-8", "surrogateescape"), b"", encoding, user_agent,
-                              origin, tuple(agent_headers), auth_mode(fields, _has_key_parameter(query)))
+            request = _request(flow, host, path, query, origin)
             self.inflight[flow.id] = Capture(self._next_cid, request)
             self._flows[flow.id] = flow
         except Exception as exc:  # never let metering touch the user's traffic
@@ -154,6 +175,16 @@ class LLMMetrics:
             return None
         headers.fields = tuple(field for field in headers.fields if field[0].lower() != tag)
         return values[-1].decode("utf-8", "surrogateescape")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The whole request of a possible LLM call: a stream that did not ask for its usage asks
+        for it, where the upstream is known to accept that (`addon.stream_usage`)."""
+        if flow.id not in self.inflight:
+            return
+        try:
+            self.usage.request(flow, self.body_limit)
+        except Exception as exc:
+            _hook_error("request", exc)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         capture = self.inflight.get(flow.id)
@@ -169,14 +200,24 @@ class LLMMetrics:
                 self._flows.pop(flow.id, None)
                 if self.handover.behind:
                     self.handover.drop(capture)
-                    return
-                capture.state = CallState.STREAMING
-                self.handover.put(Open(capture.cid, self._with_body(capture, flow), capture.head, True))
-                response.stream = self.handover.stream_callable(capture, _hook_error)
+                else:
+                    capture.state = CallState.STREAMING
+                    self.handover.put(Open(capture.cid, self._with_body(capture, flow), capture.head, True))
+                    response.stream = self.handover.stream_callable(capture, _hook_error)
+        except Exception as exc:
+            _hook_error("responseheaders", exc)
+        try:
+            self.usage.responseheaders(flow, _hook_error)  # after the metering's: it wraps its stream callable
         except Exception as exc:
             _hook_error("responseheaders", exc)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if self._upgrade_origins and flow.websocket is None:
+            self._upgrade_origins.pop(flow.id, None)
+        try:
+            self.usage.response(flow)
+        except Exception as exc:
+            _hook_error("response", exc)
         capture = self.inflight.pop(flow.id, None)
         self._flows.pop(flow.id, None)
         if capture is None or self.handover is None or capture.state is CallState.DROPPED:
@@ -196,6 +237,9 @@ class LLMMetrics:
             _hook_error("response", exc)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if self._upgrade_origins:
+            self._upgrade_origins.pop(flow.id, None)
+        self.usage.forget(flow)
         capture = self.inflight.pop(flow.id, None)
         self._flows.pop(flow.id, None)
         if capture is None or self.handover is None or capture.state is CallState.DROPPED:
@@ -214,6 +258,78 @@ class LLMMetrics:
         except Exception as exc:
             _hook_error("error", exc)
 
+    # -- WebSockets: each response on one is a call (addon.formats.websocket) ---------------
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        """A socket on a path where LLM APIs take them is followed: its text messages are handed
+        over as they pass (never changed, never held)."""
+        origin = self._upgrade_origins.pop(flow.id, None) if self._upgrade_origins else None
+        if self.handover is None:
+            return
+        try:
+            data = flow.request.data
+            path, _, query = data.path.partition(b"?")
+            if not path.endswith(_SOCKET_SUFFIXES):
+                return
+            request = _request(flow, data.host.lower(), path, query, origin)
+            model = next((value for name, value in parse_qsl(query.decode("utf-8", "replace")) if name == "model"), None)
+            self._next_cid += 1
+            head = _head(time.perf_counter(), flow.response) if flow.response is not None else None
+            socket = Socket(SocketOpen(self._next_cid, request, model or None, head))
+            self.sockets[flow.id] = socket
+            if not self.handover.behind:
+                socket.state = CallState.STREAMING
+                self.handover.put(socket.opening)
+        except Exception as exc:
+            _hook_error("websocket_start", exc)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        socket = self.sockets.get(flow.id)
+        if socket is None or self.handover is None:
+            return
+        try:
+            assert flow.websocket is not None  # mitmproxy calls this hook for a WebSocket's flow
+            messages = flow.websocket.messages
+            message = messages[-1]
+            # mitmproxy keeps every message of a flow: one handed over is let go, only the newest
+            # stays (for the addons after this one, which read messages[-1]), so an hours-long
+            # socket holds one message, not its history.
+            del messages[:-1]
+            if message.is_text:  # the APIs followed speak JSON text: a binary message is no call's
+                self._hand_over_message(socket, message.from_client, message.content)
+        except Exception as exc:
+            _hook_error("websocket_message", exc)
+
+    def _hand_over_message(self, socket: Socket, from_client: bool, content: bytes) -> None:
+        t, handover = time.perf_counter(), self.handover
+        assert handover is not None
+        if handover.behind:
+            if socket.state is CallState.STREAMING:
+                handover.drop(socket)  # the responses open on it are counted as dropped
+            if from_client and b'"response.create"' in content:
+                handover.count_lost(1, METERING_BEHIND)  # a call asked for while the metering is behind
+            return
+        if socket.state is CallState.DROPPED:  # the metering caught up (or was restarted): follow it again
+            self._next_cid += 1
+            socket.opening = socket.opening._replace(cid=self._next_cid)
+            socket.state = CallState.STREAMING
+            handover.put(socket.opening)
+        size = len(content)
+        limit = self.body_limit if from_client else MAX_EVENT_BYTES
+        handover.put(SocketMessage(socket.cid, t, from_client, content if size <= limit else None, size), size=size)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        socket = self.sockets.pop(flow.id, None)
+        if socket is None or self.handover is None or socket.state is CallState.DROPPED:
+            return
+        try:
+            websocket = flow.websocket
+            assert websocket is not None
+            self.handover.put(SocketClose(socket.cid, time.perf_counter(), websocket.close_code,
+                                          bool(websocket.closed_by_client)), final=True)
+        except Exception as exc:
+            _hook_error("websocket_end", exc)
+
     def _with_body(self, capture: Capture, flow: http.HTTPFlow) -> Request:
         """The request as handed over: with its body, which arrived after its headers, unless
         it is too large to be worth reading (`llm_metrics_request_body_limit`)."""
@@ -224,7 +340,8 @@ class LLMMetrics:
 
     def _settings(self) -> dict:
         return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls,
-                "request_body_limit": self.body_limit, "limits": self.limits, "exports": self.exports}
+                "request_body_limit": self.body_limit, "limits": self.limits, "prices": self.prices,
+                "retention_days": ctx.options.llm_metrics_retention_days, "exports": self.exports}
 
     def _open_store(self, location: str) -> None:
         self._close_metering()
@@ -263,9 +380,10 @@ class LLMMetrics:
         backend starts a new process."""
         assert self.handover is not None and self.metering is not None
         waiting = self.handover.discard()
-        streams = [c for c in self.inflight.values() if c.state is CallState.STREAMING]
+        streams: list[Capture | Socket] = [c for c in self.inflight.values() if c.state is CallState.STREAMING]
+        streams += [s for s in self.sockets.values() if s.state is CallState.STREAMING]
         for capture in streams:
-            capture.state = CallState.DROPPED  # its pieces now go nowhere
+            capture.state = CallState.DROPPED  # its pieces now go nowhere (a socket's: until the next process)
         lost = self.metering.unsettled + waiting + len(streams)
         if lost:
             self.handover.count_lost(lost, METERING_LOST)
@@ -314,6 +432,39 @@ def _exports(options) -> ExportSettings:
     for line in export_warnings(settings):
         log.warning(line)
     return settings
+
+
+def _prices(path: str) -> PriceBook | None:
+    """The user's prices file, read now: a bad one stops the proxy with one line."""
+    if not path:
+        return None
+    try:
+        book = load_prices(os.path.expanduser(path))
+    except PriceFileError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
+    log.info("llm-metrics: %d price(s) from %s, ahead of genai-prices", len(book.prices), path)
+    return book
+
+
+def _request(flow: http.HTTPFlow, host: str, path: bytes, query: bytes, origin: str | None) -> Request:
+    """What crosses of a request's line and headers (one pass over them): who sent it, its
+    session and retry (`AGENT_HEADERS`, never a credential), the kind of credential, its coding."""
+    user_agent = encoding = None
+    agent_headers = []
+    fields = flow.request.headers.fields
+    for name, value in fields:  # one pass: each Headers.get is a pass too
+        name = name.lower()
+        if name == b"content-encoding":
+            encoding = value.decode("latin-1")
+        elif name in AGENT_HEADERS:
+            text = value.decode("utf-8", "surrogateescape")
+            agent_headers.append((name.decode("latin-1"), text))
+            if name == b"user-agent":
+                user_agent = text
+    started = flow.request.timestamp_start
+    return Request(_started(started), started or time.time(), host, flow.request.data.port,
+                   path.decode("utf-8", "surrogateescape"), b"", encoding, user_agent, origin, tuple(agent_headers),
+                   auth_mode(fields, _has_key_parameter(query)))
 
 
 def _head(t: float, response: http.Response) -> ResponseHead:

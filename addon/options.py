@@ -41,9 +41,22 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
      "Print a one-line summary of each captured call."),
     ("llm_metrics_worker", bool, True,
      "Meter calls in a process of their own, off mitmproxy's event loop; false: in mitmproxy's process."),
+    ("llm_metrics_inject_usage", bool, True,
+     "Ask upstreams known to accept it for the usage of streamed Chat Completions and Completions "
+     "calls that did not ask (stream_options.include_usage), and hide the extra usage chunk from "
+     "the client; false: never change a request (such streams get estimated usage)."),
+    ("llm_metrics_usage_hosts", Sequence[str], [],
+     "Extra upstreams, as HOST or HOST:PORT, known to accept stream_options.include_usage."),
     ("llm_metrics_request_body_limit", int, REQUEST_BODY_LIMIT,
      "Request bodies larger than this many bytes, as sent or once decompressed, are not read: such "
      "a call is recorded by its path, without its request's model, limits and message count."),
+    ("llm_metrics_prices", str, "",
+     "A TOML file of your own prices (self-hosted models, negotiated rates), ahead of genai-prices: "
+     "[[price]] entries with model (a name or glob), optional host or provider, and USD per million "
+     "input_per_million, output_per_million, cached_input_per_million, cache_write_per_million."),
+    ("llm_metrics_retention_days", int, 0,
+     "Delete calls older than this many days, once a day while the proxy runs, keeping their daily "
+     "totals per model, provider and agent (reports still count them). 0: keep everything."),
     ("llm_metrics_budget_daily_usd", str, "",
      "A daily budget in USD for all calls (UTC days; e.g. 25): one line is logged as 80, 90 and 100 % "
      "of it are reached. Nothing is blocked. Empty: off."),

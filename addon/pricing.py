@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
+from .prices import CUSTOM, GENAI_PRICES, PriceBook
+
 # This project's provider names -> genai-prices provider ids.
 _PROVIDER_IDS = {
     "openai": "openai",
@@ -31,14 +33,17 @@ _PROVIDER_IDS = {
     "cerebras": "cerebras",
     "aws-bedrock": "aws",
 }
-# Servers anyone can run (vLLM, llama.cpp, Ollama): a model name there says nothing about a
-# bill, and genai-prices would match `openai-compatible` to OpenAI's list prices.
-_NEVER_PRICED = frozenset({"openai-compatible", "ollama"})
+# Servers anyone can run (vLLM, llama.cpp, Ollama, a gateway), named after the API they speak
+# (`openai-compatible`, `anthropic-compatible`, ...): a model name there says nothing about a bill,
+# and genai-prices would match `openai-compatible` to OpenAI's list prices. Gemini Code Assist (Gemini
+# CLI signed in with a Google account) is a free tier or a subscription: no call has a list price.
+_NEVER_PRICED = frozenset({"ollama", "gemini-code-assist"})
+_NEVER_PRICED_ENDING = "-compatible"
 
 
 def price_provider(provider: str | None) -> str | None:
     """The genai-prices provider id; a name a user gave a host (`HOST=NAME`) is passed as is."""
-    if not provider or provider in _NEVER_PRICED:
+    if not provider or provider in _NEVER_PRICED or provider.endswith(_NEVER_PRICED_ENDING):
         return None
     return _PROVIDER_IDS.get(provider, provider)
 
@@ -51,9 +56,14 @@ def cost_usd(
     completion_tokens: int | None,
     cached_tokens: int | None = None,
     cache_creation_tokens: int | None = None,
+    audio_input_tokens: int | None = None,
+    cached_audio_tokens: int | None = None,
+    audio_output_tokens: int | None = None,
     at: datetime | None = None,
 ) -> float | None:
-    """USD for these counts, or None when the provider, the model or the input is unknown."""
+    """USD for these counts, or None when the provider, the model or the input is unknown. The
+    audio counts are the audio parts of the input, of its cached part and of the output (audio is
+    priced apart from text, the Realtime API's models)."""
     provider_id = price_provider(provider)
     if provider_id is None or not model or prompt_tokens is None:
         return None
@@ -64,12 +74,44 @@ def cost_usd(
         cache_read_tokens=cached_tokens or None,
         cache_write_tokens=cache_creation_tokens or None,
         output_tokens=completion_tokens or None,
+        input_audio_tokens=audio_input_tokens or None,
+        cache_audio_read_tokens=cached_audio_tokens or None,
+        output_audio_tokens=audio_output_tokens or None,
     )
     try:
         price = calc_price(usage, model, provider_id=provider_id, genai_request_timestamp=at)
     except (LookupError, ValueError):  # unknown model or provider; counts that do not add up
         return None
     return _usd(price.total_price)
+
+
+def price_call(
+    *,
+    provider: str | None,
+    host: str | None,
+    model: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    cached_tokens: int | None = None,
+    cache_creation_tokens: int | None = None,
+    audio_input_tokens: int | None = None,
+    cached_audio_tokens: int | None = None,
+    audio_output_tokens: int | None = None,
+    at: datetime | None = None,
+    book: PriceBook | None = None,
+) -> tuple[float | None, str | None]:
+    """USD for these counts and where the price came from: the user's prices file first
+    (`addon.prices`, which prices audio as text), then genai-prices; (None, None) when neither knows it."""
+    if prompt_tokens is None:
+        return None, None
+    price = book.find(provider, host, model) if book is not None else None
+    if price is not None:
+        return price.cost(prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens), CUSTOM
+    cost = cost_usd(provider=provider, model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    cached_tokens=cached_tokens, cache_creation_tokens=cache_creation_tokens,
+                    audio_input_tokens=audio_input_tokens, cached_audio_tokens=cached_audio_tokens,
+                    audio_output_tokens=audio_output_tokens, at=at)
+    return cost, GENAI_PRICES if cost is not None else None
 
 
 def _usd(value: Decimal) -> float:

@@ -11,21 +11,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import bounds
+from . import bounds, estimate
 from .agents import Identity
 from .formats import ResponseFacts, WireFormat
 from .formats.finish import finish_category
-from .pricing import cost_usd
+from .prices import PriceBook
+from .pricing import price_call
 from .quota import Headroom
 from .redact import redact, redact_path
 from .wire import MAX_EVENT_BYTES
 
-# Well-known API hosts name the provider; any other host is "openai-compatible" (vLLM,
-# llama.cpp, LM Studio, ...), except Ollama's default port.
+# Well-known API hosts name the provider; any other host (vLLM, llama.cpp, LM Studio, a gateway,
+# a test's fake) is named after the API it speaks, `<family>-compatible` (`openai-compatible`,
+# `anthropic-compatible`, `gemini-compatible`, ...), except Ollama's default port.
 _PROVIDER_BY_HOST = {
     "api.openai.com": "openai",
     "api.anthropic.com": "anthropic",
     "generativelanguage.googleapis.com": "gemini",
+    "cloudcode-pa.googleapis.com": "gemini-code-assist",  # Gemini CLI signed in with a Google account
     "aiplatform.googleapis.com": "vertex-ai",
     "openrouter.ai": "openrouter",
     "api.groq.com": "groq",
@@ -44,9 +47,12 @@ _PROVIDER_BY_HOST_SUFFIX = (
     ("-aiplatform.googleapis.com", "vertex-ai"),
 )
 OLLAMA_PORT = 11434
+COMPATIBLE = "-compatible"  # the ending of every name given after an API rather than a host
 
 
-def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None) -> str:
+def known_provider(host: str, port: int, extra_hosts: dict[str, str] | None = None) -> str | None:
+    """The provider a host is known as (named in `llm_metrics_hosts`, or a well-known API); None
+    for any other host."""
     host = host.lower()
     if extra_hosts and extra_hosts.get(host):
         return extra_hosts[host]
@@ -59,7 +65,13 @@ def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None
             return name
     if port == OLLAMA_PORT:
         return "ollama"
-    return "openai-compatible"
+    return None
+
+
+def provider_for(host: str, port: int, extra_hosts: dict[str, str] | None = None, family: str = "openai") -> str:
+    """The provider a row names: the host's, else the API `family` the call speaks, as
+    `<family>-compatible` (an Anthropic Messages call to a local server is `anthropic-compatible`)."""
+    return known_provider(host, port, extra_hosts) or family + COMPATIBLE
 
 
 def origin_from_user_agent(user_agent: str | None) -> str | None:
@@ -111,6 +123,7 @@ class Call:
     metering_failed: bool = False
     notes: list[str] = field(default_factory=list)  # what was not read or stored, and why (metering_note)
     identity: Identity = Identity()  # who made it (addon.agents)
+    prices: PriceBook | None = None  # the user's prices file (llm_metrics_prices), first
     headroom: Headroom = Headroom()  # what its response said is left (addon.quota)
 
     def stamp_token(self, now: float) -> None:
@@ -147,6 +160,8 @@ def build_row(
     ttlt = _ms(call.t_start, call.t_last_token) if streamed_times else None
     model = facts.model or call.request.get("request_model")
     usage_reported = not implausible and _usage_reported(call, counts)
+    # A failed call's counts stay unknown: what a cut stream carried is not what it would have used.
+    estimated = error_type is None and not (implausible or usage_reported) and _estimate(call, facts, counts)
     row = {
         "timestamp": utc_timestamp(call.started_at),
         "success": error_type is None,
@@ -170,15 +185,16 @@ def build_row(
             override=facts.finish_category,
         ),
         "operation": call.fmt.operation,
-        "usage_source": "implausible" if implausible else "reported" if usage_reported else "missing",
-        "cost_usd": _cost(call, counts, model) if usage_reported else None,
+        "usage_source": _usage_source(implausible, usage_reported, estimated),
+        **_cost(call, counts, model, facts, usage_reported or estimated),
         "prompt_eval_duration_ms": bounds.server_ms_or_none(facts.prompt_eval_duration_ns,
                                                             "prompt_eval_duration", notes),
         "eval_duration_ms": bounds.server_ms_or_none(facts.eval_duration_ns, "eval_duration", notes),
         "time_to_first_byte_ms": _ms(call.t_start, call.t_headers),
         "time_to_first_token_ms": ttft,
         "time_to_last_token_ms": ttlt,
-        "tokens_per_second": _tokens_per_second(call, counts) if streamed_times else None,
+        # A rate is a measurement: never made of estimated counts.
+        "tokens_per_second": _tokens_per_second(call, counts) if streamed_times and not estimated else None,
         "chunk_count": bounds.measured(facts.events) if call.streamed else None,
         "error_type": error_type and redact(error_type),
         "error_message": error_message and redact(error_message),
@@ -228,28 +244,71 @@ def _usage_reported(call: Call, counts: dict[str, int | None]) -> bool:
     return counts["completion_tokens"] is not None or call.fmt.operation == "embeddings"
 
 
-def _cost(call: Call, counts: dict[str, int | None], model: str | None) -> float | None:
-    cost = cost_usd(
+# Streams that may lack their usage by the client's choice (stream_options.include_usage).
+_ESTIMATED_OPERATIONS = ("chat", "text_completion")
+
+
+def _estimate(call: Call, facts: ResponseFacts, counts: dict[str, int | None]) -> bool:
+    """A successful stream of generated content that reported no count at all gets estimated counts
+    (`addon.estimate`): its output always, its input where the request was text alone."""
+    if not call.streamed or call.fmt.operation not in _ESTIMATED_OPERATIONS or any(v is not None for v in counts.values()):
+        return False
+    output = estimate.output_tokens(facts.content_events, facts.output_chars)
+    if output is None:
+        return False
+    prompt = call.request.get("prompt_tokens_estimate")
+    counts["completion_tokens"], counts["prompt_tokens"] = output, prompt
+    counts["total_tokens"] = None if prompt is None else prompt + output
+    return True
+
+
+def _usage_source(implausible: bool, reported: bool, estimated: bool) -> str:
+    if implausible:
+        return "implausible"
+    return "reported" if reported else "estimated" if estimated else "missing"
+
+
+def _cost(call: Call, counts: dict[str, int | None], model: str | None, facts: ResponseFacts,
+          usage_known: bool) -> dict[str, Any]:
+    """The call's cost and where its price came from, of reported or estimated counts."""
+    unknown: dict[str, Any] = {"cost_usd": None, "price_source": None}
+    if not usage_known:
+        return unknown
+    audio_in, audio_out = facts.audio_input_tokens, facts.audio_output_tokens
+    if call.fmt.operation == "realtime" and (audio_in is None or audio_out is None):
+        return unknown  # its audio part, priced several times text, is not known: nor is its price
+    if (audio_in or 0) > (counts["prompt_tokens"] or 0) or (audio_out or 0) > (counts["completion_tokens"] or 0):
+        return unknown  # parts larger than their whole: counts that do not add up
+    cost, source = price_call(
         provider=call.provider,
+        host=call.host,
         model=model,
         prompt_tokens=counts["prompt_tokens"],
         completion_tokens=counts["completion_tokens"],
         cached_tokens=counts["cached_tokens"],
         cache_creation_tokens=counts["cache_creation_tokens"],
+        audio_input_tokens=audio_in,
+        cached_audio_tokens=facts.cached_audio_tokens,
+        audio_output_tokens=audio_out,
         at=datetime.fromtimestamp(call.started_at, UTC),
+        book=call.prices,
     )
-    return cost if cost is None or cost >= 0 else None  # negative: counts that do not add up
+    if cost is None or cost < 0:  # negative: counts that do not add up
+        return unknown
+    return {"cost_usd": cost, "price_source": source}
 
 
 def _tokens_per_second(call: Call, counts: dict[str, int | None]) -> float | None:
-    """Output tokens over generation time (first to last token); prompt tokens never count."""
+    """The decode rate, as AIPerf and vLLM define it: the N - 1 output tokens after the first over
+    the time from first to last token, (N - 1) / (t_last - t_first). The first token's own time is
+    in the time to first token, never here; prompt tokens never count. None below two tokens."""
     completion = counts["completion_tokens"]
-    if completion is None or call.t_first_token is None or call.t_last_token is None:
+    if completion is None or completion < 2 or call.t_first_token is None or call.t_last_token is None:
         return None
     seconds = call.t_last_token - call.t_first_token
     if seconds <= 0:
         return None
-    return bounds.finite_or_none(round(completion / seconds, 3))
+    return bounds.finite_or_none(round((completion - 1) / seconds, 3))
 
 
 def now() -> float:

@@ -24,7 +24,8 @@ def format_call_line(row: dict[str, Any]) -> str:
     ]
     if row["is_streaming"]:
         parts.append(f"ttft {_ms(row['time_to_first_token_ms'])}")
-    parts.append(f"tokens {_n(row['prompt_tokens'])}→{_n(row['completion_tokens'])}")
+    about = "~" if row.get("usage_source") == "estimated" else ""  # addon/estimate.py
+    parts.append(f"tokens {about}{_n(row['prompt_tokens'])}→{about}{_n(row['completion_tokens'])}")
     if not row["success"]:
         parts.append(f"error {row['error_type']}")
     return " | ".join(parts)

@@ -137,7 +137,8 @@ def _rows(n: int, seed: int, has_cost: bool, days: int, count: int):
         first = last = tokens_per_second = None
         if streamed and ok:
             first, last = ttft, int(ttft + generation_ms)
-            tokens_per_second = round(completion / ((last - first) / 1000), 3) if last > first else None
+            # as addon/record.py has it: the tokens after the first over first to last token
+            tokens_per_second = round((completion - 1) / ((last - first) / 1000), 3) if last > first and completion > 1 else None
         status, error_type, message = (200, None, None) if ok else rng.choice(FAILURES)
         row = (
             datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), ok, status, latency,

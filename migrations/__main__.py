@@ -6,7 +6,10 @@
     backups    list backups with sizes and times
     restore    replace the database with a backup (a safety backup is taken first)
     verify     full integrity check and schema check
-    reprice    recompute cost_usd of stored rows (after an upgrade of the price data)
+    prune      delete calls older than --older-than AGE (90d, 12w), keeping their daily totals
+               (a verified backup first; --dry-run says what it would do)
+    reprice    recompute cost_usd of stored rows (after an upgrade of the price data, or with
+               --prices FILE: your own prices ahead of genai-prices)
 """
 
 from __future__ import annotations
@@ -64,14 +67,23 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m migrations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in ("status", "upgrade", "backup", "backups", "restore", "verify", "reprice"):
+    for name in ("status", "upgrade", "backup", "backups", "restore", "verify", "reprice", "prune"):
         cmd = sub.add_parser(name)
         cmd.add_argument("--db", default=None, type=location_argument,
                          help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
-        if name in ("upgrade", "backup", "restore"):
+        if name in ("upgrade", "backup", "restore", "prune"):
             cmd.add_argument("--keep", type=_keep, default=DEFAULT_KEEP, help=f"backups to keep (default {DEFAULT_KEEP})")
         if name == "restore":
             cmd.add_argument("file", type=Path, help="the backup file to restore")
+        if name == "prune":
+            cmd.add_argument("--older-than", metavar="AGE", required=True, type=_age,
+                             help="delete calls that started more than AGE ago: 90d, 12w")
+            cmd.add_argument("--dry-run", action="store_true", help="say what would be deleted; change nothing")
+            cmd.add_argument("--no-vacuum", action="store_true", help="SQLite: leave the freed space in the file")
+            cmd.add_argument("--no-backup", action="store_true",
+                             help="no backup first (PostgreSQL needs it: take a pg_dump yourself)")
+        if name == "reprice":
+            cmd.add_argument("--prices", metavar="FILE", help="a TOML prices file (as llm_metrics_prices) ahead of genai-prices")
     return parser
 
 
@@ -185,12 +197,61 @@ def cmd_verify(args) -> int:
 
 
 def cmd_reprice(args) -> int:
+    from addon.prices import PriceFileError, load_prices
+
     from .reprice import reprice  # imports the price data: only this command needs it
 
+    try:
+        book = load_prices(args.prices) if args.prices else None
+    except PriceFileError as exc:
+        raise UsageError(str(exc)) from None
     db = _open(args.location)
     if pending(db):
         raise UsageError("the database has pending migrations: run python -m migrations upgrade first")
-    print(f"repriced: {reprice(db)} row(s) changed cost_usd")
+    print(f"repriced: {reprice(db, book)} row(s) changed cost_usd or price_source")
+    return 0
+
+
+def _age(text: str) -> str:
+    from .prune import cutoff
+
+    try:
+        cutoff(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def cmd_prune(args) -> int:
+    from . import prune as retention
+
+    cut = retention.cutoff(args.older_than)
+    path = sqlite_path(args.location)
+    if path is None and not (args.no_backup or args.dry_run):
+        raise UsageError("prune makes a verified backup of SQLite files only: for PostgreSQL take a pg_dump, "
+                         "then run again with --no-backup")
+    db = _open(args.location)
+    if pending(db):
+        raise UsageError("the database has pending migrations: run python -m migrations upgrade first")
+    todo = retention.plan(db, cut)
+    span = f" ({(todo.first_utc or '')[:10]} to {(todo.last_utc or '')[:10]}, {todo.days} day(s))" if todo.rows else ""
+    if args.dry_run:
+        print(f"would delete {todo.rows} call(s) older than {cut}{span}, keeping their daily totals")
+        return 0
+    if not todo.rows:
+        print(f"nothing to delete: no call is older than {cut}")
+        return 0
+    if path is not None and not args.no_backup:
+        try:
+            print(f"backup: {make_backup(path, keep=args.keep)}")
+        except BackupError as exc:
+            raise UsageError(f"no backup could be made, nothing was deleted: {exc}") from None
+    done = retention.prune(db, cut)
+    print(f"deleted {done.rows} call(s) older than {cut}{span}; daily totals kept in {len(done.totals_rows)} row(s)")
+    if path is not None and not args.no_vacuum:
+        before = path.stat().st_size
+        retention.vacuum(db)
+        print(f"vacuumed: {before / 2**20:.1f} MiB -> {path.stat().st_size / 2**20:.1f} MiB")
     return 0
 
 
@@ -202,6 +263,7 @@ COMMANDS = {
     "restore": cmd_restore,
     "verify": cmd_verify,
     "reprice": cmd_reprice,
+    "prune": cmd_prune,
 }
 
 

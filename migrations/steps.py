@@ -273,3 +273,62 @@ def m007_agents_and_headroom(db: peewee.Database, migrator: SchemaMigrator) -> N
         migrator.add_column(TABLE, name, field).run()
     for name, columns, where in _M007_INDEXES:
         db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} ({', '.join(columns)}){where}")
+
+
+@step(
+    8,
+    "m008_price_source",
+    "where each cost's price came from: genai-prices, or the user's prices file",
+    promises=(AddsColumns(TABLE, {"price_source": "text"}),),
+)
+def m008_price_source(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Issue 22: a prices file (llm_metrics_prices) can price self-hosted models and negotiated
+    # rates ahead of genai-prices, so a cost must say which it came from. Every cost recorded
+    # before this step came from genai-prices, the only source there was: they say so.
+    migrator.add_column(TABLE, "price_source", peewee.TextField(null=True)).run()
+    db.execute_sql(f"UPDATE {TABLE} SET price_source = 'genai-prices' WHERE cost_usd IS NOT NULL")
+
+
+# m009's table, frozen: what `python -m migrations prune` keeps of the rows it deletes.
+_DAILY_TOTALS_SQLITE = """
+CREATE TABLE IF NOT EXISTS daily_totals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    day TEXT NOT NULL,
+    model TEXT,
+    provider TEXT,
+    agent TEXT,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    streamed INTEGER NOT NULL,
+    prompt_tokens BIGINT,
+    completion_tokens BIGINT,
+    cached_tokens BIGINT,
+    reasoning_tokens BIGINT,
+    cost_usd REAL,
+    unpriced_calls INTEGER NOT NULL,
+    response_time_ms_sum BIGINT,
+    response_time_count INTEGER NOT NULL,
+    ttft_ms_sum BIGINT,
+    ttft_count INTEGER NOT NULL
+)
+"""
+_DAILY_TOTALS_POSTGRES = (
+    _DAILY_TOTALS_SQLITE.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "SERIAL PRIMARY KEY")
+    .replace("REAL", "DOUBLE PRECISION")
+)
+_DAILY_TOTALS_INDEX = "CREATE INDEX IF NOT EXISTS daily_totals_day ON daily_totals (day, model, provider, agent)"
+
+
+@step(
+    9,
+    "m009_daily_totals",
+    "daily totals per model, provider and agent of the calls a prune deletes",
+    promises=(Creates("daily_totals", columns_of_create(_DAILY_TOTALS_SQLITE), (("day", "model", "provider", "agent"),)),),
+)
+def m009_daily_totals(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    # Issue 22: months of rows grow without bound; `python -m migrations prune` (and the proxy's
+    # llm_metrics_retention_days) delete old rows, keeping these totals so that reports over
+    # long ranges still count them. Sums are NULL when no call of the group reported them.
+    sql = _DAILY_TOTALS_POSTGRES if isinstance(db, peewee.PostgresqlDatabase) else _DAILY_TOTALS_SQLITE
+    db.execute_sql(sql)
+    db.execute_sql(_DAILY_TOTALS_INDEX)

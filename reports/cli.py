@@ -29,11 +29,13 @@ from .source import NothingYet, ReportError, open_source
 DEFAULT_WATCH_SECONDS = 2.0
 
 DESCRIPTION = f"""\
-What the proxy recorded, in the terminal: an overview, tables by model, provider/host and origin,
-errors, a timeline and the slowest calls. Opens the database read-only; never writes or migrates it.
+What the proxy recorded, in the terminal: an overview, the quotas providers stated, tables by
+model, provider/host and origin (and agent, when several), errors, retries, a timeline and the
+slowest calls. Opens the database read-only; never writes or migrates it.
 
 Percentiles are {METHOD}. TTFT, time per output token and tokens/s cover streamed calls only; time
-per output token is generation time (first to last token) / output tokens = 1000 / tokens/s.
+per output token is the time from first to last token over the N - 1 tokens after the first
+(AIPerf's and vLLM's decode rate, none below two output tokens) = 1000 / tokens/s.
 """
 
 EPILOG = """\
@@ -43,11 +45,14 @@ examples:
   python -m reports --errors-only --since 2026-11-22T09:00Z --until 2026-11-22T10:00Z
   python -m reports --format json > report.json      (shape: docs/report-json.md)
   python -m reports --watch 5
+  python -m reports --group-by agent --since 7d
+  python -m reports --session 5f0e7c1a-2b3c-4d5e-8f90-a1b2c3d4e5f6
 """
 
 
 MAX_TOP = 100_000  # rows of the slowest-calls and error tables; a bound SQL's LIMIT always takes
 MAX_WATCH_SECONDS = 86_400.0
+_FILTERS = ("model", "provider", "host", "origin", "agent", "session")
 MAX_FILTER_VALUES = 1_000  # --model/--provider/--host/--origin values together: one SQL parameter each
 
 
@@ -105,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--since", metavar="WHEN", type=_when,
                       help="only calls at or after WHEN: 15m, 24h, 7d, 2w ago, or an ISO time (UTC unless it has an offset)")
     pick.add_argument("--until", metavar="WHEN", type=_when, help="only calls before WHEN (same forms as --since)")
-    for name in ("model", "provider", "host", "origin"):
+    for name in ("model", "provider", "host", "origin", "agent"):
         pick.add_argument(f"--{name}", action="append", default=[], type=_text, metavar="NAME", help=f"only calls with this {name} (repeat for several)")
+    pick.add_argument("--session", action="append", default=[], type=_text, metavar="ID",
+                      help="only the calls of this agent session (its session_id); one session also lists its calls in order")
     pick.add_argument("--errors-only", action="store_true", help="only failed calls")
     view = parser.add_argument_group("what to show")
     view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
@@ -122,10 +129,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags, each checked: a bad one exits 2 with one `error: …` line."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("model", "provider", "host", "origin"):  # the same value twice is one filter
+    for name in _FILTERS:  # the same value twice is one filter
         setattr(args, name, list(dict.fromkeys(getattr(args, name))))
-    if sum(len(getattr(args, name)) for name in ("model", "provider", "host", "origin")) > MAX_FILTER_VALUES:
-        parser.error(f"at most {MAX_FILTER_VALUES:,} values of --model, --provider, --host and --origin together")
+    if sum(len(getattr(args, name)) for name in _FILTERS) > MAX_FILTER_VALUES:
+        parser.error(f"at most {MAX_FILTER_VALUES:,} values of --model, --provider, --host, --origin, --agent and "
+                     "--session together")
     return args
 
 
@@ -134,7 +142,8 @@ def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
         since_utc=parse_when(args.since, now) if args.since else None,
         until_utc=parse_when(args.until, now) if args.until else None,
         models=tuple(args.model), providers=tuple(args.provider), hosts=tuple(args.host),
-        origins=tuple(args.origin), errors_only=args.errors_only,
+        origins=tuple(args.origin), errors_only=args.errors_only, agents=tuple(args.agent),
+        sessions=tuple(args.session),
     )
 
 

@@ -43,12 +43,20 @@ def usd(value: float | None) -> str:
 
 
 AT_LEAST = "≥"
+ABOUT = "~"
 COST_NOTE = f"cost {AT_LEAST}$x: the priced calls cost $x, some others are unpriced; {NONE}: no call priced"
+ESTIMATED_NOTE = f"{ABOUT}: includes estimated usage (streams that reported none: usage_source estimated)"
 
 
-def cost(value: float | None, unpriced_calls: int | None) -> str:
-    """A cost that leaves out unpriced calls says so: at least this much."""
-    return (AT_LEAST if value is not None and unpriced_calls else "") + usd(value)
+def cost(value: float | None, unpriced_calls: int | None, estimated_calls: int = 0) -> str:
+    """A cost that leaves out unpriced calls says so: at least this much; one that includes
+    calls with estimated usage says that too: about this much."""
+    return about(estimated_calls if value is not None else 0) + (AT_LEAST if value is not None and unpriced_calls else "") + usd(value)
+
+
+def about(estimated_calls: int | None) -> str:
+    """`~` before a sum that includes estimated counts (addon/estimate.py)."""
+    return ABOUT if estimated_calls else ""
 
 
 def when(utc: str | None) -> str:

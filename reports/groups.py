@@ -25,6 +25,8 @@ DIMENSIONS = {
     "host": "host",
     "origin": "origin",
     "path": "path",
+    "agent": "agent",
+    "session": "session_id",
     # A call whose timestamp is not a time is in the group of no hour (NULL), not in "garbage".
     "hour": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 13) END",
     "day": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 10) END",
@@ -46,7 +48,8 @@ class Metric:
 LATENCY = Metric("latency_ms", "response_time_ms", (50, 95, 99))
 TTFT = Metric("ttft_ms", "time_to_first_token_ms", (50, 95))  # only streamed calls have one
 TOKENS_PER_SECOND = Metric("output_tokens_per_second", "tokens_per_second", (50,))
-# Time per output token = generation time / output tokens = 1000 / tokens_per_second: its p-th
+# Time per output token = (t_last - t_first) / (N - 1) = 1000 / tokens_per_second (the row's decode
+# rate, (N - 1) / (t_last - t_first), AIPerf's and vLLM's definition, addon/record.py): its p-th
 # percentile is 1000 over the tokens/s value at the mirrored rank n + 1 - k, so one ranking of
 # tokens_per_second gives both.
 TIME_PER_TOKEN_PCTS = (50,)
@@ -62,6 +65,7 @@ class GroupRow:
     completion_tokens: int | None
     cost_usd: float | None = None  # of the priced calls; None: none priced, or no cost column
     unpriced_calls: int | None = None  # successful calls without a cost; None: no cost column
+    estimated_calls: int = 0  # calls whose tokens and cost are estimates (usage_source estimated)
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     ttft_ms: dict[str, float | None] = field(default_factory=dict)
     time_per_output_token_ms: dict[str, float | None] = field(default_factory=dict)
@@ -205,6 +209,7 @@ def _table(src: Source, dims: tuple[str, ...], totals: dict[tuple, Totals], foun
         row = GroupRow(
             {d: key_value(d, k) for d, k in zip(dims, key)},
             group.requests, group.errors, group.tokens("prompt_tokens"), group.tokens("completion_tokens"),
+            estimated_calls=group.estimated_calls,
         )
         if src.has_cost:
             row.cost_usd, row.unpriced_calls = group.cost(), group.unpriced_calls
@@ -244,10 +249,14 @@ _COLUMNS = (
     ("TTFT\np95", 40, lambda r: fmt.ms(r.ttft_ms.get("p95"))),
     ("ms/tok", 30, lambda r: fmt.decimal(r.time_per_output_token_ms.get("p50"))),
     ("tok/s", 60, lambda r: fmt.decimal(r.output_tokens_per_second.get("p50"))),
-    ("in", 44, lambda r: fmt.compact(r.prompt_tokens)),
-    ("out", 45, lambda r: fmt.compact(r.completion_tokens)),
+    ("in", 44, lambda r: _estimated(r, r.prompt_tokens)),
+    ("out", 45, lambda r: _estimated(r, r.completion_tokens)),
 )
-_COST = ("cost", 65, lambda r: fmt.cost(r.cost_usd, r.unpriced_calls))
+_COST = ("cost", 65, lambda r: fmt.cost(r.cost_usd, r.unpriced_calls, r.estimated_calls))
+
+
+def _estimated(row: GroupRow, tokens: int | None) -> str:
+    return fmt.compact(tokens) if tokens is None else fmt.about(row.estimated_calls) + fmt.compact(tokens)
 
 
 GROUP_TABLE_NOTE = (
@@ -267,4 +276,6 @@ def render_group_table(table: GroupTable, cost_known: bool, note: str | None = N
         columns.append(Column(header, [cell(row) for row in table.rows], keep=keep))
     if note and cost_known and any(r.unpriced_calls or r.cost_usd is None for r in table.rows):
         columns[-1].note = fmt.COST_NOTE  # shown with the cost column only
+    if note and any(r.estimated_calls for r in table.rows):
+        note = f"{note}; {fmt.ESTIMATED_NOTE}"
     return FitTable(group_title(table.dims), columns, note)

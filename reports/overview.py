@@ -30,6 +30,7 @@ class Overview:
     reasoning_tokens: int | None
     cost_usd: float | None = None  # of the priced calls; None: none priced, or no cost column
     unpriced_calls: int | None = None  # successful calls with no cost_usd; None: no cost column
+    estimated_calls: int = 0  # calls whose tokens and cost are estimates (usage_source estimated)
     dropped: Drops | None = None  # None: this database has no dropped_rows table
 
     @property
@@ -57,6 +58,7 @@ class Overview:
             "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": self.cost_usd,
             "unpriced_calls": self.unpriced_calls,
+            "estimated_calls": self.estimated_calls,
             "dropped_rows": self.dropped.as_dict() if self.dropped is not None else None,
         }
 
@@ -77,7 +79,7 @@ def load_overview(src: Source, selection: Selection, combos: dict[tuple, Totals]
         total.tokens("prompt_tokens"), total.tokens("completion_tokens"), total.tokens("cached_tokens"),
         total.tokens("reasoning_tokens"),
         total.cost() if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
-        load_drops(src, selection),
+        total.estimated_calls, load_drops(src, selection),
     )
 
 
@@ -100,6 +102,10 @@ def _edge(src: Source, selection: Selection, *, last: bool) -> str | None:
         after = [values[-1]]
 
 
+def _about(o: Overview, tokens: int | None) -> str:
+    return fmt.count(tokens) if tokens is None else fmt.about(o.estimated_calls) + fmt.count(tokens)
+
+
 def span_text(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
@@ -118,11 +124,14 @@ def render_overview(o: Overview, title: str, filters: str | None = None, *, filt
         span if o.first_utc else "time unknown: no stored timestamp of these calls is a time",
         f"[bold]{fmt.count(o.requests)}[/] requests · {fmt.share(o.requests - o.errors, o.requests)} succeeded · "
         f"[bold]{fmt.count(o.errors)}[/] errors · {fmt.share(o.streamed, o.requests)} streamed",
-        f"tokens in {fmt.count(o.prompt_tokens)} (cached {fmt.count(o.cached_tokens)}) · "
-        f"out {fmt.count(o.completion_tokens)} (reasoning {fmt.count(o.reasoning_tokens)})",
+        f"tokens in {_about(o, o.prompt_tokens)} (cached {fmt.count(o.cached_tokens)}) · "
+        f"out {_about(o, o.completion_tokens)} (reasoning {fmt.count(o.reasoning_tokens)})",
     ]
+    if o.estimated_calls:
+        lines.append(f"{fmt.ABOUT}: {fmt.count(o.estimated_calls)} streamed calls reported no usage; their tokens "
+                     "and cost are estimated")
     if o.unpriced_calls is not None:  # the database has a cost column
-        cost = "unknown: no call priced" if o.cost_usd is None else fmt.cost(o.cost_usd, o.unpriced_calls)
+        cost = "unknown: no call priced" if o.cost_usd is None else fmt.cost(o.cost_usd, o.unpriced_calls, o.estimated_calls)
         lines.append(f"cost {cost} · {fmt.count(o.unpriced_calls)} successful calls unpriced")
     if filters:
         lines.append(f"[italic]filters: {escape(fmt.printable(filters))}[/]")

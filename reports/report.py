@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from rich.console import Group, RenderableType
@@ -28,9 +28,14 @@ from .groups import (
 from .indexes import RUN_KEYS
 from .overview import Overview, empty_overview, load_overview, render_overview
 from .percentiles import METHOD
-from .selection import Selection, utc_text
+from .pruned import Pruned, load_pruned, render_pruned
+from .quota import QuotaRow, load_quota, render_quota
+from .retries import Retries, load_retries, render_retries
+from .selection import TABLE, Selection, utc_text
+from .session import SessionCalls, load_session, render_session
 from .slowest import SlowCall, load_slowest, render_slowest
 from .source import Source, is_undecodable
+from .stored import utc
 from .timeline import Timeline, choose_bucket, load_timeline
 from .totals import load_totals
 
@@ -41,7 +46,7 @@ CSV_METRICS = (
     "requests", "errors",
     "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms",
     "time_per_output_token_p50_ms", "output_tokens_per_second_p50",
-    "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls",
+    "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls", "estimated_calls",
 )
 
 
@@ -56,6 +61,10 @@ class Report:
     errors: Errors
     timeline: Timeline
     slowest: list[SlowCall]
+    quota: list[QuotaRow] = field(default_factory=list)
+    retries: Retries | None = None
+    session: SessionCalls | None = None  # with one --session
+    pruned: Pruned | None = None  # calls deleted by a prune, as the daily totals it kept
 
     def as_dict(self) -> dict:
         return {
@@ -72,6 +81,10 @@ class Report:
             "errors": self.errors.as_dict(),
             "timeline": self.timeline.as_dict(),
             "slowest": [asdict(c) for c in self.slowest],
+            "quota": [q.as_dict() for q in self.quota],
+            "retries": self.retries.as_dict() if self.retries is not None else None,
+            "session": self.session.as_dict() if self.session is not None else None,
+            "pruned": self.pruned.as_dict() if self.pruned is not None else None,
         }
 
     def as_csv(self) -> str:
@@ -96,12 +109,22 @@ class Report:
             self.overview, title, _filters_text(self.selection), filtered_beyond_time=self.selection.filters_calls,
         )]
         if not self.overview.requests:
+            if self.pruned is not None:
+                parts += [Text(""), render_pruned(self.pruned, self.cost_known)]
             return Group(*parts)
+        if self.quota:
+            parts += [Text(""), render_quota(self.quota, utc(self.generated_at_utc) or datetime.now(UTC))]
+        if self.session is not None:
+            parts += [Text(""), render_session(self.session)]
         for i, table in enumerate(self.groups):
             note = GROUP_TABLE_NOTE if i == len(self.groups) - 1 else None
             parts += [Text(""), render_group_table(table, self.cost_known, note)]
         parts.append(Text(""))
         parts.append(render_errors(self.errors) if self.errors.kinds else Text("No errors.", style="italic"))
+        if self.retries is not None and self.retries.any:
+            parts += [Text(""), render_retries(self.retries, self.cost_known)]
+        if self.pruned is not None:
+            parts += [Text(""), render_pruned(self.pruned, self.cost_known)]
         parts += [Text(""), self.timeline, Text(""), render_slowest(self.slowest)]
         return Group(*parts)
 
@@ -129,7 +152,7 @@ def _csv_metrics(row) -> list[str]:
         row.latency_ms.get("p50"), row.latency_ms.get("p95"), row.latency_ms.get("p99"),
         row.ttft_ms.get("p50"), row.ttft_ms.get("p95"),
         row.time_per_output_token_ms.get("p50"), row.output_tokens_per_second.get("p50"),
-        row.prompt_tokens, row.completion_tokens, row.cost_usd, row.unpriced_calls,
+        row.prompt_tokens, row.completion_tokens, row.cost_usd, row.unpriced_calls, row.estimated_calls,
     ]
     return [_cell(v) for v in values]
 
@@ -140,7 +163,8 @@ def _filters_text(selection: Selection) -> str | None:
         parts.append(f"since {selection.since_utc[:19].replace('T', ' ')}")
     if selection.until_utc:
         parts.append(f"until {selection.until_utc[:19].replace('T', ' ')}")
-    for name, values in (("model", selection.models), ("provider", selection.providers), ("host", selection.hosts), ("origin", selection.origins)):
+    for name, values in (("model", selection.models), ("provider", selection.providers), ("host", selection.hosts),
+                         ("origin", selection.origins), ("agent", selection.agents), ("session", selection.sessions)):
         if values:
             parts.append(f"{name} {', '.join(values)}")
     if selection.errors_only:
@@ -168,20 +192,49 @@ def load_report(
 
 def _load_report(src: Source, selection: Selection, group_by: str | None, top: int, now: datetime | None) -> Report:
     groupings = ((group_by,),) if group_by else DEFAULT_GROUPINGS
-    generated = utc_text(now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    generated = utc_text(now)
     with src.db.atomic():
         keys = totals_keys(src, selection, groupings)
         combos = load_totals(src, selection, keys)
         overview = load_overview(src, selection, combos)
+        pruned = load_pruned(src, selection)
         if not overview.requests:
-            return empty_report(src.location, selection, src.has_cost, generated, overview)
+            report = empty_report(src.location, selection, src.has_cost, generated, overview)
+            report.pruned = pruned
+            return report
+        groups = load_groups(src, selection, groupings, keys, combos)
+        if group_by is None and _agents_seen(src, selection) > 1:
+            groups.append(_by_agent(src, selection))
         return Report(
-            display_location(src.location), generated, selection, src.has_cost, overview,
-            load_groups(src, selection, groupings, keys, combos),
+            display_location(src.location), generated, selection, src.has_cost, overview, groups,
             load_errors(src, selection, top),
             load_timeline(src, selection, overview.first_utc, overview.last_utc, overview.span_seconds, overview.requests),
             load_slowest(src, selection, top, combos if keys == list(RUN_KEYS) else ()),
+            load_quota(src, selection, now), load_retries(src, selection), load_session(src, selection), pruned,
         )
+
+
+def _agents_seen(src: Source, selection: Selection) -> int:
+    """How many agents made the selected calls (calls no agent is known for count as one more), up
+    to 2: the default view adds a table by agent when there is more than one. Each probe finds its
+    row through the agent index, or stops at the first."""
+    where, params = selection.where(src.param, "agent IS NOT NULL")
+    first = src.one(f"SELECT agent FROM {TABLE}{where} LIMIT 1", params)
+    if first is None:
+        return 0
+    p = src.param
+    where, params = selection.where(p, f"(agent IS NULL OR agent <> {p})")
+    other = src.one(f"SELECT 1 FROM {TABLE}{where} LIMIT 1", params + [first[0]])
+    return 2 if other is not None else 1
+
+
+def _by_agent(src: Source, selection: Selection) -> GroupTable:
+    """The table by agent, from totals of its own: the other tables keep reading the index runs."""
+    grouping = (("agent",),)
+    keys = totals_keys(src, selection, grouping)
+    [table] = load_groups(src, selection, grouping, keys, load_totals(src, selection, keys))
+    return table
 
 
 def empty_report(

@@ -66,6 +66,8 @@ class Selection:
     hosts: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
     errors_only: bool = False
+    agents: tuple[str, ...] = ()
+    sessions: tuple[str, ...] = ()  # the agents' own session ids (`session_id`)
 
     @property
     def is_everything(self) -> bool:
@@ -74,7 +76,8 @@ class Selection:
     @property
     def filters_calls(self) -> bool:
         """Filters beyond the time range: they select calls by what was stored of them."""
-        return bool(self.models or self.providers or self.hosts or self.origins or self.errors_only)
+        return bool(self.models or self.providers or self.hosts or self.origins or self.errors_only
+                    or self.agents or self.sessions)
 
     def time_terms(self, column: str, param: str) -> tuple[list[str], list]:
         """`--since`/`--until` as conditions on `column`, and their parameters. A stored value that
@@ -96,6 +99,7 @@ class Selection:
         terms, params = self.time_terms("timestamp", param)
         for column, values in (
             ("model", self.models), ("provider", self.providers), ("host", self.hosts), ("origin", self.origins),
+            ("agent", self.agents), ("session_id", self.sessions),
         ):
             if values:
                 terms.append(f"{column} IN ({', '.join([param] * len(values))})")
@@ -114,4 +118,6 @@ class Selection:
             "host": list(self.hosts),
             "origin": list(self.origins),
             "errors_only": self.errors_only,
+            "agent": list(self.agents),
+            "session": list(self.sessions),
         }

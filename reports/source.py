@@ -141,9 +141,15 @@ def _check(db: peewee.Database, location: str, tables: frozenset[str]) -> frozen
             f"{location} is at schema version {version}, newer than this build's "
             f"{CURRENT_SCHEMA_VERSION}: upgrade llm-metrics-proxy to read it"
         )
-    if db.execute_sql(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchone() is None and not _has_drops(db, tables):
+    if db.execute_sql(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchone() is None and not _has_drops(db, tables) \
+            and not _has_totals(db, tables):
         raise NothingYet(f"{location} holds no LLM calls yet: {START_CAPTURING}.")
     return frozenset(c.name for c in db.get_columns(TABLE))
+
+
+def _has_totals(db: peewee.Database, tables: frozenset[str]) -> bool:
+    """Calls were pruned into daily totals: something to report, even with no call left."""
+    return "daily_totals" in tables and db.execute_sql("SELECT 1 FROM daily_totals LIMIT 1").fetchone() is not None
 
 
 def _has_drops(db: peewee.Database, tables: frozenset[str]) -> bool:

@@ -40,6 +40,7 @@ class Totals:
     cost_usd: float = 0.0
     priced_calls: int = 0  # calls with a known cost_usd
     unpriced_calls: int = 0  # successful calls without one
+    estimated_calls: int = 0  # calls whose token counts (and so cost) are estimates: usage_source 'estimated'
 
     def add(self, other: Totals) -> None:
         for name, value in vars(other).items():
@@ -104,7 +105,28 @@ def load_totals(src: Source, selection: Selection, keys: Sequence[str]) -> dict[
             name: (float(v or 0) if name == "cost_usd" else int(v or 0)) for name, v in values.items()
         }
         found[tuple(record[: len(keys)])] = Totals(**sums)
+    for key, n in load_estimated(src, selection, keys).items():
+        if key in found:
+            found[key].estimated_calls = n
     return found
+
+
+ESTIMATED = "usage_source = 'estimated'"  # addon/estimate.py
+
+
+def load_estimated(src: Source, selection: Selection, keys: Sequence[str]) -> dict[tuple, int]:
+    """Calls with estimated usage per combination of `keys`. No report index holds usage_source
+    (the totals stay an index-only pass without it), so this is a pass over the table's rows of
+    the selection (about 0.3 s per million on SQLite, `python bench/reports.py`); SQLite is kept
+    from walking a value index in key order for it (`+`), which would read the rows at random."""
+    if "usage_source" not in src.columns:
+        return {}
+    where, params = selection.where(src.param, ESTIMATED)
+    plus = "+" if src.is_sqlite else ""
+    select = "".join(f"{plus}{k}, " for k in keys)
+    group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+    return {tuple(record[:-1]): int(record[-1]) for record in src.rows(f"SELECT {select}count(*) FROM {TABLE}{where}{group}", params)
+            if record[-1]}
 
 
 def merge(totals: dict[tuple, Totals], positions: Sequence[int]) -> dict[tuple, Totals]:

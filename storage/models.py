@@ -35,8 +35,9 @@ class CompletionRequest(peewee.Model):
     finish_reason = peewee.TextField(null=True)  # the provider's own value
     finish_category = peewee.TextField(null=True)  # stop, length, tool_calls, content_filter, error, other
     operation = peewee.TextField(null=True)  # chat, text_completion, responses, embeddings, messages, generate_content
-    usage_source = peewee.TextField(null=True)  # reported, missing, implausible (a count left out)
+    usage_source = peewee.TextField(null=True)  # reported, estimated (addon/estimate.py), missing, implausible (a count left out)
     cost_usd = peewee.DoubleField(null=True)  # NULL: usage missing, or provider/model not in the price data
+    price_source = peewee.TextField(null=True)  # where cost_usd's price came from: genai-prices, custom; NULL: no cost
     prompt_eval_duration_ms = peewee.DoubleField(null=True)  # the server's own timings (Ollama)
     eval_duration_ms = peewee.DoubleField(null=True)
     time_to_first_byte_ms = peewee.IntegerField(null=True)
@@ -86,4 +87,30 @@ class DroppedRows(peewee.Model):
         table_name = "dropped_rows"
 
 
-MODELS = (CompletionRequest, DroppedRows)
+class DailyTotals(peewee.Model):
+    """What a prune keeps of the rows it deletes: per UTC day, model, provider and agent. Sums are
+    NULL when no call of the group reported them; latency and TTFT as sum and count (a mean)."""
+
+    day = peewee.TextField()  # 2026-11-22
+    model = peewee.TextField(null=True)
+    provider = peewee.TextField(null=True)
+    agent = peewee.TextField(null=True)
+    requests = peewee.IntegerField()
+    errors = peewee.IntegerField()
+    streamed = peewee.IntegerField()
+    prompt_tokens = peewee.BigIntegerField(null=True)
+    completion_tokens = peewee.BigIntegerField(null=True)
+    cached_tokens = peewee.BigIntegerField(null=True)
+    reasoning_tokens = peewee.BigIntegerField(null=True)
+    cost_usd = peewee.DoubleField(null=True)
+    unpriced_calls = peewee.IntegerField()
+    response_time_ms_sum = peewee.BigIntegerField(null=True)
+    response_time_count = peewee.IntegerField()
+    ttft_ms_sum = peewee.BigIntegerField(null=True)
+    ttft_count = peewee.IntegerField()
+
+    class Meta:
+        table_name = "daily_totals"
+
+
+MODELS = (CompletionRequest, DroppedRows, DailyTotals)

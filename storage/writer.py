@@ -47,6 +47,7 @@ BAD_ROW = "bad_row"  # the database refused this one row's values (e.g. a count 
 UNWRITTEN_AT_SHUTDOWN = "unwritten_at_shutdown"  # still waiting for the database when the proxy stopped
 METERING_LOST = "metering_lost"  # the metering process ended unexpectedly before it stored these calls
 METERING_BEHIND = "metering_behind"  # too much waited for the metering: these calls were not handed to it
+SOCKET_OVERFLOW = "socket_overflow"  # more responses open at once on one WebSocket than are followed
 _DROP_REASONS = {
     QUEUE_FULL: "the database cannot keep up or is unavailable",
     WRITER_STOPPED: "calls finished after the writer stopped",

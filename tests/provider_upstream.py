@@ -1,7 +1,8 @@
 """A fake upstream speaking every non-chat-completions API the proxy meters, on 127.0.0.1.
 
 OpenAI Responses and Embeddings, Anthropic Messages, Gemini generateContent (SSE with CRLF
-framing, and the gzip-encoded streamed JSON array), Ollama's native NDJSON. Each API is chosen by
+framing, and the gzip-encoded streamed JSON array), Gemini Code Assist (the same answers, each inside
+`{"response": …, "traceId": …}`, as gemini-cli's converter reads them), Ollama's native NDJSON. Each API is chosen by
 request path, like the real servers; each stream waits `first_token_delay` before its first
 generated content and records when it sent it, so tests compare recorded time to first token
 with the truth. Counts are the module constants below, so tests can assert them.
@@ -13,6 +14,7 @@ import base64
 import json
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -27,6 +29,7 @@ CACHE_WRITE_TOKENS = 200  # Anthropic only
 REASONING_TOKENS = 4  # Responses, Gemini
 OUTPUT_TOKENS = 6  # visible output (Gemini adds its thoughts to this; others include them)
 EMBEDDING_TOKENS = 8
+CODE_ASSIST_MODEL = "gemini-2.5-pro"
 OLLAMA_PROMPT_EVAL_NS = 313_560_000
 OLLAMA_EVAL_NS = 1_577_990_123
 
@@ -53,6 +56,10 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
                 self._whole(_embeddings(body))
             elif path.endswith("/messages"):
                 self._anthropic(body)
+            elif path.endswith("/v1internal:generateContent"):
+                self._whole(_code_assist(_gemini_chunk(TEXT, final=True)))
+            elif path.endswith("/v1internal:streamGenerateContent"):
+                self._gemini_stream(sse="alt=sse" in query, wrap=_code_assist)
             elif path.endswith(":generateContent"):
                 self._whole(_gemini_chunk(TEXT, final=True))
             elif path.endswith(":streamGenerateContent"):
@@ -124,13 +131,13 @@ def _handler_for(upstream: ProviderUpstream) -> type[BaseHTTPRequestHandler]:
             self._event("message_stop", {"type": "message_stop"})
             self._end_chunked()
 
-        def _gemini_stream(self, sse: bool) -> None:
+        def _gemini_stream(self, sse: bool, wrap: Callable[[dict[str, Any]], dict[str, Any]] = lambda c: c) -> None:
             gzip = not sse and "gzip" in self.headers.get("accept-encoding", "")
             self._start_stream("text/event-stream" if sse else "application/json; charset=UTF-8", gzip=gzip)
             last = len(WORDS) - 1
             for i, word in enumerate(WORDS):
                 self._content(i)
-                chunk = _gemini_chunk(word, final=i == last)
+                chunk = wrap(_gemini_chunk(word, final=i == last))
                 if sse:
                     self._chunk(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
                 else:  # one array, written element by element, as Gemini lays it out
@@ -197,6 +204,11 @@ def _gemini_chunk(text: str, final: bool) -> dict[str, Any]:
         usage["candidatesTokenCount"] = OUTPUT_TOKENS
     usage["totalTokenCount"] = PROMPT_TOKENS + REASONING_TOKENS + usage.get("candidatesTokenCount", 0)
     return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "gemini-2.5-flash", "responseId": "r1"}
+
+
+def _code_assist(response: dict[str, Any]) -> dict[str, Any]:
+    """Gemini Code Assist's envelope around one answer (the model is Code Assist's own choice)."""
+    return {"response": {**response, "modelVersion": CODE_ASSIST_MODEL}, "traceId": "5e1f0c2a9b7d4e36"}
 
 
 def _ollama_line(model: str, text: str, chat: bool, done: bool) -> dict[str, Any]:

@@ -45,6 +45,10 @@ CASES = [
         {"model": "gemini-2.5-pro", "project": "p", "user_prompt_id": f"{SESSION}########3", "request": {}},
         Identity("gemini-cli", "0.61.0", SESSION), id="gemini-cli-code-assist"),
     pytest.param(
+        {"user-agent": "GeminiCLI-tui/0.61.0/gemini-2.5-pro (linux; x64; terminal) google-api-nodejs-client/10.9.0"},
+        {"model": "gemini-2.5-pro", "project": "p", "user_prompt_id": SESSION, "request": {}},
+        Identity("gemini-cli", "0.61.0", SESSION), id="gemini-cli-code-assist-one-shot"),
+    pytest.param(
         {"user-agent": "GeminiCLI-tui/0.61.0/gemini-2.5-flash (linux; x64)"},
         None, Identity("gemini-cli", "0.61.0"), id="gemini-cli-tui"),
     pytest.param(

@@ -162,3 +162,26 @@ def test_a_bad_budget_option_stops_the_proxy_with_one_clear_line(start_proxy):
     proxy = start_proxy("--set", "llm_metrics_budget_agents=codex", wait=False)
     assert proxy.proc.wait(timeout=30) != 0
     assert "llm_metrics_budget_agents takes AGENT=USD items, not 'codex'" in proxy.log()
+
+
+def test_the_report_quota_panel_shows_what_the_upstream_headers_said(proxy, upstream):
+    import subprocess
+    import sys
+
+    upstream.scenarios["limits"] = Scenario(extra_headers={
+        "x-ratelimit-remaining-requests": "4999", "x-ratelimit-remaining-tokens": "1234567",
+        "x-ratelimit-reset-tokens": "6m0s", "x-codex-primary-used-percent": "63",
+        "x-codex-primary-window-minutes": "300", "x-codex-primary-reset-after-seconds": "7200"})
+    _post(proxy, upstream, {"x-scenario": "limits", "user-agent": "codex_exec/0.171.0", "authorization": f"Bearer {JWT}"})
+    proxy.rows(1)
+    proxy.stop()
+    command = [sys.executable, "-m", "reports", "--db", str(proxy.db_path)]
+    out = json.loads(subprocess.run([*command, "--format", "json"], capture_output=True, text=True, timeout=60,
+                                    check=True).stdout)
+    quota = {q["limit"]: q for q in out["quota"]}
+    assert (quota["requests"]["remaining"], quota["tokens"]["remaining"]) == (4999, 1234567)
+    assert quota["5-hour window"]["used_percent"] == 63.0 and quota["5-hour window"]["auth_mode"] == "oauth"
+    text = subprocess.run([*command], capture_output=True, text=True, timeout=60, check=True,
+                          env={**__import__("os").environ, "COLUMNS": "200"}).stdout
+    assert "63.0 %" in next(line for line in text.splitlines() if "5-hour window" in line)
+    assert "1.23M" in next(line for line in text.splitlines() if "openai-compatible" in line and " tokens " in line)

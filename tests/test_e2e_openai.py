@@ -94,17 +94,20 @@ def test_streamed_call_with_include_usage_records_usage_and_token_times(proxy, u
     # Five more words 20 ms apart: the last token comes at least about 100 ms after the first.
     span = row["time_to_last_token_ms"] - row["time_to_first_token_ms"]
     assert span >= 90
-    assert row["tokens_per_second"] == pytest.approx(6 / (span / 1000), rel=0.1)
+    assert row["tokens_per_second"] == pytest.approx(5 / (span / 1000), rel=0.1)  # the 5 tokens after the first
     assert (row["error_type"], row["error_message"]) == (None, None)
 
 
-def test_streamed_call_without_include_usage_stores_unknown_tokens_as_null(proxy, upstream):
+def test_streamed_call_without_include_usage_to_an_unknown_server_stores_estimated_tokens(proxy, upstream):
     stream = create(client_via(proxy, upstream), stream=True)
     assert len([c for c in stream]) == 8
+    assert "stream_options" not in upstream.last().body  # 127.0.0.1 is not known to accept it
     [row] = proxy.rows(1)
     assert_common(row, upstream, streaming=True)
     assert row["model"] == "gpt-fake-2026-01-01"
-    for column in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "tokens_per_second"):
+    # addon/estimate.py: one token per content chunk; (28 prompt characters) / 4 + 3 per message + 3
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == ("estimated", 16, 6, 22)
+    for column in ("cached_tokens", "reasoning_tokens", "tokens_per_second", "cost_usd"):
         assert row[column] is None, column
     assert row["finish_reason"] == "stop"
     assert row["chunk_count"] == 8

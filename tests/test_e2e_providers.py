@@ -179,6 +179,72 @@ def test_gemini_gzip_json_array_stream_is_metered_as_it_arrives(start_proxy, ups
     gemini_row(row, streamed=True, path="/v1beta/models/gemini-2.5-flash:streamGenerateContent", first=first)
 
 
+# --- Gemini Code Assist (Gemini CLI signed in with a Google account), with a plain HTTP client -----
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream-sse"])
+def test_gemini_code_assist_call_is_metered_as_gemini_inside_its_envelope(start_proxy, upstream, streamed):
+    """The request as gemini-cli's CodeAssistServer sends it, to a host of no known name: the row
+    is named after the API (the real host, cloudcode-pa.googleapis.com, is `gemini-code-assist`)."""
+    proxy = start_proxy()
+    method = "streamGenerateContent" if streamed else "generateContent"
+    body = {"model": "gemini-2.5-pro", "project": "proj-123", "user_prompt_id": "a1b2c3########0",
+            "request": {"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}],
+                        "generationConfig": {"maxOutputTokens": 64, "temperature": 0.5, "topP": 0.9},
+                        "session_id": "s-1"}}
+    first = FirstContent()
+    texts = []
+    with httpx.Client(proxy=proxy.url) as client:
+        url = f"{upstream.url}/v1internal:{method}" + ("?alt=sse" if streamed else "")
+        with client.stream("POST", url, json=body, headers={"authorization": f"Bearer {API_KEY}"}) as response:
+            if streamed:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        text = json.loads(line[6:])["response"]["candidates"][0]["content"]["parts"][0]["text"]
+                        first.saw(text)
+                        texts.append(text)
+            else:
+                response.read()
+                texts.append(response.json()["response"]["candidates"][0]["content"]["parts"][0]["text"])
+    assert "".join(texts) == up.TEXT
+    [row] = proxy.rows(1)
+    assert_row(
+        row, streamed=streamed, first=first, provider="gemini-code-assist-compatible", operation="generate_content",
+        path=f"/v1internal:{method}", model=up.CODE_ASSIST_MODEL, request_model="gemini-2.5-pro",
+        max_tokens=64, temperature=0.5, top_p=0.9, message_count=1,
+        prompt_tokens=up.PROMPT_TOKENS, cached_tokens=up.CACHE_READ_TOKENS, cache_creation_tokens=None,
+        completion_tokens=GEMINI_COMPLETION, reasoning_tokens=up.REASONING_TOKENS,
+        total_tokens=up.PROMPT_TOKENS + GEMINI_COMPLETION, finish_reason="STOP", finish_category="stop",
+        usage_source="reported", cost_usd=None,  # no list price: a server of no known name
+        chunk_count=len(up.WORDS) if streamed else None,
+    )
+
+
+# --- Provider by API on a host of no known name ----------------------------------------------------
+
+
+def test_calls_to_an_unknown_host_name_the_provider_after_the_api_they_speak(start_proxy, upstream):
+    """Anthropic's, Gemini's and OpenAI's APIs on one 127.0.0.1 server, with no name given to the
+    host: each row says which API it spoke, and none is priced (a server anyone can run)."""
+    proxy = start_proxy()
+    anthropic_client = anthropic.Anthropic(base_url=upstream.url, api_key=API_KEY, max_retries=0,
+                                           http_client=anthropic.DefaultHttpxClient(proxy=proxy.url))
+    with anthropic_client.messages.stream(model="claude-3-5-sonnet-20240620", max_tokens=64,
+                                          messages=[{"role": "user", "content": "Say hello"}]) as stream:
+        assert stream.get_final_text() == up.TEXT
+    gemini_client = genai.Client(api_key=API_KEY, http_options=genai_types.HttpOptions(
+        base_url=upstream.url, api_version="v1beta", client_args={"proxy": proxy.url}))
+    assert gemini_client.models.generate_content(model="gemini-2.5-flash", contents="Say hello").text == up.TEXT
+    assert openai_client(proxy, upstream).responses.create(model="gpt-4o-mini", input="Say hello").output_text == up.TEXT
+    rows = proxy.rows(3)
+    assert [(r["provider"], r["operation"], r["host"], r["usage_source"], r["cost_usd"]) for r in rows] == [
+        ("anthropic-compatible", "messages", "127.0.0.1", "reported", None),
+        ("gemini-compatible", "generate_content", "127.0.0.1", "reported", None),
+        ("openai-compatible", "responses", "127.0.0.1", "reported", None),
+    ]
+
+
 # --- OpenAI Responses API and Embeddings, with the openai SDK --------------------------------------
 
 RESPONSES_COST = ((up.PROMPT_TOKENS - up.CACHE_READ_TOKENS) * 0.15 + up.CACHE_READ_TOKENS * 0.075 + up.OUTPUT_TOKENS * 0.60) * PER_M

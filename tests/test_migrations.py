@@ -78,6 +78,8 @@ ADDED_COLUMNS = (
     "auth_mode", "rate_remaining_requests", "rate_remaining_tokens", "rate_reset_at", "quota_used_percent",
     "quota_window_minutes", "quota_reset_at", "quota_long_used_percent", "quota_long_window_minutes",
     "quota_long_reset_at", "retry_after_s",
+    # m008
+    "price_source",
 )
 
 # --- the schema a current build makes: name -> (declared type, NOT NULL) -----------------------
@@ -142,6 +144,8 @@ EXPECTED_COLUMNS = {
         "quota_long_window_minutes": ("INTEGER", False),
         "quota_long_reset_at": ("TEXT", False),
         "retry_after_s": ("REAL", False),
+        # m008
+        "price_source": ("TEXT", False),
     },
     # m004
     "dropped_rows": {
@@ -153,13 +157,35 @@ EXPECTED_COLUMNS = {
         "hostname": ("TEXT", False),
         "pid": ("INTEGER", False),
     },
+    # m009
+    "daily_totals": {
+        "id": ("INTEGER", False),
+        "day": ("TEXT", True),
+        "model": ("TEXT", False),
+        "provider": ("TEXT", False),
+        "agent": ("TEXT", False),
+        "requests": ("INTEGER", True),
+        "errors": ("INTEGER", True),
+        "streamed": ("INTEGER", True),
+        "prompt_tokens": ("BIGINT", False),
+        "completion_tokens": ("BIGINT", False),
+        "cached_tokens": ("BIGINT", False),
+        "reasoning_tokens": ("BIGINT", False),
+        "cost_usd": ("REAL", False),
+        "unpriced_calls": ("INTEGER", True),
+        "response_time_ms_sum": ("BIGINT", False),
+        "response_time_count": ("INTEGER", True),
+        "ttft_ms_sum": ("BIGINT", False),
+        "ttft_count": ("INTEGER", True),
+    },
     "schema_version": {
         "version": ("INTEGER", False),
         "applied_at": ("TEXT", True),
         "description": ("TEXT", False),
     },
 }
-EXPECTED_PRIMARY_KEYS = {"completion_requests": ["id"], "dropped_rows": ["id"], "schema_version": ["version"]}
+EXPECTED_PRIMARY_KEYS = {"completion_requests": ["id"], "dropped_rows": ["id"], "daily_totals": ["id"],
+                         "schema_version": ["version"]}
 _RUN_KEYS = ("model", "provider", "host", "origin")
 EXPECTED_INDEXES = {  # name -> (columns in index order, unique)
     "completion_requests_timestamp": (("timestamp",), False),

@@ -45,6 +45,9 @@ def test_models_from_the_recorded_fixtures_have_a_price(provider, model):
 @pytest.mark.parametrize(("provider", "model", "prompt"), [
     ("openai", "gpt-fake-2026-01-01", 10),  # a model the price data does not know
     ("openai-compatible", "gpt-4o-mini", 10),  # a local server is never priced as OpenAI
+    ("anthropic-compatible", "claude-3-5-sonnet-20240620", 10),  # nor one speaking Anthropic's API
+    ("gemini-compatible", "gemini-2.5-flash", 10),
+    ("gemini-code-assist", "gemini-2.5-flash", 10),  # a free tier or a subscription: no list price
     ("ollama", "llama3", 10),
     ("openai", None, 10),
     ("openai", "gpt-4o-mini", None),  # no reported input
@@ -76,7 +79,8 @@ def test_price_data_is_bundled_and_read_without_the_network(monkeypatch):
 # --- migrations.reprice ---------------------------------------------------------------------------
 
 COLUMNS = ("timestamp", "success", "response_time_ms", "is_streaming", "provider", "model", "operation",
-           "prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens", "usage_source", "cost_usd")
+           "prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens", "usage_source", "cost_usd",
+           "price_source")
 
 
 @pytest.fixture
@@ -104,8 +108,8 @@ def costs(path) -> list:
 
 
 def row(provider="openai", model="gpt-4o-mini", prompt=1000, completion=100, cached=None, written=None,
-        usage="reported", cost=None, operation="chat", stamp="2026-01-15T10:00:00.000000Z"):
-    return (stamp, 1, 5, 0, provider, model, operation, prompt, completion, cached, written, usage, cost)
+        usage="reported", cost=None, operation="chat", stamp="2026-01-15T10:00:00.000000Z", source=None):
+    return (stamp, 1, 5, 0, provider, model, operation, prompt, completion, cached, written, usage, cost, source)
 
 
 def test_reprice_fills_and_corrects_costs_and_counts_the_changed_rows(db_path):
@@ -113,7 +117,7 @@ def test_reprice_fills_and_corrects_costs_and_counts_the_changed_rows(db_path):
     insert(db_path,
            row(cost=None),  # recorded when the price data did not know the model
            row(cost=123.0),  # an old price
-           row(cost=right),  # already right: not counted
+           row(cost=right, source="genai-prices"),  # already right: not counted
            row(provider="openai-compatible"),  # a local server: stays NULL
            row(usage="missing", prompt=None, completion=None),
            row(usage=None),  # recorded before costs existed (schema 2): priced now
@@ -135,7 +139,7 @@ def test_reprice_leaves_every_other_column_as_it_was(db_path):
     after = con.execute("SELECT * FROM completion_requests").fetchall()
     names = [d[1] for d in con.execute("PRAGMA table_info(completion_requests)")]
     con.close()
-    keep = [i for i, n in enumerate(names) if n != "cost_usd"]
+    keep = [i for i, n in enumerate(names) if n not in ("cost_usd", "price_source")]
     assert [[r[i] for i in keep] for r in after] == [[r[i] for i in keep] for r in before]
 
 
@@ -147,7 +151,7 @@ def test_reprice_prices_each_row_as_of_its_own_timestamp(db_path, monkeypatch):
         seen.append(kwargs["at"])
         return real(**kwargs)
 
-    monkeypatch.setattr("migrations.reprice.cost_usd", spy)
+    monkeypatch.setattr("addon.pricing.cost_usd", spy)
     insert(db_path, row(stamp="2025-03-01T08:00:00.000000Z"), row(stamp="not a time"))
     reprice(open_database(str(db_path)))
     assert seen == [datetime(2025, 3, 1, 8, tzinfo=UTC), None]

@@ -10,10 +10,10 @@ import pytest
 
 from addon import bounds
 from addon.agents import Identity
-from addon.formats import ResponseFacts
+from addon.formats import FORMATS, ResponseFacts
 from addon.formats.openai_chat import OpenAIChat
 from addon.quota import Headroom
-from addon.record import Call, build_row, origin_from_user_agent, provider_for, utc_timestamp
+from addon.record import Call, build_row, known_provider, origin_from_user_agent, provider_for, utc_timestamp
 from storage.models import CompletionRequest
 
 # --- provider_for -------------------------------------------------------------------------------
@@ -25,6 +25,7 @@ from storage.models import CompletionRequest
         ("api.openai.com", "openai"),
         ("api.anthropic.com", "anthropic"),
         ("generativelanguage.googleapis.com", "gemini"),
+        ("cloudcode-pa.googleapis.com", "gemini-code-assist"),
         ("aiplatform.googleapis.com", "vertex-ai"),
         ("openrouter.ai", "openrouter"),
         ("api.groq.com", "groq"),
@@ -69,8 +70,29 @@ def test_azure_and_vertex_regional_hosts_are_recognised_by_suffix(host, provider
         "vllm.internal",
     ],
 )
-def test_unknown_host_is_openai_compatible(host):
+def test_unknown_host_is_named_after_the_api_it_speaks(host):
+    assert known_provider(host, 8000) is None
     assert provider_for(host, 8000) == "openai-compatible"
+    assert provider_for(host, 8000, family="anthropic") == "anthropic-compatible"
+    assert provider_for(host, 8000, family="gemini") == "gemini-compatible"
+
+
+def test_every_format_names_unknown_hosts_after_its_api():
+    names = {type(fmt).__name__: provider_for("127.0.0.1", 8000, family=fmt.family) for fmt in FORMATS}
+    assert names == {
+        "OpenAIChat": "openai-compatible", "OpenAICompletions": "openai-compatible",
+        "OpenAIResponses": "openai-compatible", "OpenAIEmbeddings": "openai-compatible",
+        "AnthropicMessages": "anthropic-compatible", "GeminiCodeAssist": "gemini-code-assist-compatible",
+        "GeminiGenerateContent": "gemini-compatible", "OllamaChat": "ollama-compatible",
+        "OllamaGenerate": "ollama-compatible", "BedrockConverse": "aws-bedrock-compatible",
+        "BedrockInvokeAnthropic": "aws-bedrock-compatible",
+    }
+
+
+def test_a_known_host_keeps_its_name_whatever_the_api():
+    assert provider_for("api.openai.com", 443, family="anthropic") == "openai"
+    assert provider_for("gpu-box.lan", 11434, family="openai") == "ollama"
+    assert provider_for("llm.internal", 8000, {"llm.internal": "vllm"}, family="gemini") == "vllm"
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "gpu-box.lan"])
@@ -258,6 +280,7 @@ def test_row_copies_what_the_request_and_response_said():
         "error_type": None,
         "error_message": None,
         "metering_note": None,
+        "price_source": "genai-prices",
         **dict.fromkeys(Identity._fields), **dict.fromkeys(Headroom._fields),  # nobody said
     }
 
@@ -323,26 +346,37 @@ def test_streamed_call_records_token_timings_rate_and_chunks():
         50, 200, 1200,
     )
     assert row["response_time_ms"] == 1250
-    assert row["tokens_per_second"] == pytest.approx(50.0)  # 50 tokens over first..last = 1 s
+    assert row["tokens_per_second"] == pytest.approx(49.0)  # the 49 tokens after the first over first..last = 1 s
     assert row["chunk_count"] == 17
     assert row["is_streaming"] is True
 
 
 def test_tokens_per_second_ignores_the_wait_for_the_first_token():
     call = make_call(streamed=True, first=T0 + 10.0, last=T0 + 12.0)
-    row = build_row(call, ResponseFacts(prompt_tokens=5000, completion_tokens=100), status_code=200, t_end=T0 + 12)
+    row = build_row(call, ResponseFacts(prompt_tokens=5000, completion_tokens=101), status_code=200, t_end=T0 + 12)
     assert row["tokens_per_second"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("tokens", [2, 4, 48])
+def test_tokens_per_second_is_the_decode_rate_of_n_tokens_sent_at_a_steady_rate(tokens):
+    """AIPerf's and vLLM's definition: one token every 10 ms is 100 tokens/s, however few there are
+    (N tokens over their N - 1 gaps, never N over N - 1 gaps: 2 tokens would read as 200)."""
+    call = make_call(streamed=True, first=T0 + 0.3, last=T0 + 0.3 + (tokens - 1) * 0.010)
+    row = build_row(call, ResponseFacts(completion_tokens=tokens), status_code=200, t_end=T0 + 1)
+    assert row["tokens_per_second"] == pytest.approx(100.0, rel=1e-4)
 
 
 @pytest.mark.parametrize(
     ("first", "last", "completion"),
     [
         (T0 + 0.5, T0 + 0.5, 1),  # a single content chunk: no span to divide by
+        (T0 + 0.5, T0 + 0.6, 1),  # one token: no gap after it, whatever the chunks (a reasoning chunk)
+        (T0 + 0.5, T0 + 0.6, 0),
         (T0 + 0.5, T0 + 0.4, 10),  # clock went backwards
         (T0 + 0.2, T0 + 1.2, None),  # the stream never reported usage
         (None, None, 10),  # no content arrived
     ],
-    ids=["zero-span", "negative-span", "tokens-unknown", "no-token"],
+    ids=["zero-span", "one-token", "zero-tokens", "negative-span", "tokens-unknown", "no-token"],
 )
 def test_tokens_per_second_is_none_without_a_span_or_a_count(first, last, completion):
     call = make_call(streamed=True, first=first, last=last)
@@ -520,7 +554,7 @@ def _long_text_call(text: str) -> tuple[Call, ResponseFacts]:
 
 
 @pytest.mark.parametrize("column", sorted(set(bounds.TEXT_LIMITS) - {"timestamp", "finish_category", "operation",
-                                                                     "usage_source"}))
+                                                                     "usage_source", "price_source"}))
 def test_text_longer_than_its_column_allows_is_cut_and_ends_with_a_marker(column):
     row = build_row(*_long_text_call("x" * 5000), status_code=200, t_end=T0 + 1)
     assert len(row[column]) == bounds.TEXT_LIMITS[column]
@@ -617,3 +651,77 @@ def test_the_proxys_own_durations_past_a_32_bit_column_are_stored_as_its_largest
 def test_a_status_code_that_is_no_http_status_is_not_stored():
     row = build_row(make_call(), ResponseFacts(), status_code=2**40, t_end=T0 + 1)
     assert row["status_code"] is None and "status code" in row["metering_note"]
+
+
+# --- the Realtime API: audio priced apart from text ----------------------------------------------
+
+
+def _realtime_row(**facts):
+    from addon.formats.openai_realtime import OpenAIRealtime
+
+    call = make_call(streamed=True)
+    call.fmt, call.path = OpenAIRealtime(), "/v1/realtime"
+    return build_row(call, ResponseFacts(model="gpt-realtime", prompt_tokens=1000, completion_tokens=500, **facts),
+                     status_code=None, t_end=T0)
+
+
+def test_realtime_audio_tokens_are_priced_at_their_own_rates():
+    # gpt-realtime: text in $4, audio in $32, text out $16, audio out $64 per million tokens
+    row = _realtime_row(audio_input_tokens=400, cached_audio_tokens=0, audio_output_tokens=300)
+    assert (row["operation"], row["usage_source"]) == ("realtime", "reported")
+    assert row["cost_usd"] == pytest.approx((600 * 4 + 400 * 32 + 200 * 16 + 300 * 64) / 1e6, rel=1e-9)
+
+
+@pytest.mark.parametrize("audio", [{}, {"audio_input_tokens": 400}, {"audio_input_tokens": 1200, "audio_output_tokens": 0}])
+def test_realtime_row_without_its_audio_part_or_with_parts_past_their_whole_is_unpriced(audio):
+    row = _realtime_row(**audio)
+    assert (row["usage_source"], row["prompt_tokens"], row["cost_usd"]) == ("reported", 1000, None)
+
+
+# --- estimated usage: a stream that reported no count -------------------------------------------
+
+
+def test_stream_without_usage_gets_estimated_counts_priced_as_estimated():
+    call = make_call(streamed=True, request={**REQUEST, "prompt_tokens_estimate": 20}, first=T0 + 0.1, last=T0 + 0.5)
+    facts = ResponseFacts(model="gpt-4o-mini-2024-07-18", finish_reason="stop", content_events=9, output_chars=40)
+    row = build_row(call, facts, status_code=200, t_end=T0 + 0.6)
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == ("estimated", 20, 9, 29)
+    assert (row["cached_tokens"], row["reasoning_tokens"]) == (None, None)
+    assert row["cost_usd"] == pytest.approx((20 * 0.15 + 9 * 0.6) / 1e6, rel=1e-9)
+    assert row["tokens_per_second"] is None  # a rate is measured, never made of estimates
+    assert row["time_to_first_token_ms"] == 100
+
+
+def test_estimated_output_without_an_estimate_of_the_input_is_unpriced():
+    call = make_call(streamed=True, request={**REQUEST, "prompt_tokens_estimate": None})
+    row = build_row(call, ResponseFacts(model="gpt-4o-mini", content_events=3, output_chars=9), status_code=200, t_end=T0)
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == ("estimated", None, 3, None)
+    assert row["cost_usd"] is None
+
+
+@pytest.mark.parametrize("facts, streamed", [
+    (ResponseFacts(content_events=3, output_chars=9, prompt_tokens=5), True),  # a count was reported: no guess beside it
+    (ResponseFacts(content_events=0, finish_reason="stop"), True),  # nothing generated: unknown, never 0
+    (ResponseFacts(content_events=3, output_chars=9), False),  # a whole body that lacks usage
+])
+def test_no_estimate_where_a_count_was_reported_nothing_was_generated_or_nothing_streamed(facts, streamed):
+    row = build_row(make_call(streamed=streamed, request={**REQUEST, "prompt_tokens_estimate": 20}), facts,
+                    status_code=200, t_end=T0)
+    assert row["usage_source"] == "missing"
+    assert row["cost_usd"] is None
+
+
+def test_a_failed_stream_is_never_estimated():
+    facts = ResponseFacts(content_events=3, output_chars=9, error_type="stream_error")
+    row = build_row(make_call(streamed=True, request={**REQUEST, "prompt_tokens_estimate": 20}), facts,
+                    status_code=200, t_end=T0, error_type="upstream_disconnected")
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"]) == ("missing", None, None)
+
+
+def test_other_operations_are_never_estimated():
+    from addon.formats.openai_responses import OpenAIResponses
+
+    call = make_call(streamed=True)
+    call.fmt = OpenAIResponses()
+    row = build_row(call, ResponseFacts(content_events=3, output_chars=9), status_code=200, t_end=T0)
+    assert (row["usage_source"], row["completion_tokens"]) == ("missing", None)

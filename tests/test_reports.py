@@ -20,7 +20,7 @@ from rich.console import Console
 from migrations import upgrade
 from reports.cli import main
 from reports.report import load_report
-from reports.selection import Selection
+from reports.selection import Selection, utc_text
 from reports.source import open_source
 from storage import open_database
 
@@ -28,7 +28,7 @@ BASE = datetime(2026, 11, 1, tzinfo=UTC)
 COLUMNS = (
     "timestamp", "success", "status_code", "response_time_ms", "model", "provider", "host", "origin", "path",
     "is_streaming", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
-    "time_to_first_token_ms", "tokens_per_second", "error_type", "error_message",
+    "time_to_first_token_ms", "tokens_per_second", "error_type", "error_message", "usage_source",
 )
 MODELS = ("gpt-a", "gpt-b", "claude-[c]", None)  # [c]: rich markup must print literally
 ENDPOINTS = (("openai", "openai.test"), ("anthropic", "claude.test"), ("vllm", "127.0.0.1"))
@@ -47,7 +47,8 @@ def ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def make_rows(n: int = 240, seed: int = 7, span: timedelta = timedelta(days=3)) -> list[dict]:
+def make_rows(n: int = 240, seed: int = 7, span: timedelta = timedelta(days=3), estimated: bool = False) -> list[dict]:
+    """`estimated`: a successful stream without a rate has estimated usage (addon/estimate.py)."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -77,6 +78,8 @@ def make_rows(n: int = 240, seed: int = 7, span: timedelta = timedelta(days=3)) 
             "tokens_per_second": tps,
             "error_type": error_type,
             "error_message": message,
+            # A stream that reported no usage has estimated counts (addon/estimate.py), no rate.
+            "usage_source": "estimated" if estimated and ok and streamed and tps is None else "reported",
         })
     return rows
 
@@ -128,6 +131,7 @@ def expected_group(rows: list[dict]) -> dict:
         "completion_tokens": known_sum(r["completion_tokens"] for r in rows),
         "cost_usd": known_sum(r.get("cost_usd") for r in rows),
         "unpriced_calls": sum(1 for r in rows if r["success"] and r.get("cost_usd") is None),
+        "estimated_calls": sum(r.get("usage_source") == "estimated" for r in rows),
         "latency_ms": {f"p{p}": pct(latency, p) for p in (50, 95, 99)},
         "ttft_ms": {f"p{p}": pct(ttft, p) for p in (50, 95)},
         "time_per_output_token_ms": {"p50": pct([1000 / t for t in tps], 50)},
@@ -227,10 +231,15 @@ def usd(v) -> str:
 
 
 def cost(group: dict) -> str:
-    """As the text report shows a group's cost: ≥ when some successful calls are unpriced."""
+    """As the text report shows a group's cost: ≥ when some successful calls are unpriced, ~ when
+    some calls' usage is estimated."""
     if group["cost_usd"] is None:
         return "-"
-    return ("≥" if group["unpriced_calls"] else "") + usd(group["cost_usd"])
+    return about(group) + ("≥" if group["unpriced_calls"] else "") + usd(group["cost_usd"])
+
+
+def about(group: dict) -> str:
+    return "~" if group["estimated_calls"] else ""
 
 
 # -- text --------------------------------------------------------------------------------------
@@ -253,6 +262,32 @@ def test_text_overview_states_span_counts_tokens_and_cost(database):
     assert f"out {sum(r['completion_tokens'] or 0 for r in rows):,} (reasoning {sum(r['reasoning_tokens'] or 0 for r in rows):,})" in text
     whole = expected_group(rows)
     assert f"cost {cost(whole)} · {whole['unpriced_calls']:,} successful calls unpriced" in text
+    assert "~" not in text  # no call's usage is estimated
+
+
+def test_estimated_usage_is_marked_in_the_overview_the_tables_json_and_csv(tmp_path, capsys):
+    rows = make_rows(estimated=True)
+    path = make_db(tmp_path / "m.db", rows)
+    whole = expected_group(rows)
+    assert 0 < whole["estimated_calls"] < len(rows)
+    text = render(path)
+    assert f"tokens in ~{sum(r['prompt_tokens'] for r in rows):,} (cached" in text
+    assert f"out ~{sum(r['completion_tokens'] or 0 for r in rows):,} (reasoning" in text
+    assert f"~: {whole['estimated_calls']:,} streamed calls reported no usage; their tokens and cost are estimated" in text
+    assert f"cost {cost(whole)} · " in text and cost(whole).startswith("~")
+    assert "~: includes estimated usage (streams that reported none: usage_source estimated)" in " ".join(text.split())
+    for dims in (("model",), ("provider", "host"), ("origin",)):
+        lines = section(text, "By " + "/".join(dims))
+        for key, want in grouped(rows, dims).items():
+            cells = row_cells(lines, tuple(label(k) for k in key))
+            assert cells[-3:] == [f"{about(want)}{want['prompt_tokens']:,}", f"{about(want)}{want['completion_tokens']:,}",
+                                  cost(want)], key
+    out = run_json(path, capsys=capsys)
+    assert out["overview"]["estimated_calls"] == whole["estimated_calls"]
+    for table in out["groups"]:
+        want = grouped(rows, tuple(table["group_by"]))
+        assert {tuple(r["key"].values()): r["estimated_calls"] for r in table["rows"]} == {
+            k: v["estimated_calls"] for k, v in want.items()}
 
 
 @pytest.mark.parametrize("title, dims", [
@@ -270,7 +305,7 @@ def test_text_group_tables_match_independent_numbers(database, title, dims):
             *(ms(want["latency_ms"][p]) for p in ("p50", "p95", "p99")),
             *(ms(want["ttft_ms"][p]) for p in ("p50", "p95")),
             dec(want["time_per_output_token_ms"]["p50"]), dec(want["output_tokens_per_second"]["p50"]),
-            f"{want['prompt_tokens']:,}", f"{want['completion_tokens']:,}", cost(want),
+            f"{about(want)}{want['prompt_tokens']:,}", f"{about(want)}{want['completion_tokens']:,}", cost(want),
         ], key
 
 
@@ -352,6 +387,7 @@ def test_csv_has_one_row_per_group_with_the_json_numbers(database, capsys):
         "group_by", "model", "provider", "host", "origin", "requests", "errors", "latency_p50_ms", "latency_p95_ms",
         "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms", "time_per_output_token_p50_ms",
         "output_tokens_per_second_p50", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls",
+        "estimated_calls",
     ]
     for group_by, dims in (("model", ("model",)), ("provider/host", ("provider", "host")), ("origin", ("origin",))):
         mine = [r for r in records if r["group_by"] == group_by]
@@ -367,6 +403,7 @@ def test_csv_has_one_row_per_group_with_the_json_numbers(database, capsys):
             assert int(record["prompt_tokens"]) == expected["prompt_tokens"]
             assert float(record["cost_usd"]) == pytest.approx(expected["cost_usd"])
             assert int(record["unpriced_calls"]) == expected["unpriced_calls"]
+            assert int(record["estimated_calls"]) == expected["estimated_calls"]
             if group_by != "model":
                 assert record["model"] == ""
 
@@ -456,6 +493,12 @@ def shape(value):
 
 def test_json_has_exactly_the_shape_docs_report_json_md_documents(database, capsys):
     add_drops(database[0])  # so that every list has an item to compare
+    con = sqlite3.connect(database[0])
+    con.execute("INSERT INTO completion_requests (timestamp, success, response_time_ms, is_streaming, provider, "
+                "auth_mode, quota_used_percent, quota_window_minutes) VALUES (?, 1, 5, 0, 'anthropic', 'oauth', 40, 300)",
+                (utc_text(datetime.now(UTC) - timedelta(minutes=1)),))
+    con.commit()
+    con.close()
     out = run_json(database[0], capsys=capsys)
     documented = documented_example()
     documented["groups"][0]["rows"][0]["key"] = {"model": "value"}  # the example shows provider/host

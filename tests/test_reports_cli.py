@@ -170,7 +170,7 @@ def test_a_file_that_is_not_a_database_is_one_error_line(tmp_path, capsys):
     (["--watch", "1e308"], "argument --watch: expected a number of seconds above 0, at most 86,400, got '1e308'"),
     (["--model", "gpt-\udcff"], "argument --model: 'gpt-\\udcff' is not UTF-8 text"),
     (["--origin", "\udce9"], "argument --origin: '\\udce9' is not UTF-8 text"),
-    ([f"--model=m{i}" for i in range(1001)], "at most 1,000 values of --model, --provider, --host and --origin together"),
+    ([f"--model=m{i}" for i in range(1001)], "at most 1,000 values of --model, --provider, --host, --origin, --agent and --session together"),
     (["--db", ""], "argument --db: expected a SQLite path or a database URL, got an empty value"),
     (["--db", "   "], "argument --db: expected a SQLite path or a database URL, got an empty value"),
     (["un\nknown"], "unrecognized arguments: un known"),

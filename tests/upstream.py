@@ -44,6 +44,8 @@ class Scenario:
     response_delay: float = 0.0  # before a non-streamed completion's response
     content_encoding: str | None = None  # gzip, br or zstd: the stream is compressed, flushed per event
     extra_headers: dict[str, str] = field(default_factory=dict)
+    refuse_stream_options: bool = False  # answer 400 to a body with stream_options, as Mistral or old Azure
+    server: str | None = None  # the Server header (default: Python's BaseHTTP/…)
 
 
 @dataclass
@@ -172,10 +174,16 @@ PARSE_ERROR = (b'{"error": {"message": "We could not parse the JSON body of your
                b'"type": "invalid_request_error", "param": null, "code": null}}')
 
 
+# What a server that rejects unknown fields answers (Azure's words, before api-version 2024-09-01).
+UNKNOWN_STREAM_OPTIONS = (b'{"error": {"message": "Unknown parameter: \'stream_options\'.", "type": '
+                          b'"invalid_request_error", "param": "stream_options", "code": "unknown_parameter"}}')
+
+
 class FakeUpstream(LocalServer):
     def __init__(self, tls_dir: Path | None = None) -> None:
         self.scenarios: dict[str, Scenario] = {"default": Scenario()}
         self.served: list[Served] = []
+        self.models_owner: str | None = None  # GET …/models names this owner (vLLM: "vllm")
         self._listen(_handler_for(self), tls_dir)
 
     @property
@@ -188,7 +196,8 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             """Any other method (GET /v1/models, PUT, DELETE): recorded, answered with an empty list."""
             self._receive(upstream)
-            self._send_whole(200, "application/json", b'{"object": "list", "data": []}')
+            models = [{"id": "gpt-fake", "object": "model", "owned_by": upstream.models_owner}] if upstream.models_owner else []
+            self._send_whole(200, "application/json", json.dumps({"object": "list", "data": models}).encode())
 
         do_PUT = do_DELETE = do_PATCH = do_GET
 
@@ -196,10 +205,15 @@ def _handler_for(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             served = self._receive(upstream)
             body = served.body
             sc = upstream.scenarios[self.headers.get("x-scenario", "default")]
+            # Per request: a kept-alive connection is one handler for every request on it.
+            self.server_version, self.sys_version = (sc.server, "") if sc.server else (
+                type(self).server_version, type(self).sys_version)
             if not self.path.split("?")[0].endswith("/completions"):
                 self._send_whole(501, "text/plain", b"not an LLM endpoint", sc.extra_headers)
             elif body is None:
                 self._send_whole(400, "application/json", PARSE_ERROR, sc.extra_headers)
+            elif sc.refuse_stream_options and "stream_options" in body:
+                self._send_whole(400, "application/json", UNKNOWN_STREAM_OPTIONS)
             elif sc.error_body is not None:
                 self._send_whole(sc.status, sc.error_content_type, sc.error_body, sc.extra_headers)
             elif body.get("stream"):

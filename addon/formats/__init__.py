@@ -8,13 +8,15 @@ from .anthropic_messages import AnthropicMessages
 from .base import ResponseFacts, WireFormat
 from .bedrock import BedrockConverse, BedrockInvokeAnthropic
 from .gemini import STREAM as GEMINI_STREAM, GeminiGenerateContent
+from .gemini_code_assist import GeminiCodeAssist
 from .ollama import OllamaChat, OllamaGenerate
 from .openai_chat import OpenAIChat, OpenAICompletions
 from .openai_embeddings import OpenAIEmbeddings
 from .openai_responses import OpenAIResponses
 
 # Order matters only where two formats share a path suffix: most specific first
-# (`/chat/completions` before `/completions`). For hosts matched on body shape alone, the first
+# (`/chat/completions` before `/completions`, Code Assist's `/v1internal:…` before Gemini's `…:…`,
+# which a body too large to read would match by path alone). For hosts matched on body shape alone, the first
 # format whose shape key the body has wins.
 FORMATS: tuple[WireFormat, ...] = (
     OpenAIChat(),
@@ -22,6 +24,7 @@ FORMATS: tuple[WireFormat, ...] = (
     OpenAIResponses(),
     OpenAIEmbeddings(),
     AnthropicMessages(),
+    GeminiCodeAssist(),
     GeminiGenerateContent(),
     OllamaChat(),
     OllamaGenerate(),

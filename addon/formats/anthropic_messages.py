@@ -28,6 +28,7 @@ _TOOL_BLOCKS = ("tool_use", "server_tool_use", "mcp_tool_use")
 class AnthropicMessages:
     operation = "messages"
     path_suffix = "/messages"
+    family = "anthropic"
     shape_key = "messages"
     array_streams = False
 

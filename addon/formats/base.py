@@ -34,6 +34,11 @@ class ResponseFacts:
     cached_tokens: int | None = None  # cache reads, part of prompt_tokens
     cache_creation_tokens: int | None = None  # cache writes, part of prompt_tokens
     reasoning_tokens: int | None = None
+    # The audio part of the input, its cached part and of the output (the Realtime API): no column
+    # of their own, they price the call (audio costs several times text).
+    audio_input_tokens: int | None = None
+    cached_audio_tokens: int | None = None
+    audio_output_tokens: int | None = None
     finish_reason: str | None = None  # the provider's own value
     finish_category: str | None = None  # set only where the reason alone does not tell it
     tool_calls: bool = False  # the output called a tool (Gemini and Ollama still say "stop")
@@ -44,6 +49,7 @@ class ResponseFacts:
     events: int = 0  # data-bearing stream events (the SSE `[DONE]` sentinel excluded)
     content_events: int = 0  # events carrying generated content: text, reasoning or tool calls
     text_events: int = 0  # events carrying visible assistant text only
+    output_chars: int = 0  # characters of generated output seen in stream events (for an estimate)
     malformed_events: int = 0  # events whose data was not valid JSON
     terminated: bool = False  # the format's own end-of-stream marker was seen
     oversized_events: int = 0  # stream events longer than addon.wire.MAX_EVENT_BYTES: not read
@@ -66,6 +72,9 @@ class WireFormat(Protocol):
     """One API's request and response shape (e.g. OpenAI Chat Completions)."""
 
     operation: str  # chat, text_completion, responses, embeddings, messages, generate_content
+    # The API's owner, as a provider is named (`openai`, `anthropic`, `gemini`): a call to a host
+    # with no known name is stored as `<family>-compatible`.
+    family: str
     path_suffix: str  # the request path ends with this
     shape_key: str  # a request body of this API has this top-level key
     # A streamed response may come as `application/json`: one JSON array written element by

@@ -42,6 +42,7 @@ def _read_exception(facts: ResponseFacts, event: str | None, obj: Any) -> bool:
 
 class BedrockConverse:
     operation = "chat"
+    family = "aws-bedrock"
     path_suffix = "/converse-stream"
     shape_key = "messages"
     array_streams = False
@@ -99,6 +100,7 @@ def _apply_converse_usage(facts: ResponseFacts, usage: dict[str, Any]) -> None:
 
 class BedrockInvokeAnthropic:
     operation = "messages"
+    family = "aws-bedrock"
     path_suffix = "/invoke-with-response-stream"
     shape_key = "anthropic_version"  # a Claude body on Bedrock names the API version, not the model
     array_streams = False

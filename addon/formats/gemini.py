@@ -35,6 +35,7 @@ def model_from_path(path: str) -> str | None:
 class GeminiGenerateContent:
     operation = "generate_content"
     path_suffix = GENERATE
+    family = "gemini"
     shape_key = "contents"
     array_streams = True
 

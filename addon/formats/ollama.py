@@ -18,6 +18,7 @@ from .errors import read_error
 
 class OllamaChat:
     operation = "chat"
+    family = "ollama"
     path_suffix = "/api/chat"
     shape_key = "messages"
     messages_key: str | None = "messages"

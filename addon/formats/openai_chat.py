@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import estimate
 from .azure import requested_model
 from .base import ResponseFacts, as_int, non_empty_str, request_fields
 from .errors import read_error, read_stream_error
@@ -22,6 +23,7 @@ _GENERATED_KEYS = ("content", "reasoning_content", "reasoning", "tool_calls", "f
 
 class OpenAIChat:
     operation = "chat"
+    family = "openai"
     path_suffix = "/chat/completions"
     shape_key = "messages"
     messages_key: str | None = "messages"
@@ -32,8 +34,14 @@ class OpenAIChat:
 
     def request_fields(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get(self.messages_key) if self.messages_key else None
-        return request_fields(requested_model(path, body), body.get("stream") is True, messages, body,
-                              max_tokens_keys=("max_tokens", "max_completion_tokens"))
+        fields = request_fields(requested_model(path, body), body.get("stream") is True, messages, body,
+                                max_tokens_keys=("max_tokens", "max_completion_tokens"))
+        if fields["is_streaming"]:  # only a stream may lack its usage
+            fields["prompt_tokens_estimate"] = self._prompt_estimate(body)
+        return fields
+
+    def _prompt_estimate(self, body: dict[str, Any]) -> int | None:
+        return estimate.chat_prompt_tokens(body)
 
     def on_event(self, facts: ResponseFacts, event: str | None, obj: Any) -> bool:
         if not isinstance(obj, dict):
@@ -43,18 +51,26 @@ class OpenAIChat:
         choices = _choices(obj)
         self._read_common(facts, obj, choices)
         generated = text = False
+        chars = 0
         for choice in choices:
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                if delta.get("content"):  # the usual chunk: one look, not one per key
+                content = delta.get("content")
+                if content:  # the usual chunk: one look, not one per key
                     generated = text = True
-                else:
-                    generated = generated or any(delta.get(key) for key in _GENERATED_KEYS)
-            elif choice.get("text"):  # legacy completions
-                generated = text = True
+                    chars += len(content) if isinstance(content, str) else 0
+                elif any(delta.get(key) for key in _GENERATED_KEYS):
+                    generated = True
+                    chars += _other_chars(delta)
+            else:
+                content = choice.get("text")  # legacy completions
+                if content:
+                    generated = text = True
+                    chars += len(content) if isinstance(content, str) else 0
         # Counted per event, however many choices (n > 1) it carries.
         facts.content_events += generated
         facts.text_events += text
+        facts.output_chars += chars
         return generated
 
     def on_body(self, facts: ResponseFacts, obj: Any) -> None:
@@ -79,6 +95,18 @@ class OpenAIChat:
             apply_usage(facts, usage)
         elif isinstance(obj.get("timings"), dict) and facts.prompt_tokens is None:
             _apply_llama_cpp_timings(facts, obj["timings"])
+
+
+def _other_chars(delta: dict[str, Any]) -> int:
+    """Characters of a delta's reasoning, refusal and tool calls (names and arguments)."""
+    chars = sum(len(v) for key in ("reasoning_content", "reasoning", "refusal") if isinstance(v := delta.get(key), str))
+    calls = delta.get("tool_calls")
+    functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+    functions.append(delta.get("function_call"))
+    for function in functions:
+        if isinstance(function, dict):
+            chars += sum(len(v) for key in ("name", "arguments") if isinstance(v := function.get(key), str))
+    return chars
 
 
 def _choices(obj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,3 +158,6 @@ class OpenAICompletions(OpenAIChat):
     path_suffix = "/completions"
     shape_key = "prompt"
     messages_key = None  # a prompt is not a list of messages
+
+    def _prompt_estimate(self, body: dict[str, Any]) -> int | None:
+        return estimate.completion_prompt_tokens(body)

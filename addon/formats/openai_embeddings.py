@@ -13,6 +13,7 @@ from .errors import read_error
 
 class OpenAIEmbeddings:
     operation = "embeddings"
+    family = "openai"
     path_suffix = "/embeddings"
     shape_key = "input"
     array_streams = False

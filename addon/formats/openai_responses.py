@@ -37,6 +37,7 @@ _INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"
 
 class OpenAIResponses:
     operation = "responses"
+    family = "openai"
     path_suffix = "/responses"
     shape_key = "input"
     array_streams = False
