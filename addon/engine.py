@@ -22,7 +22,7 @@ from storage import RowWriter, enable_wal, open_database
 from storage.db import display_location
 from storage.writer import SOCKET_OVERFLOW
 
-from . import bounds, pricing
+from . import bounds, exposition, pricing
 from .agents import identify
 from .budget import Limits, Watch
 from .capture import (
@@ -42,6 +42,7 @@ from .capture import (
     Whole,
     iter_batch,
 )
+from .exposition import Exports, ExportSettings
 from .formats import (
     ResponseFacts,
     recognise,
@@ -80,7 +81,8 @@ class Engine:
 
     def __init__(self, writer: Any, *, location: str | None = None, extra_hosts: dict[str, str] | None = None,
                  log_calls: bool = True, request_body_limit: int = REQUEST_BODY_LIMIT,
-                 limits: Limits | None = None, prices: PriceBook | None = None, retention_days: int = 0) -> None:
+                 limits: Limits | None = None, prices: PriceBook | None = None, retention_days: int = 0,
+                 exports: ExportSettings | None = None) -> None:
         self.writer = writer
         self.retention_days = retention_days  # read by the retention thread (addon/retention.py) each day
         self.retention: Retention | None = None
@@ -98,6 +100,8 @@ class Engine:
         self.run_totals = RunTotals()  # for the summary printed at exit
         self.watch = Watch(limits or Limits())  # budgets and quota thresholds (addon/budget.py)
         self.seed: tuple[str, float, dict[str, float]] | None = None  # today's earlier spending, once read
+        self.exports: Exports | None = None  # Prometheus, OpenTelemetry (addon/exposition.py)
+        self._set_exports(exports)
         self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
         self.metering_errors = 0
         self._logged_errors: set[str] = set()
@@ -328,6 +332,13 @@ class Engine:
         if "limits" in m.settings:
             self.watch.limits = m.settings["limits"]
         self.retention_days = m.settings.get("retention_days", self.retention_days)
+        if "exports" in m.settings:
+            self._set_exports(m.settings["exports"])
+
+    def _set_exports(self, settings: ExportSettings | None) -> None:
+        self.exports = exposition.reopen(self.exports, settings)
+        if self.writer is not None:
+            self.writer.on_dropped = self.exports.dropped if self.exports is not None else None
 
     def _lost(self, m: Lost) -> None:
         if self.writer is not None:
@@ -451,6 +462,11 @@ class Engine:
             self.writer.submit(row)
         if self.watch.limits.active:
             self._watch(row)
+        if self.exports is not None:
+            try:
+                self.exports.observe(row, call.port)
+            except Exception as exc:  # numbers out are a detail: the row is stored whatever happens here
+                self._metering_error("export", exc)
         if self.log_calls:
             self.call_lines.append(format_call_line(row))
             if self.lines_since is None:
@@ -504,6 +520,7 @@ class Engine:
         if self.warmups:
             log.info("llm-metrics: %d WebSocket warm-up request(s) (generate: false, nothing generated) not recorded "
                      "as calls", self.warmups)
+        self._set_exports(None)  # its port free, what OpenTelemetry has yet to send sent
 
     def _count_unparsed(self, path: str) -> None:
         """Named in the exit summary so a user can report them; bounded in distinct paths, each
@@ -536,7 +553,8 @@ def prepare_store(location: str, keep_backups: int):
 
 def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hosts: dict[str, str],
                  log_calls: bool, request_body_limit: int = REQUEST_BODY_LIMIT, limits: Limits | None = None,
-                 prices: PriceBook | None = None, retention_days: int = 0, db=None) -> Engine:
+                 prices: PriceBook | None = None, retention_days: int = 0, exports: ExportSettings | None = None,
+                 db=None) -> Engine:
     """An engine with its own started writer; `db` when the caller has just prepared the store.
 
     It never waits for the database: without `db` the writer's thread opens it (and brings its
@@ -554,7 +572,7 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     writer.start()
     engine = Engine(writer, location=location, extra_hosts=extra_hosts, log_calls=log_calls,
                     request_body_limit=request_body_limit, limits=limits, prices=prices,
-                    retention_days=retention_days)
+                    retention_days=retention_days, exports=exports)
     # Started whatever the days: an option set later, while running, takes effect at the next run.
     engine.retention = Retention(location, lambda: engine.retention_days)
     engine.retention.start()

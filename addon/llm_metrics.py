@@ -46,6 +46,7 @@ from addon.capture import (  # noqa: E402
     Whole,
 )
 from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
+from addon.exposition import ExportSettings, export_settings, export_warnings  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.formats.websocket import SOCKET_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover, Socket  # noqa: E402
@@ -76,6 +77,7 @@ class LLMMetrics:
         self.origin_header: bytes | None = DEFAULT_ORIGIN_HEADER.encode()
         self.body_limit = REQUEST_BODY_LIMIT
         self.limits = Limits()
+        self.exports = ExportSettings()
         self.prices: PriceBook | None = None
         self.inflight: dict[str, Capture] = {}  # by flow.id (flow.metadata would be saved with the flow)
         self._flows: dict[str, http.HTTPFlow] = {}  # the flows of waiting calls, for their bodies at shutdown
@@ -86,7 +88,8 @@ class LLMMetrics:
 
     def load(self, loader) -> None:
         line_buffered_stdout()
-        for logger in (log, *map(logging.getLogger, ("addon.backends", "addon.engine", "storage.writer"))):
+        for logger in (log, *map(logging.getLogger, ("addon.backends", "addon.engine", "addon.exposition",
+                                                     "storage.writer"))):
             logger.addFilter(REDACT_WARNINGS)  # their warnings quote exceptions and drivers' messages
         logging.getLogger("peewee").setLevel(logging.INFO)  # see addon.engine.start_engine
         add_options(loader)
@@ -109,10 +112,12 @@ class LLMMetrics:
             self.limits = _limits(options)
         if "llm_metrics_prices" in updated:
             self.prices = _prices(options.llm_metrics_prices)
+        if updated & _EXPORT_OPTIONS:
+            self.exports = _exports(options)
         if updated & {"llm_metrics_db", "llm_metrics_queue_size", "llm_metrics_worker"}:
             self._open_store(options.llm_metrics_db or default_location())
         elif updated & {"llm_metrics_hosts", "llm_metrics_log_calls", "llm_metrics_request_body_limit",
-                        "llm_metrics_prices", "llm_metrics_retention_days", *_LIMIT_OPTIONS} \
+                        "llm_metrics_prices", "llm_metrics_retention_days", *_LIMIT_OPTIONS, *_EXPORT_OPTIONS} \
                 and self.handover is not None:
             self.handover.put(Config(self._settings()))
 
@@ -336,7 +341,7 @@ class LLMMetrics:
     def _settings(self) -> dict:
         return {"extra_hosts": self.extra_hosts, "log_calls": ctx.options.llm_metrics_log_calls,
                 "request_body_limit": self.body_limit, "limits": self.limits, "prices": self.prices,
-                "retention_days": ctx.options.llm_metrics_retention_days}
+                "retention_days": ctx.options.llm_metrics_retention_days, "exports": self.exports}
 
     def _open_store(self, location: str) -> None:
         self._close_metering()
@@ -412,6 +417,21 @@ def _limits(options) -> Limits:
         )
     except ValueError as exc:
         raise exceptions.OptionsError(str(exc)) from None
+
+
+_EXPORT_OPTIONS = {"llm_metrics_prometheus", "llm_metrics_otel", "llm_metrics_export_models"}
+
+
+def _exports(options) -> ExportSettings:
+    """Prometheus and OpenTelemetry as the options ask (addon/exposition.py); OptionsError names a bad one."""
+    try:
+        settings = export_settings(options.llm_metrics_prometheus, options.llm_metrics_otel,
+                                   options.llm_metrics_export_models)
+    except ValueError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
+    for line in export_warnings(settings):
+        log.warning(line)
+    return settings
 
 
 def _prices(path: str) -> PriceBook | None:

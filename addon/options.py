@@ -17,6 +17,7 @@ from migrations import DEFAULT_KEEP
 from storage import default_location
 
 from .engine import REQUEST_BODY_LIMIT
+from .exposition import DEFAULT_MAX_MODELS
 from .redact import redact
 
 log = logging.getLogger("addon.llm_metrics")  # said as the addon's own lines
@@ -64,6 +65,14 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("llm_metrics_quota_alert_percent", str, "",
      "Log one line when a response says a subscription quota window (Claude's 5-hour, Codex's) is this "
      "percent used (e.g. 80), again at 90 and 100 %. Empty: off."),
+    ("llm_metrics_prometheus", str, "",
+     "Serve Prometheus metrics of the calls on http://HOST:PORT/metrics (PORT alone: on 127.0.0.1). Empty: off."),
+    ("llm_metrics_otel", str, "",
+     "Push OpenTelemetry metrics ('metrics'), a span per call ('traces') or both ('metrics,traces') over "
+     "OTLP/HTTP, configured by the OTEL_EXPORTER_OTLP_* variables; needs the otel extra. Empty: off."),
+    ("llm_metrics_export_models", int, DEFAULT_MAX_MODELS,
+     "How many model names Prometheus and OpenTelemetry metrics name apart, 'other' included; the rest are "
+     "'other'. A model is named once a call to it succeeded."),
 )
 
 

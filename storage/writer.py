@@ -57,6 +57,7 @@ _DROP_REASONS = {
     METERING_LOST: "the metering process ended before storing them",
     METERING_BEHIND: "the metering fell too far behind the traffic",
 }
+DROP_REASONS = tuple(_DROP_REASONS)
 
 
 class RowWriter:
@@ -104,6 +105,8 @@ class RowWriter:
         self.drops_recorded = 0  # dropped rows whose count is stored in `dropped_rows`
         self._next_drops_attempt = 0.0
         self._host = (socket.gethostname(), os.getpid())
+        # Told of every drop counted (the metrics out, addon/exposition.py), from the counting thread.
+        self.on_dropped: Callable[[int, str], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -154,6 +157,8 @@ class RowWriter:
             else:
                 entry[0] += n
                 entry[2] = now
+        if self.on_dropped is not None:
+            self.on_dropped(n, reason)
         # Log the first drop and then each power of ten, so a long outage cannot flood the log.
         if before == 0 or len(str(before)) != len(str(self.dropped)):
             log.warning("llm-metrics: %d row(s) dropped so far (the latest: %s)", self.dropped, _DROP_REASONS.get(reason, reason))

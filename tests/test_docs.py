@@ -37,3 +37,12 @@ def test_the_message_table_lists_exactly_the_protocols_messages():
     documented = set(re.findall(r"^\| `(\w+)\(", ARCHITECTURE, re.MULTILINE))
     defined = {t.__name__ for t in addon.capture.Message.__args__}
     assert documented == defined
+
+
+def test_the_readme_options_table_lists_exactly_the_addons_options():
+    from addon.options import OPTIONS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Options"):readme.index("\n## ", readme.index("## Options"))]
+    documented = set(re.findall(r"^\| `(llm_metrics_\w+)` \|", section, re.MULTILINE))
+    assert documented == {name for name, *_ in OPTIONS}
