@@ -24,7 +24,7 @@ from .groups import DIMENSIONS
 from .percentiles import METHOD
 from .report import DEFAULT_TOP, Report, empty_report, load_report
 from .selection import Selection, parse_when, utc_text
-from .source import NothingYet, ReportError, open_source
+from .source import NothingYet, ReportError, read
 
 DEFAULT_WATCH_SECONDS = 2.0
 
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--session", action="append", default=[], type=_text, metavar="ID",
                       help="only the calls of this agent session (its session_id); one session also lists its calls in order")
     pick.add_argument("--errors-only", action="store_true", help="only failed calls")
+    streaming = pick.add_mutually_exclusive_group()
+    streaming.add_argument("--streamed", dest="streamed", action="store_const", const=True, help="only streamed calls")
+    streaming.add_argument("--non-streamed", dest="streamed", action="store_const", const=False, help="only calls not streamed")
     view = parser.add_argument_group("what to show")
     view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
     view.add_argument("--top", type=_top, default=DEFAULT_TOP, metavar="N",
@@ -143,7 +146,7 @@ def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
         until_utc=parse_when(args.until, now) if args.until else None,
         models=tuple(args.model), providers=tuple(args.provider), hosts=tuple(args.host),
         origins=tuple(args.origin), errors_only=args.errors_only, agents=tuple(args.agent),
-        sessions=tuple(args.session),
+        sessions=tuple(args.session), streamed=args.streamed,
     )
 
 
@@ -153,13 +156,10 @@ def make_report(args: argparse.Namespace, location: str) -> Report:
     selection = selection_from(args, now)
     if selection.since_utc and selection.until_utc and selection.since_utc >= selection.until_utc:
         raise ReportError(f"--since ({selection.since_utc}) must be before --until ({selection.until_utc})")
-    src = open_source(location)
     try:
-        return load_report(src, selection, group_by=args.group_by, top=args.top, now=now)
+        return read(location, lambda src: load_report(src, selection, group_by=args.group_by, top=args.top, now=now))
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None
-    finally:
-        src.close()
 
 
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
