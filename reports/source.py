@@ -108,11 +108,11 @@ def is_undecodable(exc: Exception) -> bool:
 T = TypeVar("T")
 
 
-def read(location: str, load: Callable[[Source], T]) -> T:
+def read(location: str, load: Callable[[Source], T], *, check: bool = True) -> T:
     """`load(source)` on `location`, opened and checked (raises NothingYet or ReportError), then
     closed. Read as immutable and found opened or changed since (see the module's docstring), it
     is read again the ordinary way: the proxy has the file open now, so that creates nothing."""
-    src = open_source(location)
+    src = open_source(location, check=check)
     try:
         try:
             result = load(src)
@@ -124,20 +124,23 @@ def read(location: str, load: Callable[[Source], T]) -> T:
                 return result
     finally:
         src.close()
-    src = open_source(location, immutable=False)
+    src = open_source(location, immutable=False, check=check)
     try:
         return load(src)
     finally:
         src.close()
 
 
-def open_source(location: str, *, immutable: bool = True) -> Source:
+def open_source(location: str, *, immutable: bool = True, check: bool = True) -> Source:
     """Opens and checks `location`. Raises NothingYet or ReportError. `immutable=False`: never
-    read a quiet WAL file as immutable (see the module's docstring); prefer `read`, which checks."""
+    read a quiet WAL file as immutable (see the module's docstring); prefer `read`, which checks.
+    `check=False`: only opens it (NothingYet only when there is no file), e.g. to read its schema
+    version whatever it is."""
     db, stamp = _connect_read_only(location, immutable)
     try:
         tables = frozenset(db.get_tables())
-        return Source(db, location, _check(db, location, tables), tables, quiet_stamp=stamp)
+        columns = _check(db, location, tables) if check else frozenset()
+        return Source(db, location, columns, tables, quiet_stamp=stamp)
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         db.close()
         raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None

@@ -75,10 +75,12 @@ def choose_bucket(span_seconds: float | None) -> str:
 
 def load_timeline(
     src: Source, selection: Selection, first_utc: str | None, last_utc: str | None, span_seconds: float | None, requests: int,
+    bucket: str | None = None,
 ) -> Timeline:
     """`first_utc` and `last_utc`: the first and last call's time in the row format (the
-    overview's), None when no call's timestamp is a time; `requests`: the calls selected."""
-    bucket = choose_bucket(span_seconds)
+    overview's), None when no call's timestamp is a time; `requests`: the calls selected;
+    `bucket`: one of BUCKETS, else chosen from the span (`choose_bucket`)."""
+    bucket = bucket or choose_bucket(span_seconds)
     if first_utc is None or last_utc is None:
         return Timeline(bucket, [], requests)
     length, step, pattern = BUCKETS[bucket]
