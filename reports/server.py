@@ -156,14 +156,14 @@ def serve(location: str, host: str, port: int, *, allow_remote: bool = False) ->
         print(f"error: --bind {fmt.printable(host)} is not a loopback address: anyone who can reach it could read every "
               "recorded call's model, origin, tokens and cost; add --allow-remote to serve it anyway", file=sys.stderr)
         return 2
+    if allow_remote and not is_loopback(host):
+        print(f"warning: serving on {fmt.printable(host)}, not only this machine: anyone who reaches it reads every "
+              "recorded call's model, origin, tokens and cost (no login, no TLS)", file=sys.stderr, flush=True)
     try:
         server = DashboardServer(location, host, port, allow_remote=allow_remote)
     except OSError as exc:
         print(f"error: cannot listen on {fmt.printable(host)}:{port}: {fmt.one_line(exc.strerror or str(exc))}", file=sys.stderr)
         return 2
-    if allow_remote and not is_loopback(host):
-        print(f"warning: serving on {fmt.printable(host)}, not only this machine: anyone who reaches it reads every "
-              "recorded call's model, origin, tokens and cost (no login, no TLS)", file=sys.stderr)
     print(f"serving {server.url} · {fmt.printable(display_location(location))}, read-only · Ctrl-C to stop", flush=True)
     try:
         server.serve_forever()

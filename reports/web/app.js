@@ -236,7 +236,9 @@ function drawTimeline(t) {
     const i = Math.round(k * (slots.length - 1) / Math.max(1, labels - 1));
     const s = slots[i].start_utc;
     const text = t.bucket === "day" ? s.slice(5, 10) : spanDays ? `${s.slice(5, 10)} ${s.slice(11, 16)}` : s.slice(11, 16);
-    chart.append(svg("text", { x: left + (i + 0.5) * barW, y: H - 6, "text-anchor": "middle" }, text));
+    const anchor = labels > 1 && k === 0 ? "start" : labels > 1 && k === labels - 1 ? "end" : "middle";
+    const x = anchor === "start" ? left + i * barW : anchor === "end" ? left + (i + 1) * barW : left + (i + 0.5) * barW;
+    chart.append(svg("text", { x, y: H - 6, "text-anchor": anchor }, text));
   }
   fill("timeline", chart);
 }
