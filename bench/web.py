@@ -136,7 +136,9 @@ def screenshot(out: Path) -> None:
         # The sample's path in the header would name this machine's temporary folder.
         driver.execute_script("document.getElementById('database').textContent = '~/.llm_metrics_proxy/metrics.db'")
         height = driver.execute_script("return document.querySelector('#error-kinds').closest('section').offsetTop")
-        driver.set_window_size(1200, height + 40)
+        driver.set_window_size(1200, height - 4)
+        chrome = height - 4 - driver.execute_script("return window.innerHeight")  # the window's own bars
+        driver.set_window_size(1200, height - 4 + chrome)
         time.sleep(0.3)
         driver.save_screenshot(str(out))
     finally:

@@ -112,7 +112,7 @@ async function load() {
     if (mine !== state.load) return; // a newer load started meanwhile: it draws
     draw(report, usage, timeline, calls);
     showStatus(report.note || "", false);
-    $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    $("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
     document.body.dataset.range = state.range;
     document.body.dataset.state = "ready";
   } catch (error) {
@@ -253,7 +253,7 @@ function drawLatency(group) {
     const x = (v) => (100 * (v || 0)) / peak;
     if (r.latency_ms.p95 !== null) box.append(svg("rect", { x: 0, y: 1, width: x(r.latency_ms.p95), height: 10, class: "ok-light" }));
     if (r.latency_ms.p50 !== null) box.append(svg("rect", { x: 0, y: 1, width: x(r.latency_ms.p50), height: 10, class: "ok" }));
-    if (r.latency_ms.p99 !== null) box.append(svg("rect", { x: Math.min(99.4, x(r.latency_ms.p99)), y: 0, width: 0.6, height: 12, class: "bad" }));
+    if (r.latency_ms.p99 !== null) box.append(svg("rect", { x: Math.min(99.4, x(r.latency_ms.p99)), y: 0, width: 0.6, height: 12, class: "p99" }));
     return box;
   };
   fill("latency", table([
