@@ -45,6 +45,15 @@ class Reply:
 # -- parameters -----------------------------------------------------------------------------
 
 FILTERS = ("since", "until", "model", "provider", "host", "origin", "agent", "session", "errors_only", "streamed")
+COMPAT_FILTERS = ("start", "end", *(f for f in FILTERS if f not in ("since", "until")))
+PARAMETERS: dict[str, tuple[str, ...]] = {  # what each endpoint takes (docs/api.md lists them)
+    "/api/report": (*FILTERS, "group_by", "top"),
+    "/api/calls": (*FILTERS, "page", "page_size"),
+    "/api/timeline": (*FILTERS, "bucket"),
+    "/health": (),
+    "/metrics": COMPAT_FILTERS,
+    "/completion_requests": (*COMPAT_FILTERS, "limit"),
+}
 _LISTS = {"model": "models", "provider": "providers", "host": "hosts", "origin": "origins", "agent": "agents",
           "session": "sessions"}
 _TRUE, _FALSE = ("", "1", "true", "yes"), ("0", "false", "no")
@@ -136,7 +145,7 @@ def group_by(query: Query) -> str | None:
 
 def report(location: str, query: Query) -> Reply:
     """`/api/report`: the report's JSON (docs/report-json.md) for these filters."""
-    check_names(query, (*FILTERS, "group_by", "top"))
+    check_names(query, PARAMETERS["/api/report"])
     now = datetime.now(UTC)
     selection = selection_from(query, now)
     grouping, top = group_by(query), whole_number(query, "top", DEFAULT_TOP, 1, MAX_API_TOP)
@@ -148,7 +157,7 @@ def report(location: str, query: Query) -> Reply:
 
 def calls(location: str, query: Query) -> Reply:
     """`/api/calls`: one page of the selected calls, newest first."""
-    check_names(query, (*FILTERS, "page", "page_size"))
+    check_names(query, PARAMETERS["/api/calls"])
     selection = selection_from(query, datetime.now(UTC))
     page = whole_number(query, "page", 1, 1, 1_000_000)
     size = whole_number(query, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
@@ -160,7 +169,7 @@ def calls(location: str, query: Query) -> Reply:
 
 def timeline(location: str, query: Query) -> Reply:
     """`/api/timeline`: calls and errors per bucket, from the first selected call's to the last's."""
-    check_names(query, (*FILTERS, "bucket"))
+    check_names(query, PARAMETERS["/api/timeline"])
     now = datetime.now(UTC)
     selection = selection_from(query, now)
     bucket = single(query, "bucket")
@@ -187,7 +196,7 @@ def timeline(location: str, query: Query) -> Reply:
 
 def health(location: str, query: Query) -> Reply:
     """`/health`: whether the database can be read, and its schema version."""
-    check_names(query, ())
+    check_names(query, PARAMETERS["/health"])
     shown = display_location(location)
     try:
         version = read(location, lambda src: current_version(src.db), check=False)
@@ -201,9 +210,6 @@ def health(location: str, query: Query) -> Reply:
 
 
 # -- the original LLM Metrics Proxy's endpoints ------------------------------------------------
-
-COMPAT_FILTERS = ("start", "end", *(f for f in FILTERS if f not in ("since", "until")))
-
 
 def _compat_selection(query: Query, now: datetime) -> Selection:
     """`start` and `end` are the original's: ISO times, UTC unless they say otherwise, `end`
@@ -225,7 +231,7 @@ def _iso_only(value: str) -> bool:
 
 def metrics(location: str, query: Query) -> Reply:
     """`/metrics`: the original's summary (`reports.compat.metrics`)."""
-    check_names(query, COMPAT_FILTERS)
+    check_names(query, PARAMETERS["/metrics"])
     now = datetime.now(UTC)
     selection = _compat_selection(query, now)
     try:
@@ -236,7 +242,7 @@ def metrics(location: str, query: Query) -> Reply:
 
 def completion_requests(location: str, query: Query) -> Reply:
     """`/completion_requests`: the original's per-call rows, newest first, at most `limit`."""
-    check_names(query, (*COMPAT_FILTERS, "limit"))
+    check_names(query, PARAMETERS["/completion_requests"])
     selection = _compat_selection(query, datetime.now(UTC))
     limit = whole_number(query, "limit", compat.DEFAULT_LIMIT, 1, compat.MAX_LIMIT)
     try:

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -663,3 +664,23 @@ def test_auto_refresh_picks_up_new_calls(tmp_path, browser, server_process):
     assert wait_until(lambda: int(shown(browser)["requests"]) == before + 1, timeout=40)
     assert severe(browser) == []
 
+
+
+# -- docs/api.md ----------------------------------------------------------------------------------
+
+API_DOC = (ROOT / "docs" / "api.md").read_text()
+
+
+def test_docs_api_md_documents_every_endpoint_parameter_and_call_field():
+    from dataclasses import fields
+
+    from reports.api import ENDPOINTS, PARAMETERS
+    from reports.calls import Call
+
+    headings = set(re.findall(r"^#+ `GET (/[\w/]*)`", API_DOC, re.MULTILINE))
+    assert headings == set(ENDPOINTS)
+    for path, names in PARAMETERS.items():
+        missing = [n for n in names if f"`{n}`" not in API_DOC and f'"{n}"' not in API_DOC]
+        assert not missing, f"docs/api.md does not name {missing} of {path}"
+    assert [f.name for f in fields(Call)] == [n for n in re.findall(r'"(\w+)":', API_DOC.split("## `GET /api/calls`")[1]
+                                                                      .split("```")[1]) if n not in ("total", "page", "page_size", "pages", "calls")]
