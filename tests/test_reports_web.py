@@ -364,12 +364,14 @@ def test_a_bad_parameter_is_a_400_with_one_line_of_json(database, path, says):
     assert list(document) == ["error"] and says in document["error"] and "\n" not in document["error"]
 
 
-def test_an_unknown_path_is_a_json_404_and_writing_methods_a_405(database):
+def test_an_unknown_path_is_a_json_404_writing_methods_a_405_and_head_no_body(database):
     with serving(database) as server:
         assert server.get("/api/nothing") == (404, {"error": "no such path: /api/nothing; see docs/api.md"})
         assert server.get("/../reports/source.py")[0] == 404
         status, body = server.get("/api/report", method="POST")
         assert status == 405 and "read-only" in body["error"]
+        status, headers, body = fetch(server.url + "api/report", method="HEAD")
+        assert status == 200 and body == b"" and int(headers["Content-Length"]) > 1000
 
 
 def test_a_request_to_a_name_that_is_not_loopback_is_refused(database):
@@ -627,6 +629,11 @@ def test_the_dashboard_shows_the_apis_numbers_and_changes_timeframe(tmp_path, br
     assert week["overview"]["requests"] == 323 and same_numbers(shown(browser), week)
     assert browser.current_url.endswith("#1w")
     assert browser.execute_script("return document.querySelector('#ranges [aria-pressed=true]').dataset.range") == "1w"
+    browser.find_element("css selector", "#dims button[data-dim='agent']").click()
+    ready(browser, "1w")
+    agents = json.loads(fetch(server.url + "api/report?since=7d&group_by=agent")[2])["groups"][0]["rows"]
+    assert browser.execute_script("return [...document.querySelectorAll('#usage tbody tr td:first-child')].map(td => td.textContent)") \
+        == [r["key"]["agent"] or "(none)" for r in agents]
     full_height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, full_height + 120)
     browser.save_screenshot(str(tmp_path / "dashboard.png"))

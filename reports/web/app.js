@@ -13,6 +13,7 @@ const RANGES = {
   "all": { since: null, bucket: null, label: "everything recorded" },
 };
 const DIMS = ["model", "provider", "origin", "agent"];
+const DEFAULT_TABLES = ["model", "origin"]; // tables of /api/report without group_by
 const REFRESH_MS = 15000;
 const PAGE_SIZE = 20;
 const BUCKET_MS = { minute: 60e3, hour: 3600e3, day: 86400e3 };
@@ -103,14 +104,17 @@ async function load() {
   document.body.dataset.state = "loading";
   const range = RANGES[state.range];
   try {
+    // The report's own tables are by model, provider/host and origin: only a table by provider
+    // alone or by agent takes a request of its own.
+    const own = DEFAULT_TABLES.includes(state.dim);
     const [report, usage, timeline, calls] = await Promise.all([
       getJSON("api/report?" + query({ top: 10 })),
-      getJSON("api/report?" + query({ group_by: state.dim, top: 1 })),
+      own ? null : getJSON("api/report?" + query({ group_by: state.dim, top: 1 })),
       getJSON("api/timeline?" + query({ bucket: range.bucket })),
       getJSON("api/calls?" + query({ page: state.page, page_size: PAGE_SIZE })),
     ]);
     if (mine !== state.load) return; // a newer load started meanwhile: it draws
-    draw(report, usage, timeline, calls);
+    draw(report, own ? groupTable(report, state.dim) : usage.groups[0], timeline, calls);
     showStatus(report.note || "", false);
     $("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
     document.body.dataset.range = state.range;
@@ -131,14 +135,18 @@ function showStatus(text, isError) {
 
 // -- drawing ------------------------------------------------------------------------------
 
+function groupTable(report, dim) {
+  return report.groups.find((g) => g.group_by.length === 1 && g.group_by[0] === dim);
+}
+
 function draw(report, usage, timeline, calls) {
   $("database").textContent = report.database;
   $("method").textContent = report.percentile_method;
   drawOverview(report.overview, report.cost_known);
   drawQuota(report.quota || []);
   drawTimeline(timeline);
-  drawLatency(report.groups.find((g) => g.group_by.length === 1 && g.group_by[0] === "model"));
-  drawUsage(usage.groups[0], report.cost_known);
+  drawLatency(groupTable(report, "model"));
+  drawUsage(usage, report.cost_known);
   drawErrors(report.errors);
   drawRetries(report.retries, report.cost_known);
   drawSlowest(report.slowest);
