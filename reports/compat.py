@@ -107,7 +107,12 @@ def _distribution(report: Report, dim: str) -> dict[str, int]:
     """Calls per model (origin), most first; as the original, calls of none are left out."""
     table = next((t for t in report.groups if t.dims == (dim,)), None)
     rows = table.rows if table is not None else []
-    return {row.key[dim]: row.requests for row in rows if row.key[dim]}  # type: ignore[misc]
+    counts: dict[str, int] = {}
+    for row in rows:
+        name = row.key[dim]
+        if name:
+            counts[name] = row.requests
+    return counts
 
 
 def completion_request(call: Call) -> dict:
