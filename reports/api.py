@@ -119,6 +119,8 @@ def selection_from(
         raise BadRequest(f"at most {MAX_FILTER_VALUES:,} values of model, provider, host, origin, agent and session together")
     if any(not v for values in lists.values() for v in values):
         raise BadRequest("an empty filter value: leave the parameter out to select every value")
+    if any("\x00" in v for values in lists.values() for v in values):
+        raise BadRequest("a filter value holds a NUL character, which no stored value does")
     selection = Selection(
         since_utc=_when(query, since, now), until_utc=_when(query, until, now), errors_only=bool(flag(query, "errors_only")),
         streamed=flag(query, "streamed"), **lists,

@@ -12,12 +12,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import sqlite3
 import sys
 import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from urllib.parse import parse_qs, urlsplit
+
+import peewee
 
 from storage.db import display_location, hide_password
 
@@ -113,6 +116,8 @@ class Handler(BaseHTTPRequestHandler):
             return Reply(400, {"error": fmt.one_line(str(exc))})
         except ReportError as exc:
             return Reply(503, {"error": fmt.one_line(hide_password(str(exc), location))})
+        except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:  # as the CLI says it (`reports.cli.make_report`)
+            return Reply(503, {"error": fmt.one_line(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}")})
         except Exception as exc:  # a bug: say so in one line here, the traceback in the server's log
             print(hide_password(traceback.format_exc(), location), file=sys.stderr, flush=True)
             return Reply(500, {"error": f"internal error ({type(exc).__name__}); the server's log has the details"})

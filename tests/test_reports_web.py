@@ -323,6 +323,16 @@ def test_health_names_the_database_and_its_schema_version(database, tmp_path):
     assert not Path(missing).parent.exists()  # nothing created
 
 
+def test_a_file_that_is_not_a_database_is_a_503_with_one_line(tmp_path):
+    path = tmp_path / "metrics.db"
+    path.write_bytes(b"not a database" * 100)
+    with serving(str(path)) as server:
+        for endpoint in ("/health", "/api/report", "/api/calls", "/api/timeline", "/metrics", "/completion_requests"):
+            status, body = server.get(endpoint)
+            assert status == 503 and str(path) in body["error"] and "\n" not in body["error"], (endpoint, body)
+    assert path.read_bytes() == b"not a database" * 100
+
+
 def test_an_older_schema_is_a_503_with_one_line_saying_to_upgrade(database):
     con = sqlite3.connect(database)
     con.execute("DELETE FROM schema_version WHERE version = (SELECT max(version) FROM schema_version)")
@@ -344,6 +354,7 @@ BAD = [
     ("/api/report?streamed=sometimes", "streamed"),
     ("/api/report?since=1h&since=2h", "since given 2 times"),
     ("/api/report?model=", "empty filter value"),
+    ("/api/report?origin=a%00b", "NUL"),
     ("/api/report?colour=red", "unknown parameter 'colour'"),
     ("/api/report?since=1000000w", "out of range"),
     ("/api/calls?page=0", "page"),
