@@ -567,7 +567,7 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 
 @pytest.fixture
-def browser():
+def browser(monkeypatch):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
     from selenium.webdriver.chrome.service import Service
 
@@ -576,7 +576,10 @@ def browser():
         if os.environ.get("LLM_METRICS_REQUIRE_BROWSER") == "1":  # CI installs them: missing is a failure there
             pytest.fail(missing)
         pytest.skip(missing)
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager never downloads a driver or a browser
+    # Selenium Manager (which downloads drivers and browsers) is never run: the driver's path is
+    # given, and were it run anyway, SE_MANAGER_PATH names no file, so the test fails.
+    monkeypatch.setenv("SE_MANAGER_PATH", "/nonexistent/selenium-manager")
+    monkeypatch.setenv("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
