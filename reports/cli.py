@@ -158,11 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if sum(len(getattr(args, name)) for name in _FILTERS) > MAX_FILTER_VALUES:
         parser.error(f"at most {MAX_FILTER_VALUES:,} values of --model, --provider, --host, --origin, --agent and "
                      "--session together")
-    _check_serve(parser, args, argv)
+    _check_serve(parser, args)
     return args
 
 
-def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> None:
+def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--serve takes --db and the web flags only: the page picks its own filters. The web flags
     need --serve."""
     web = {"port": DEFAULT_PORT, "bind": DEFAULT_BIND, "allow_remote": False}
