@@ -508,6 +508,14 @@ def test_the_database_is_byte_identical_after_a_session_of_requests_and_no_wal_i
     assert sorted(os.listdir(path.parent)) == files_before + ["serve-0.log"]
 
 
+def test_the_terminal_report_leaves_no_wal_beside_a_quiet_file_either(database):
+    path = Path(database)
+    before = sha256(path)
+    for args in ([], ["--since", "2h"], ["--session", "s-1"]):
+        cli_json(database, *args)
+    assert sha256(path) == before and sorted(os.listdir(path.parent)) == ["metrics.db"]
+
+
 def test_a_server_reading_while_the_proxy_writes_sees_each_new_call(database, server_process):
     """A writer holds the file open in WAL mode (as the proxy does): each request reads through the
     WAL, so rows the writer just committed are counted at once."""
