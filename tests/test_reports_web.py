@@ -621,6 +621,13 @@ def same_numbers(page: dict, report: dict) -> bool:
                for k in page)
 
 
+def press(driver, selector: str) -> None:
+    """A click as a user makes it: the element scrolled to the middle first (not under the header)."""
+    element = driver.find_element("css selector", selector)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    element.click()
+
+
 def severe(driver) -> list:
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
@@ -651,11 +658,24 @@ def test_the_dashboard_shows_the_apis_numbers_and_changes_timeframe(tmp_path, br
     assert week["overview"]["requests"] == 323 and same_numbers(shown(browser), week)
     assert browser.current_url.endswith("#1w")
     assert browser.execute_script("return document.querySelector('#ranges [aria-pressed=true]').dataset.range") == "1w"
-    browser.find_element("css selector", "#dims button[data-dim='agent']").click()
+    press(browser, "#dims button[data-dim='agent']")
     ready(browser, "1w")
     agents = json.loads(fetch(server.url + "api/report?since=7d&group_by=agent")[2])["groups"][0]["rows"]
     assert browser.execute_script("return [...document.querySelectorAll('#usage tbody tr td:first-child')].map(td => td.textContent)") \
         == [r["key"]["agent"] or "(none)" for r in agents]
+    # a model picked in the latency table filters every part of the page, and the link keeps it
+    press(browser, "#latency button.key[data-dim='model']")
+    ready(browser, "1w")
+    model = browser.find_element("css selector", "#filters strong").text
+    picked = json.loads(fetch(server.url + "api/report?since=7d&model=" + urllib.request.quote(model))[2])
+    assert 0 < picked["overview"]["requests"] < week["overview"]["requests"] and same_numbers(shown(browser), picked)
+    assert "&model=" in browser.current_url
+    browser.get(browser.current_url)  # the shared link opens the same view
+    ready(browser, "1w")
+    assert same_numbers(shown(browser), picked)
+    press(browser, "#filters button.remove")
+    ready(browser, "1w")
+    assert same_numbers(shown(browser), week) and browser.current_url.endswith("#1w")
     full_height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, full_height + 120)
     browser.save_screenshot(str(tmp_path / "dashboard.png"))

@@ -19,7 +19,7 @@ const PAGE_SIZE = 20;
 const BUCKET_MS = { minute: 60e3, hour: 3600e3, day: 86400e3 };
 const SVG = "http://www.w3.org/2000/svg";
 
-const state = { range: "1d", dim: "model", page: 1, load: 0 };
+const state = { range: "1d", dim: "model", page: 1, load: 0, filters: {} }; // filters: dimension -> value
 
 // -- small helpers ------------------------------------------------------------------------
 
@@ -88,6 +88,7 @@ function query(extra) {
   const params = new URLSearchParams();
   const since = RANGES[state.range].since;
   if (since) params.set("since", since);
+  for (const [dim, value] of Object.entries(state.filters)) params.set(dim, value);
   for (const [k, v] of Object.entries(extra || {})) if (v !== null && v !== undefined) params.set(k, v);
   return params.toString();
 }
@@ -184,7 +185,7 @@ function drawQuota(rows) {
     ["credential", (r) => label(r.auth_mode), "text"],
     ["limit", (r) => r.limit, "text"],
     ["headroom", left],
-    ["", (r) => (r.used_percent !== null ? meter(r.used_percent / 100) : ""), "bar"],
+    ["", (r) => (r.used_percent !== null ? meter(r.used_percent / 100, true) : ""), "bar"],
     ["resets", resets],
     ["per hour", (r) => decimal(r.burn_per_hour)],
     ["runs out", runsOut],
@@ -192,11 +193,12 @@ function drawQuota(rows) {
   ], rows));
 }
 
-function meter(fraction) {
+// A bar filled to `fraction`; `warn`: red from 90 % (a quota nearly used up).
+function meter(fraction, warn = false) {
   const f = Math.max(0, Math.min(1, fraction));
   const box = svg("svg", { viewBox: "0 0 100 10", preserveAspectRatio: "none", height: 10, role: "img" });
   box.append(svg("rect", { x: 0, y: 0, width: 100, height: 10, class: "ok-light" }));
-  box.append(svg("rect", { x: 0, y: 0, width: 100 * f, height: 10, class: f >= 0.9 ? "bad" : "ok" }));
+  box.append(svg("rect", { x: 0, y: 0, width: 100 * f, height: 10, class: warn && f >= 0.9 ? "bad" : "ok" }));
   return box;
 }
 
@@ -265,7 +267,7 @@ function drawLatency(group) {
     return box;
   };
   fill("latency", table([
-    ["model", (r) => label(r.key.model), "text"],
+    ["model", (r) => keyCell("model", r.key.model), "text"],
     ["calls", (r) => count(r.requests)],
     ["latency", range, "bar"],
     ["p50", (r) => ms(r.latency_ms.p50)],
@@ -285,7 +287,7 @@ function drawUsage(group, costKnown) {
   const measure = costKnown && rows.some((r) => r.cost_usd) ? (r) => r.cost_usd || 0 : (r) => (r.prompt_tokens || 0) + (r.completion_tokens || 0);
   const total = rows.reduce((sum, r) => sum + measure(r), 0) || 1;
   const columns = [
-    [state.dim, (r) => label(r.key[state.dim]), "text"],
+    [state.dim, (r) => keyCell(state.dim, r.key[state.dim]), "text"],
     ["calls", (r) => count(r.requests)],
     ["errors", (r) => count(r.errors)],
     ["tokens in", (r) => compact(r.prompt_tokens)],
@@ -368,12 +370,49 @@ function drawCalls(page) {
 
 // -- controls -----------------------------------------------------------------------------
 
+// A key that filters the view when clicked (a model, an origin…); calls of none cannot be picked.
+function keyCell(dim, value) {
+  if (value === null || value === undefined || state.filters[dim] === value) return label(value);
+  const button = el("button", { type: "button", class: "key", title: `only calls with this ${dim}` }, value);
+  button.dataset.dim = dim;
+  button.addEventListener("click", () => { state.filters[dim] = value; state.page = 1; show(); });
+  return button;
+}
+
+function drawFilters() {
+  const chips = Object.entries(state.filters).map(([dim, value]) => {
+    const remove = el("button", { type: "button", class: "remove", "aria-label": `show every ${dim}` }, "×");
+    remove.addEventListener("click", () => { delete state.filters[dim]; state.page = 1; show(); });
+    return el("span", { class: "chip" }, `${dim} `, el("strong", {}, value), " ", remove);
+  });
+  $("filters").replaceChildren(...(chips.length ? [el("span", { class: "muted" }, "only calls with "), ...chips] : []));
+  $("filters").hidden = chips.length === 0;
+}
+
+// The URL keeps the view (`#1w&model=gpt-4o`): a link opens the same one.
+function hashOf() {
+  const params = new URLSearchParams(state.filters).toString();
+  return "#" + state.range + (params ? "&" + params : "");
+}
+
+function readHash() {
+  const [range, ...rest] = location.hash.slice(1).split("&");
+  state.range = RANGES[range] ? range : "1d";
+  state.filters = {};
+  for (const [dim, value] of new URLSearchParams(rest.join("&"))) if (DIMS.includes(dim) && value) state.filters[dim] = value;
+}
+
+function show() {
+  for (const button of document.querySelectorAll("#ranges button")) button.setAttribute("aria-pressed", String(button.dataset.range === state.range));
+  if (location.hash !== hashOf()) history.replaceState(null, "", hashOf());
+  drawFilters();
+  load();
+}
+
 function pick(range) {
   state.range = RANGES[range] ? range : "1d";
   state.page = 1;
-  for (const button of document.querySelectorAll("#ranges button")) button.setAttribute("aria-pressed", String(button.dataset.range === state.range));
-  if (location.hash !== "#" + state.range) history.replaceState(null, "", "#" + state.range); // a link keeps the timeframe
-  load();
+  show();
 }
 
 function start() {
@@ -383,9 +422,10 @@ function start() {
   }
   $("newer").addEventListener("click", () => { state.page = Math.max(1, state.page - 1); load(); });
   $("older").addEventListener("click", () => { state.page += 1; load(); });
-  window.addEventListener("hashchange", () => { if (location.hash.slice(1) !== state.range) pick(location.hash.slice(1)); });
+  window.addEventListener("hashchange", () => { if (location.hash !== hashOf()) { readHash(); state.page = 1; show(); } });
   setInterval(() => { if ($("auto").checked && !document.hidden) load(); }, REFRESH_MS);
-  pick(location.hash.slice(1) || "1d");
+  readHash();
+  show();
 }
 
 document.addEventListener("DOMContentLoaded", start);
