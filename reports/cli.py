@@ -24,9 +24,11 @@ from .groups import DIMENSIONS
 from .percentiles import METHOD
 from .report import DEFAULT_TOP, Report, empty_report, load_report
 from .selection import Selection, parse_when, utc_text
-from .source import NothingYet, ReportError, open_source
+from .source import NothingYet, ReportError, read
 
 DEFAULT_WATCH_SECONDS = 2.0
+DEFAULT_PORT = 8321
+DEFAULT_BIND = "127.0.0.1"
 
 DESCRIPTION = f"""\
 What the proxy recorded, in the terminal: an overview, the quotas providers stated, tables by
@@ -47,6 +49,7 @@ examples:
   python -m reports --watch 5
   python -m reports --group-by agent --since 7d
   python -m reports --session 5f0e7c1a-2b3c-4d5e-8f90-a1b2c3d4e5f6
+  python -m reports --serve                          (http://127.0.0.1:8321/: the dashboard; API: docs/api.md)
 """
 
 
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--session", action="append", default=[], type=_text, metavar="ID",
                       help="only the calls of this agent session (its session_id); one session also lists its calls in order")
     pick.add_argument("--errors-only", action="store_true", help="only failed calls")
+    streaming = pick.add_mutually_exclusive_group()
+    streaming.add_argument("--streamed", dest="streamed", action="store_const", const=True, help="only streamed calls")
+    streaming.add_argument("--non-streamed", dest="streamed", action="store_const", const=False, help="only calls not streamed")
     view = parser.add_argument_group("what to show")
     view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
     view.add_argument("--top", type=_top, default=DEFAULT_TOP, metavar="N",
@@ -122,7 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--format", choices=("text", "json", "csv"), default="text", help="text (default); json: the whole report; csv: one row per group")
     view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_seconds, metavar="SECONDS",
                       help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
+    web = parser.add_argument_group("web dashboard and JSON API (docs/api.md)")
+    web.add_argument("--serve", action="store_true",
+                     help="serve the dashboard and the read-only JSON API until Ctrl-C (filters are the page's, not flags)")
+    web.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"with --serve: the port (default {DEFAULT_PORT}; 0: any free one)")
+    web.add_argument("--bind", default=DEFAULT_BIND, metavar="ADDRESS",
+                     help=f"with --serve: the address to listen on (default {DEFAULT_BIND}); one that is not loopback needs --allow-remote")
+    web.add_argument("--allow-remote", action="store_true",
+                     help="with --serve: allow a --bind address other machines reach (no login, no TLS: anyone who reaches it reads the calls)")
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,7 +158,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if sum(len(getattr(args, name)) for name in _FILTERS) > MAX_FILTER_VALUES:
         parser.error(f"at most {MAX_FILTER_VALUES:,} values of --model, --provider, --host, --origin, --agent and "
                      "--session together")
+    _check_serve(parser, args)
     return args
+
+
+def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--serve takes --db and the web flags only: the page picks its own filters. The web flags
+    need --serve."""
+    web = {"port": DEFAULT_PORT, "bind": DEFAULT_BIND, "allow_remote": False}
+    if not args.serve:
+        given = [name for name, default in web.items() if getattr(args, name) != default]
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} goes with --serve")
+        return
+    report_only = {name: default for name, default in vars(build_parser().parse_args([])).items() if name not in web}
+    report_only.pop("db")
+    report_only.pop("serve")
+    given = [name for name, default in report_only.items() if getattr(args, name) != default]
+    if given:
+        parser.error(f"--serve takes no --{given[0].replace('_', '-')}: the page and the API pick filters per request "
+                     "(query parameters, docs/api.md)")
 
 
 def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
@@ -143,7 +186,7 @@ def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
         until_utc=parse_when(args.until, now) if args.until else None,
         models=tuple(args.model), providers=tuple(args.provider), hosts=tuple(args.host),
         origins=tuple(args.origin), errors_only=args.errors_only, agents=tuple(args.agent),
-        sessions=tuple(args.session),
+        sessions=tuple(args.session), streamed=args.streamed,
     )
 
 
@@ -153,18 +196,19 @@ def make_report(args: argparse.Namespace, location: str) -> Report:
     selection = selection_from(args, now)
     if selection.since_utc and selection.until_utc and selection.since_utc >= selection.until_utc:
         raise ReportError(f"--since ({selection.since_utc}) must be before --until ({selection.until_utc})")
-    src = open_source(location)
     try:
-        return load_report(src, selection, group_by=args.group_by, top=args.top, now=now)
+        return read(location, lambda src: load_report(src, selection, group_by=args.group_by, top=args.top, now=now))
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None
-    finally:
-        src.close()
 
 
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     args = parse_args(argv)
     location = args.db or default_location()
+    if args.serve:
+        from .server import serve
+
+        return serve(location, args.bind, args.port, allow_remote=args.allow_remote)
     console = console or Console()
     if args.watch is not None:
         return watch(args, location, console)

@@ -27,6 +27,7 @@ DIMENSIONS = {
     "path": "path",
     "agent": "agent",
     "session": "session_id",
+    "streamed": "CASE WHEN is_streaming THEN 'streamed' ELSE 'non_streamed' END",
     # A call whose timestamp is not a time is in the group of no hour (NULL), not in "garbage".
     "hour": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 13) END",
     "day": f"CASE WHEN {time_like('timestamp')} THEN substr(timestamp, 1, 10) END",

@@ -73,7 +73,7 @@ def load_overview(src: Source, selection: Selection, combos: dict[tuple, Totals]
     total = Totals()
     for value in combos.values():
         total.add(value)
-    first, last = _edge(src, selection, last=False), _edge(src, selection, last=True)
+    first, last = edges(src, selection)
     return Overview(
         first, last, total.requests, total.errors, total.streamed,
         total.tokens("prompt_tokens"), total.tokens("completion_tokens"), total.tokens("cached_tokens"),
@@ -81,6 +81,11 @@ def load_overview(src: Source, selection: Selection, combos: dict[tuple, Totals]
         total.cost() if src.has_cost else None, total.unpriced_calls if src.has_cost else None,
         total.estimated_calls, load_drops(src, selection),
     )
+
+
+def edges(src: Source, selection: Selection) -> tuple[str | None, str | None]:
+    """The first and the last selected call's time (see `_edge`)."""
+    return _edge(src, selection, last=False), _edge(src, selection, last=True)
 
 
 def _edge(src: Source, selection: Selection, *, last: bool) -> str | None:

@@ -169,6 +169,8 @@ def _filters_text(selection: Selection) -> str | None:
             parts.append(f"{name} {', '.join(values)}")
     if selection.errors_only:
         parts.append("errors only")
+    if selection.streamed is not None:
+        parts.append("streamed" if selection.streamed else "not streamed")
     return " · ".join(parts) or None
 
 

@@ -68,6 +68,7 @@ class Selection:
     errors_only: bool = False
     agents: tuple[str, ...] = ()
     sessions: tuple[str, ...] = ()  # the agents' own session ids (`session_id`)
+    streamed: bool | None = None  # only streamed (True) or only non-streamed (False) calls
 
     @property
     def is_everything(self) -> bool:
@@ -77,7 +78,7 @@ class Selection:
     def filters_calls(self) -> bool:
         """Filters beyond the time range: they select calls by what was stored of them."""
         return bool(self.models or self.providers or self.hosts or self.origins or self.errors_only
-                    or self.agents or self.sessions)
+                    or self.agents or self.sessions or self.streamed is not None)
 
     def time_terms(self, column: str, param: str) -> tuple[list[str], list]:
         """`--since`/`--until` as conditions on `column`, and their parameters. A stored value that
@@ -106,6 +107,8 @@ class Selection:
                 params.extend(values)
         if self.errors_only:
             terms.append("NOT success")
+        if self.streamed is not None:
+            terms.append("is_streaming" if self.streamed else "NOT is_streaming")
         terms.extend(extra)
         return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
@@ -120,4 +123,5 @@ class Selection:
             "errors_only": self.errors_only,
             "agent": list(self.agents),
             "session": list(self.sessions),
+            "streamed": self.streamed,
         }

@@ -2,13 +2,22 @@
 
 A report never writes, creates or migrates anything: a SQLite file is opened with `mode=ro`, a
 server database in a read-only session.
+
+A SQLite file in WAL mode that no process has open (no `-wal` beside it: the proxy is not
+running) is read as `immutable`: `mode=ro` alone would create the `-wal` and `-shm` files (SQLite
+needs the shared-memory index to read a WAL database) and leave them behind. An immutable read
+takes no locks, so `read` checks afterwards that the file was not opened or changed meanwhile
+(the proxy started), and reads it again, through its WAL, when it was.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import peewee
@@ -38,6 +47,7 @@ class Source:
     columns: frozenset[str]
     tables: frozenset[str] = frozenset()
     text_replaced: bool = False  # see replace_undecodable_text
+    quiet_stamp: tuple | None = None  # read as immutable: the file as it was then (`_quiet_stamp`)
 
     @property
     def param(self) -> str:
@@ -71,6 +81,12 @@ class Source:
         if not self.db.is_closed():
             self.db.close()
 
+    def unchanged(self) -> bool:
+        """Whether what was read is what the file held: always, unless it was read as immutable
+        and a process has opened or changed it since."""
+        path = sqlite_path(self.location)
+        return self.quiet_stamp is None or (path is not None and _quiet_stamp(path) == self.quiet_stamp)
+
     def replace_undecodable_text(self) -> None:
         """From now on, stored text that is not UTF-8 (SQLite keeps any bytes as text) is read
         with U+FFFD for the bad bytes, where sqlite3 refuses it. Not the default: a text factory
@@ -89,12 +105,42 @@ def is_undecodable(exc: Exception) -> bool:
     return isinstance(exc, (peewee.OperationalError, sqlite3.OperationalError)) and "Could not decode to UTF-8" in str(exc)
 
 
-def open_source(location: str) -> Source:
-    """Opens and checks `location`. Raises NothingYet or ReportError."""
-    db = _connect_read_only(location)
+T = TypeVar("T")
+
+
+def read(location: str, load: Callable[[Source], T], *, check: bool = True) -> T:
+    """`load(source)` on `location`, opened and checked (raises NothingYet or ReportError), then
+    closed. Read as immutable and found opened or changed since (see the module's docstring), it
+    is read again the ordinary way: the proxy has the file open now, so that creates nothing."""
+    src = open_source(location, check=check)
+    try:
+        try:
+            result = load(src)
+        except (peewee.DatabaseError, sqlite3.DatabaseError):
+            if src.unchanged():
+                raise
+        else:
+            if src.unchanged():
+                return result
+    finally:
+        src.close()
+    src = open_source(location, immutable=False, check=check)
+    try:
+        return load(src)
+    finally:
+        src.close()
+
+
+def open_source(location: str, *, immutable: bool = True, check: bool = True) -> Source:
+    """Opens and checks `location`. Raises NothingYet or ReportError. `immutable=False`: never
+    read a quiet WAL file as immutable (see the module's docstring); prefer `read`, which checks.
+    `check=False`: only opens it (NothingYet only when there is no file), e.g. to read its schema
+    version whatever it is."""
+    db, stamp = _connect_read_only(location, immutable)
     try:
         tables = frozenset(db.get_tables())
-        return Source(db, location, _check(db, location, tables), tables)
+        columns = _check(db, location, tables) if check else frozenset()
+        return Source(db, location, columns, tables, quiet_stamp=stamp)
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         db.close()
         raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None
@@ -103,7 +149,7 @@ def open_source(location: str) -> Source:
         raise
 
 
-def _connect_read_only(location: str) -> peewee.Database:
+def _connect_read_only(location: str, immutable: bool) -> tuple[peewee.Database, tuple | None]:
     path = sqlite_path(location)
     if path is None:
         try:
@@ -112,18 +158,38 @@ def _connect_read_only(location: str) -> peewee.Database:
             db.execute_sql("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         except Exception as exc:  # driver missing, refused, bad URL: one line, not a traceback
             raise ReportError(f"cannot open {display_location(location)}: {hide_password(str(exc), location)}") from None
-        return db
+        return db, None
     if not path.exists():
         raise NothingYet(f"No database at {path} yet: {START_CAPTURING}.")
     # A URI, for mode=ro: the path is percent-encoded, or a `?` or `#` in it would end the path and
     # a `%` start an escape (`a?b.db` would open, even create, a file named `a`, read-write).
-    uri = f"file:{quote(os.fsencode(path))}?mode=ro"
+    stamp = _quiet_stamp(path) if immutable else None
+    uri = f"file:{quote(os.fsencode(path))}?mode=ro" + ("&immutable=1" if stamp else "")
     db = peewee.SqliteDatabase(uri, uri=True, timeout=BUSY_TIMEOUT_S)
     try:
         db.connect()
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         raise ReportError(f"cannot open {path}: {exc}") from None
-    return db
+    return db, stamp
+
+
+_WAL_HEADER = b"\x02\x02"  # bytes 18-19 of a SQLite header: the file format versions WAL sets
+
+
+def _quiet_stamp(path: Path) -> tuple | None:
+    """For a file in WAL mode with no `-wal` or `-shm` beside it (no process has it open): its
+    identity, size and modification time, which any change alters. None otherwise."""
+    if any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm")):
+        return None
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+            stat = os.fstat(file.fileno())
+    except OSError:
+        return None
+    if header[:16] != b"SQLite format 3\x00" or header[18:20] != _WAL_HEADER:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _check(db: peewee.Database, location: str, tables: frozenset[str]) -> frozenset[str]:

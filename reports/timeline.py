@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -75,10 +75,12 @@ def choose_bucket(span_seconds: float | None) -> str:
 
 def load_timeline(
     src: Source, selection: Selection, first_utc: str | None, last_utc: str | None, span_seconds: float | None, requests: int,
+    bucket: str | None = None,
 ) -> Timeline:
     """`first_utc` and `last_utc`: the first and last call's time in the row format (the
-    overview's), None when no call's timestamp is a time; `requests`: the calls selected."""
-    bucket = choose_bucket(span_seconds)
+    overview's), None when no call's timestamp is a time; `requests`: the calls selected;
+    `bucket`: one of BUCKETS, else chosen from the span (`choose_bucket`)."""
+    bucket = bucket or choose_bucket(span_seconds)
     if first_utc is None or last_utc is None:
         return Timeline(bucket, [], requests)
     length, step, pattern = BUCKETS[bucket]
@@ -113,10 +115,10 @@ def _counts(src: Source, selection: Selection, length: int, *terms: str) -> dict
 
 def _every_bucket(src: Source, selection: Selection, bucket: str, start: datetime, end: datetime, errors: dict) -> list[Bucket]:
     """Every bucket from `start` to `end`, by range counts: the timestamp index answers each
-    without reading rows."""
+    without reading rows. Each count's range is the bucket's within the selection's own: given
+    two lower bounds, SQLite may walk the index from the selection's, not the bucket's (168
+    hours of a week of a million calls: 8 s, not 0.2 s)."""
     _, step, pattern = BUCKETS[bucket]
-    where, params = selection.where(src.param, f"timestamp >= {src.param}", f"timestamp < {src.param}")
-    count_sql = f"SELECT count(*) FROM {TABLE}{where}"
     buckets = []
     moment: datetime | None = start
     while moment is not None and moment <= end:
@@ -127,10 +129,21 @@ def _every_bucket(src: Source, selection: Selection, bucket: str, start: datetim
             following = None
         # "~" sorts after every character of the row format: the bound past any time in the prefix
         bound = prefix + "~" if following is None else _prefix(following, pattern)
-        n = int(src.one(count_sql, [*params, prefix, bound])[0])
+        n = _range_count(src, selection, prefix, bound)
         buckets.append(Bucket(prefix + _SUFFIX[bucket], n, errors.get(prefix, 0)))
         moment = following
     return buckets
+
+
+def _range_count(src: Source, selection: Selection, low: str, high: str) -> int:
+    """Selected calls from `low` (inclusive) to `high` (exclusive), bounds in the rows' text form
+    (a prefix sorts before every time it starts)."""
+    low = max(low, selection.since_utc) if selection.since_utc is not None else low
+    high = min(high, selection.until_utc) if selection.until_utc is not None else high
+    if low >= high:
+        return 0
+    where, params = replace(selection, since_utc=low, until_utc=high).where(src.param)
+    return int(src.one(f"SELECT count(*) FROM {TABLE}{where}", params)[0])
 
 
 def _prefix(moment: datetime, pattern: str) -> str:
