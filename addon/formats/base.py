@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# What of a provider's error message a row keeps (README, "What is recorded"): a message that
+# What of a provider's error message a row keeps (docs/recorded.md): a message that
 # echoes the request (a validation error quoting a prompt) must not store the prompt.
 ERROR_MESSAGE_MAX_CHARS = 300
 QUOTE_MAX_CHARS = 32
