@@ -403,7 +403,7 @@ def test_readme_run_command_prints_no_key_from_urls_in_a_wide_terminal(tmp_path,
         common[1] = str(free_port())
         bare = _run_and_call(tmp_path, "bare", [str(MITMDUMP), "--listen-host", "127.0.0.1", "-s", str(ADDON),
                                                 *common], upstream, google)
-    assert run.count("llm openai-compatible ") == 2  # the addon's own line per LLM call is still printed
+    assert run.count("llm gemini-compatible ") == run.count("llm openai-compatible ") == 1  # the addon's lines
     assert QUERY_KEY_LONG not in run and OPENAI_KEY not in run, run
     # mitmdump on its own (flow_detail 1) prints the whole URL in a wide terminal: what the
     # command above avoids, and what the addon then warns of.
