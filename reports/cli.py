@@ -20,6 +20,7 @@ from addon.redact import redact
 from storage.db import default_location, display_location, hide_password, location_argument
 
 from . import fmt
+from .compare import previous_window
 from .groups import DIMENSIONS
 from .percentiles import METHOD
 from .report import DEFAULT_TOP, Report, empty_report, load_report
@@ -40,7 +41,8 @@ per output token is the time from first to last token over the N - 1 tokens afte
 
 EPILOG = """\
 examples:
-  python -m reports --since 24h
+  python -m reports --since 24h                  (with the change against the 24 h before)
+  python -m reports --since 7d --format json --compare
   python -m reports --model gpt-4o --group-by hour
   python -m reports --errors-only --since 2026-11-22T09:00Z --until 2026-11-22T10:00Z
   python -m reports --format json > report.json      (shape: docs/report-json.md)
@@ -119,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
     view.add_argument("--top", type=_top, default=DEFAULT_TOP, metavar="N",
                       help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP}, at most {MAX_TOP:,})")
+    view.add_argument("--compare", action=argparse.BooleanOptionalAction,
+                      help="each figure's change against the window of the same length before --since "
+                           "(text: on when --since is given; json and csv: only with --compare)")
     view.add_argument("--format", choices=("text", "json", "csv"), default="text", help="text (default); json: the whole report; csv: one row per group")
     view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_seconds, metavar="SECONDS",
                       help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
@@ -134,7 +139,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if sum(len(getattr(args, name)) for name in _FILTERS) > MAX_FILTER_VALUES:
         parser.error(f"at most {MAX_FILTER_VALUES:,} values of --model, --provider, --host, --origin, --agent and "
                      "--session together")
+    if args.compare and not args.since:
+        parser.error("--compare needs a window: give --since (and --until, or it ends now)")
     return args
+
+
+def compares(args: argparse.Namespace) -> bool:
+    """--compare, --no-compare, or by default: in the text view, when --since gives a window.
+    JSON and CSV compare only when asked, so a script's columns and run time stay as they were."""
+    return args.compare if args.compare is not None else (args.format == "text" and args.since is not None)
 
 
 def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
@@ -153,9 +166,16 @@ def make_report(args: argparse.Namespace, location: str) -> Report:
     selection = selection_from(args, now)
     if selection.since_utc and selection.until_utc and selection.since_utc >= selection.until_utc:
         raise ReportError(f"--since ({selection.since_utc}) must be before --until ({selection.until_utc})")
+    previous = None
+    if compares(args):
+        try:
+            previous = previous_window(selection, now)
+        except ValueError as exc:
+            if args.compare:  # asked for: an error; on by default: no comparison
+                raise ReportError(str(exc)) from None
     src = open_source(location)
     try:
-        return load_report(src, selection, group_by=args.group_by, top=args.top, now=now)
+        return load_report(src, selection, group_by=args.group_by, top=args.top, now=now, previous=previous)
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None
     finally:

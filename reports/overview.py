@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from rich.markup import escape
 from rich.panel import Panel
 
-from . import fmt
+from . import change, fmt
+from .change import Changes
 from .drops import Drops, drops_line, load_drops
 from .selection import TABLE, Selection, utc_text
 from .source import Source
@@ -118,25 +119,42 @@ def span_text(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def render_overview(o: Overview, title: str, filters: str | None = None, *, filtered_beyond_time: bool = False) -> Panel:
+def render_overview(
+    o: Overview, title: str, filters: str | None = None, *, filtered_beyond_time: bool = False,
+    changes: Changes | None = None, against: str | None = None,
+) -> Panel:
+    """`changes` (with --compare): each figure's change against `against`, the window before."""
+    def by(name: str, then: str = "", what: str = "") -> str:  # " (+12%)", " (+12%; then)", or " (then)"
+        shown = change.text(name, getattr(changes, name)) if changes is not None else ""
+        inside = "; ".join(part for part in (what + shown if shown else "", then) if part)
+        return f" ({inside})" if inside else ""
+
     span = f"{fmt.when(o.first_utc)} → {fmt.when(o.last_utc)} UTC ({span_text(o.span_seconds)})"
     lines = [
         span if o.first_utc else "time unknown: no stored timestamp of these calls is a time",
-        f"[bold]{fmt.count(o.requests)}[/] requests · {fmt.share(o.requests - o.errors, o.requests)} succeeded · "
-        f"[bold]{fmt.count(o.errors)}[/] errors · {fmt.share(o.streamed, o.requests)} streamed",
-        f"tokens in {_about(o, o.prompt_tokens)} (cached {fmt.count(o.cached_tokens)}) · "
-        f"out {_about(o, o.completion_tokens)} (reasoning {fmt.count(o.reasoning_tokens)})",
+        f"[bold]{fmt.count(o.requests)}[/] requests{by('requests')} · {fmt.share(o.requests - o.errors, o.requests)} succeeded · "
+        f"[bold]{fmt.count(o.errors)}[/] errors{by('error_rate', what='error rate ')} · {fmt.share(o.streamed, o.requests)} streamed",
+        f"tokens in {_about(o, o.prompt_tokens)}{by('prompt_tokens', f'cached {fmt.count(o.cached_tokens)}')} · "
+        f"out {_about(o, o.completion_tokens)}{by('completion_tokens', f'reasoning {fmt.count(o.reasoning_tokens)}')}",
     ]
+    if changes is not None:  # percentiles of every call: the overview has them only when compared
+        for what in ("latency", "ttft"):
+            lines.append(f"{'TTFT' if what == 'ttft' else what} " + " · ".join(
+                f"{p} {fmt.ms(getattr(changes, f'{what}_{p}_ms').current)} ms{by(f'{what}_{p}_ms')}" for p in ("p50", "p95")
+            ))
     if o.estimated_calls:
         lines.append(f"{fmt.ABOUT}: {fmt.count(o.estimated_calls)} streamed calls reported no usage; their tokens "
                      "and cost are estimated")
     if o.unpriced_calls is not None:  # the database has a cost column
         cost = "unknown: no call priced" if o.cost_usd is None else fmt.cost(o.cost_usd, o.unpriced_calls, o.estimated_calls)
-        lines.append(f"cost {cost} · {fmt.count(o.unpriced_calls)} successful calls unpriced")
+        lines.append(f"cost {cost}{by('cost_usd')} · {fmt.count(o.unpriced_calls)} successful calls unpriced")
     if filters:
         lines.append(f"[italic]filters: {escape(fmt.printable(filters))}[/]")
     if not o.requests:
         lines = [f"No calls match these filters{': ' + escape(fmt.printable(filters)) if filters else ''}."]
+    if changes is not None and against:
+        before = fmt.count(int(changes.requests.previous or 0))
+        lines.append(f"[italic]( ): change against {escape(against)}: {before} requests[/]")
     dropped = drops_line(o.dropped, filtered=filtered_beyond_time)
     if dropped:
         lines.insert(2 if o.requests else 1, dropped)  # beside the request counts it belongs to

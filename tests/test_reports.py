@@ -136,6 +136,12 @@ def expected_group(rows: list[dict]) -> dict:
         "ttft_ms": {f"p{p}": pct(ttft, p) for p in (50, 95)},
         "time_per_output_token_ms": {"p50": pct([1000 / t for t in tps], 50)},
         "output_tokens_per_second": {"p50": pct(tps, 50)},
+        "calls_with": {
+            "latency_ms": len(latency), "ttft_ms": len(ttft), "time_per_output_token_ms": len(tps),
+            "output_tokens_per_second": len(tps),
+            **{name: sum(r.get(name) is not None for r in rows) for name in ("prompt_tokens", "completion_tokens", "cost_usd")},
+        },
+        "change": None,  # without --compare
     }
 
 
@@ -238,6 +244,12 @@ def cost(group: dict) -> str:
     return about(group) + ("≥" if group["unpriced_calls"] else "") + usd(group["cost_usd"])
 
 
+def largest(cell: str, n: int, p: int) -> str:
+    """A percentile cell as the text report marks one whose nearest rank is the last of n: over
+    so few calls that it is simply their largest value."""
+    return cell + ("*" if cell != "-" and math.ceil(p / 100 * n) == n else "")
+
+
 def about(group: dict) -> str:
     return "~" if group["estimated_calls"] else ""
 
@@ -298,13 +310,18 @@ def test_text_group_tables_match_independent_numbers(database, title, dims):
     text = render(path)
     assert "too narrow" not in text  # every column is checked below
     lines = section(text, title)
+    members = defaultdict(list)
+    for row in rows:
+        members[tuple(row[d] for d in dims)].append(row)
     for key, want in grouped(rows, dims).items():
         cells = row_cells(lines, tuple(label(k) for k in key))
+        n = {c: sum(r[c] is not None for r in members[key]) for c in ("response_time_ms", "time_to_first_token_ms", "tokens_per_second")}
         assert cells == [
             f"{want['requests']:,}", f"{want['errors']:,}",
-            *(ms(want["latency_ms"][p]) for p in ("p50", "p95", "p99")),
-            *(ms(want["ttft_ms"][p]) for p in ("p50", "p95")),
-            dec(want["time_per_output_token_ms"]["p50"]), dec(want["output_tokens_per_second"]["p50"]),
+            *(largest(ms(want["latency_ms"][p]), n["response_time_ms"], int(p[1:])) for p in ("p50", "p95", "p99")),
+            *(largest(ms(want["ttft_ms"][p]), n["time_to_first_token_ms"], int(p[1:])) for p in ("p50", "p95")),
+            largest(dec(want["time_per_output_token_ms"]["p50"]), n["tokens_per_second"], 50),
+            largest(dec(want["output_tokens_per_second"]["p50"]), n["tokens_per_second"], 50),
             f"{about(want)}{want['prompt_tokens']:,}", f"{about(want)}{want['completion_tokens']:,}", cost(want),
         ], key
 
@@ -499,7 +516,9 @@ def test_json_has_exactly_the_shape_docs_report_json_md_documents(database, caps
                 (utc_text(datetime.now(UTC) - timedelta(minutes=1)),))
     con.commit()
     con.close()
-    out = run_json(database[0], capsys=capsys)
+    plain = run_json(database[0], capsys=capsys)
+    assert plain["compare"] is None and {r["change"] for t in plain["groups"] for r in t["rows"]} == {None}
+    out = run_json(database[0], "--since", "2026-11-02", "--compare", capsys=capsys)  # every field set
     documented = documented_example()
     documented["groups"][0]["rows"][0]["key"] = {"model": "value"}  # the example shows provider/host
     assert shape(out) == shape(documented)
