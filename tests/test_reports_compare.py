@@ -197,8 +197,9 @@ def test_a_group_without_ttft_in_either_window_shows_no_ttft_change(tmp_path):
                    success=True, status_code=200, error_type=None, error_message=None, completion_tokens=3)
     path = make_db(tmp_path / "m.db", rows)
     text = render(path, *WINDOW)
-    [i] = [i for i, line in enumerate(text.splitlines()) if line.startswith("batch ")]
-    row, change = text.splitlines()[i], text.splitlines()[i + 1]
+    lines = text.split("By model", 1)[1].split("By provider", 1)[0].splitlines()
+    [i] = [i for i, line in enumerate(lines) if line.startswith("batch ")]
+    row, change = lines[i], lines[i + 1]
     assert row.split()[6:8] == ["-", "-"]  # TTFT p50, p95 unknown
     assert change.split()[:2] == ["±0.0%", "±0.0pp"]  # same calls, no errors
     assert "TTFT p50 - ms · p95 - ms" in text  # in the overview: unknown, with no change shown
