@@ -2,9 +2,10 @@
 
 A call is open from its start (`timestamp`) to its end (start + `response_time_ms`), a half-open
 interval: one that ends as another starts is not in flight with it. A sweep reads the calls in
-start order, through the timestamp index a page at a time, and keeps only the ends of the calls
+start order, through the timestamp index a bucket at a time, and keeps only the ends of the calls
 still open (a heap), and per bucket and per model how long each number of calls was open: memory
-is bounded by the most calls open at once, not by the rows read. Calls whose latency is unknown
+is bounded by the most calls open at once (and, on a server, the rows of one bucket), not by the
+rows read. Calls whose latency is unknown
 (`reports.stored`) have no end and are left out (counted in `calls_left_out`).
 
 - `peak`: the most calls open at once (for any time at all: an instant is not enough, since two
@@ -26,9 +27,8 @@ from typing import Any
 from .groups import key_value
 from .selection import TABLE, Selection
 from .source import Source
-from .stored import known, time_like, utc
+from .stored import known, utc
 
-PAGE = 5_000  # rows per query: the sweep's memory, with the open calls
 # The sweep runs in Python, a few µs per call (`python bench/reports.py`: the default view of a
 # million calls would take twice as long): beyond this many selected calls it is not run, and the
 # report says so. A time range (--since) brings it within reach.
@@ -183,24 +183,21 @@ def _pair(numbers: InFlight) -> tuple[int, int]:
     return numbers.peak, numbers.p95
 
 
-def load_sweep(src: Source, selection: Selection, step: timedelta, buckets: Sequence[int]) -> Sweep:
-    """`buckets`: the starts of the timeline's buckets (µs since 1970), in order."""
-    return sweep(_starts(src, selection), step // _US, buckets)
+def load_sweep(
+    src: Source, selection: Selection, slices: Sequence[tuple[str, str]], step: timedelta, buckets: Sequence[int],
+) -> Sweep:
+    """`slices`: the stored timestamps to read, [from, to) in order (the timeline's buckets with
+    calls); `buckets`: the starts of the timeline's buckets (µs since 1970), in order."""
+    return sweep(_starts(src, selection, slices), step // _US, buckets)
 
 
-def _starts(src: Source, selection: Selection) -> Iterator[tuple]:
-    """(timestamp, latency ms or None, model) as stored, of the selected calls whose timestamp
-    looks like a time, in start order, PAGE rows per query (keyset: after the last (timestamp, id) read)."""
+def _starts(src: Source, selection: Selection, slices: Sequence[tuple[str, str]]) -> Iterator[tuple]:
+    """(timestamp, latency ms or None, model) as stored, of the selected calls, in start order:
+    one query per slice of time, each read through the timestamp index and sorted on its own (a
+    sort over the whole selection, which a filter on two models needs, would be redone per page
+    by LIMIT paging). SQLite hands rows over as they are read; a server's driver holds one slice."""
     p = src.param
-    select = f"SELECT timestamp, id, {known('response_time_ms')}, model FROM {TABLE}"
-    order = f" ORDER BY timestamp, id LIMIT {PAGE}"
-    where, params = selection.where(p, time_like("timestamp"))
-    after, _ = selection.where(p, time_like("timestamp"), f"timestamp >= {p}", f"(timestamp > {p} OR id > {p})")
-    rows = src.rows(select + where + order, params)
-    while rows:
-        for stored, _id, latency, model in rows:
-            yield stored, latency, model
-        if len(rows) < PAGE:
-            return
-        stored, last_id = rows[-1][0], rows[-1][1]
-        rows = src.rows(select + after + order, [*params, stored, stored, last_id])
+    where, params = selection.where(p, f"timestamp >= {p}", f"timestamp < {p}")
+    sql = f"SELECT timestamp, {known('response_time_ms')}, model FROM {TABLE}{where} ORDER BY timestamp"
+    for lo, hi in slices:
+        yield from src.db.execute_sql(sql, [*params, lo, hi])

@@ -130,7 +130,9 @@ def load_timeline(
     if requests > MAX_SWEPT_CALLS:
         return Timeline(bucket, buckets, requests - placed, too_many, None)
     starts = [micros(b.start_utc) or 0 for b in buckets]  # every listed bucket has a time
-    swept = load_sweep(src, selection, step, starts)
+    slices = [_bounds(moment, step, pattern) for b in buckets
+              if b.requests and (moment := _start(b.start_utc[:length], pattern)) is not None]
+    swept = load_sweep(src, selection, slices, step, starts)
     for b, begins in zip(buckets, starts):
         at = swept.buckets.get(begins, InFlight())
         b.in_flight_peak, b.in_flight_p95 = at.peak, at.p95
@@ -161,17 +163,22 @@ def _every_bucket(src: Source, selection: Selection, bucket: str, start: datetim
     buckets = []
     moment: datetime | None = start
     while moment is not None and moment <= end:
-        prefix = _prefix(moment, pattern)
-        try:
-            following: datetime | None = moment + step
-        except OverflowError:  # the last bucket of year 9999
-            following = None
-        # "~" sorts after every character of the row format: the bound past any time in the prefix
-        bound = prefix + "~" if following is None else _prefix(following, pattern)
+        prefix, bound = _bounds(moment, step, pattern)
         n = int(src.one(count_sql, [*params, prefix, bound])[0])
         buckets.append(Bucket(prefix + _SUFFIX[bucket], n, errors.get(prefix, 0)))
-        moment = following
+        moment = None if bound.endswith("~") else moment + step
     return buckets
+
+
+def _bounds(moment: datetime, step: timedelta, pattern: str) -> tuple[str, str]:
+    """The stored timestamps of the bucket that starts at `moment`: from its prefix (inclusive)
+    to the next bucket's (exclusive)."""
+    prefix = _prefix(moment, pattern)
+    try:
+        following = moment + step
+    except OverflowError:  # the last bucket of year 9999
+        return prefix, prefix + "~"  # "~" sorts after every character of the row format
+    return prefix, _prefix(following, pattern)
 
 
 def _prefix(moment: datetime, pattern: str) -> str:

@@ -107,13 +107,13 @@ def brute_force(calls: list[tuple[int, int, str]], step_ms: int) -> tuple[dict, 
     return buckets, {"(all)": peak_p95(everything), **models}
 
 
-def test_random_overlapping_calls_match_a_count_at_every_millisecond(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(reports.in_flight, "PAGE", 7)  # many pages, and ties across their edges
+def test_random_overlapping_calls_match_a_count_at_every_millisecond(tmp_path, capsys):
     rng = random.Random(5)
     calls = []
     for _ in range(160):
-        start = rng.randrange(0, 30 * 60_000, 250)  # whole quarter seconds: starts tie often
+        start = rng.randrange(0, 30 * 60_000, 250)  # whole quarter seconds: starts tie, some on a minute's edge
         calls.append((start, rng.randint(1, 90_000), rng.choice(("a", "b", "c"))))
+    calls += [(60_000, 500, "a"), (60_000, 90_000, "b"), (120_000, 1, "c")]  # on a minute's edge, tied
     path = make(tmp_path / "m.db", [row(s / 1000, latency, m) for s, latency, m in calls])
     timeline = report_json(path, capsys=capsys)["timeline"]
     epoch_ms = int(T0.timestamp() * 1000)
