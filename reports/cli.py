@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 import peewee
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
@@ -23,7 +23,7 @@ from . import fmt
 from .compare import previous_window
 from .groups import DIMENSIONS
 from .percentiles import METHOD
-from .report import DEFAULT_TOP, Report, empty_report, load_report
+from .report import DEFAULT_TOP, Report, empty_report, load_report, spaced
 from .selection import Selection, parse_when, utc_text
 from .source import NothingYet, ReportError, open_source
 
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(text: on when --since is given; json and csv: only with --compare)")
     view.add_argument("--format", choices=("text", "json", "csv"), default="text", help="text (default); json: the whole report; csv: one row per group")
     view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_seconds, metavar="SECONDS",
-                      help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
+                      help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C, fitted to the "
+                           "terminal's height (the lowest sections left out first, and named)")
     return parser
 
 
@@ -228,7 +229,8 @@ def watch(
     args: argparse.Namespace, location: str, console: Console,
     *, sleep: Callable[[float], None] = time.sleep, refreshes: int | None = None,
 ) -> int:
-    """Redraws the text report in place every `args.watch` seconds until Ctrl-C."""
+    """Redraws the text report in place every `args.watch` seconds until Ctrl-C, fitted to the
+    terminal's height (`fit_height`)."""
     if args.format != "text":
         return _error(ReportError("--watch shows the text report; leave out --format"))
     if not console.is_terminal:
@@ -237,7 +239,7 @@ def watch(
     try:
         with Live(console=console, auto_refresh=False) as live:
             while refreshes is None or done < refreshes:
-                live.update(_watch_frame(args, location), refresh=True)
+                live.update(_watch_frame(args, location, console), refresh=True)
                 done += 1
                 if refreshes is None or done < refreshes:
                     sleep(args.watch)
@@ -248,13 +250,29 @@ def watch(
     return 0
 
 
-def _watch_frame(args: argparse.Namespace, location: str) -> Group:
+def _watch_frame(args: argparse.Namespace, location: str, console: Console) -> Group:
     header = Text(
         f"updated {datetime.now().strftime('%H:%M:%S')} · every {args.watch:g} s · Ctrl-C to stop", style="dim"
     )
-    body: Report | Text
     try:
-        body = make_report(args, location)
+        report = make_report(args, location)
     except NothingYet as note:
-        body = Text(f"{fmt.printable(str(note))} Waiting…")
-    return Group(header, body)
+        return Group(header, Text(f"{fmt.printable(str(note))} Waiting…"))
+    # The header takes a row, and one is left free: a frame as tall as the terminal scrolls it.
+    return Group(header, *fit_height(console, report.sections(), console.size.height - 2))
+
+
+def fit_height(console: Console, sections: list[tuple[str, RenderableType]], rows: int) -> list[RenderableType]:
+    """The sections that fit in `rows` rows of `console`, blank lines between: the lower ones are
+    left out first, and a last line names them. The first (the overview) stays, whatever its height."""
+    heights = [len(console.render_lines(renderable, console.options, pad=False)) for _, renderable in sections]
+    if sum(heights) + len(heights) - 1 <= rows:
+        return spaced(renderable for _, renderable in sections)
+    kept, used = 1, heights[0]
+    while kept < len(sections) and used + 1 + heights[kept] <= rows - 1:  # a row for the note
+        used += 1 + heights[kept]
+        kept += 1
+    left_out = [name for name, _ in sections[kept:]]
+    note = Text(f"too short for: {', '.join(left_out)} ({console.size.height} rows)", style="italic", no_wrap=True,
+                overflow="ellipsis")
+    return [*spaced(renderable for _, renderable in sections[:kept]), note]

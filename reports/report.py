@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -24,6 +25,7 @@ from .groups import (
     GROUP_TABLE_NOTE,
     GroupTable,
     compare_note,
+    group_title,
     load_agent_table,
     load_groups,
     render_group_table,
@@ -109,28 +111,32 @@ class Report:
         return out.getvalue()
 
     def __rich__(self) -> RenderableType:
+        return Group(*spaced(renderable for _, renderable in self.sections()))
+
+    def sections(self) -> list[tuple[str, RenderableType]]:
+        """The text report's sections, top to bottom, each with the name a note gives it when
+        `--watch` leaves it out to fit the terminal."""
         title = f"LLM calls · {escape(fmt.printable(self.database))}"
-        parts: list[RenderableType] = [render_overview(
+        parts: list[tuple[str, RenderableType]] = [("overview", render_overview(
             self.overview, title, _filters_text(self.selection), filtered_beyond_time=self.selection.filters_calls,
             changes=self.comparison.overview if self.comparison else None, against=self._against(),
-        )]
+        ))]
         if not self.overview.requests:
-            return Group(*parts)
+            return parts
         if self.quota:
-            parts += [Text(""), render_quota(self.quota, utc(self.generated_at_utc) or datetime.now(UTC))]
+            parts.append(("quota", render_quota(self.quota, utc(self.generated_at_utc) or datetime.now(UTC))))
         if self.session is not None:
-            parts += [Text(""), render_session(self.session)]
+            parts.append(("session", render_session(self.session)))
         changes = compare_note() if self.comparison else None
         explained: set[str] = set()  # notes shown under a table above
         for i, table in enumerate(self.groups):
             note = GROUP_TABLE_NOTE if i == len(self.groups) - 1 else None
-            parts += [Text(""), render_group_table(table, self.cost_known, note, changes, explained)]
-        parts.append(Text(""))
-        parts.append(render_errors(self.errors) if self.errors.kinds else Text("No errors.", style="italic"))
+            parts.append((group_title(table.dims).lower(), render_group_table(table, self.cost_known, note, changes, explained)))
+        parts.append(("errors", render_errors(self.errors) if self.errors.kinds else Text("No errors.", style="italic")))
         if self.retries is not None and self.retries.any:
-            parts += [Text(""), render_retries(self.retries, self.cost_known)]
-        parts += [Text(""), self.timeline, Text(""), render_slowest(self.slowest)]
-        return Group(*parts)
+            parts.append(("retries", render_retries(self.retries, self.cost_known)))
+        parts += [("timeline", self.timeline), ("slowest calls", render_slowest(self.slowest))]
+        return parts
 
     def _against(self) -> str | None:
         """The previous window, as the text report names it."""
@@ -140,6 +146,14 @@ class Report:
         since, until = utc(previous.since_utc), utc(previous.until_utc)
         length = span_text((until - since).total_seconds()) if since and until else "?"
         return f"the {length} before, from {fmt.when(previous.since_utc)} UTC"
+
+
+def spaced(renderables: Iterable[RenderableType]) -> list[RenderableType]:
+    """Sections with a blank line between each two."""
+    out: list[RenderableType] = []
+    for renderable in renderables:
+        out += [Text(""), renderable] if out else [renderable]
+    return out
 
 
 def _cell(value) -> str:
