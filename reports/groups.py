@@ -350,10 +350,10 @@ def render_group_table(
 ) -> FitTable:
     """`note`: the footnote of the last table, which explains the tables above it as well (they
     group the same calls, so each has an unpriced group when one has). `changes_note`: with
-    --compare, what the second line under each row is. Notes in `explained` (shown under a table
+    --compare, what the second line under each row is (None: no second lines). Notes in `explained` (shown under a table
     above) are left out; those shown here are added to it."""
     shown = _COLUMNS + ((_COST,) if cost_known else ())
-    compared = any(r.change is not None for r in table.rows)
+    compared = changes_note is not None and any(r.change is not None for r in table.rows)
     labels: list[list[str]] = [[] for _ in table.dims]
     cells: list[list[str]] = [[] for _ in shown]
     for row in table.rows:

@@ -52,6 +52,7 @@ CSV_METRICS = (
     "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms",
     "time_per_output_token_p50_ms", "output_tokens_per_second_p50",
     "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls", "estimated_calls",
+    "calls_with_latency_ms", "calls_with_ttft_ms", "calls_with_output_tokens_per_second",
 )
 
 
@@ -127,7 +128,8 @@ class Report:
             parts.append(("quota", render_quota(self.quota, utc(self.generated_at_utc) or datetime.now(UTC))))
         if self.session is not None:
             parts.append(("session", render_session(self.session)))
-        changes = compare_note() if self.comparison else None
+        # Against a window of no calls every group is new: the overview says so, the tables need no second lines.
+        changes = compare_note() if self.comparison and self.comparison.overview.requests.previous else None
         explained: set[str] = set()  # notes shown under a table above
         for i, table in enumerate(self.groups):
             note = GROUP_TABLE_NOTE if i == len(self.groups) - 1 else None
@@ -180,6 +182,7 @@ def _csv_metrics(row) -> list[str]:
         row.ttft_ms.get("p50"), row.ttft_ms.get("p95"),
         row.time_per_output_token_ms.get("p50"), row.output_tokens_per_second.get("p50"),
         row.prompt_tokens, row.completion_tokens, row.cost_usd, row.unpriced_calls, row.estimated_calls,
+        *(row.calls_with.get(name) for name in ("latency_ms", "ttft_ms", "output_tokens_per_second")),
     ]
     return [_cell(v) for v in values]
 

@@ -407,7 +407,7 @@ def test_csv_has_one_row_per_group_with_the_json_numbers(database, capsys):
         "group_by", "model", "provider", "host", "origin", "requests", "errors", "latency_p50_ms", "latency_p95_ms",
         "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms", "time_per_output_token_p50_ms",
         "output_tokens_per_second_p50", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls",
-        "estimated_calls",
+        "estimated_calls", "calls_with_latency_ms", "calls_with_ttft_ms", "calls_with_output_tokens_per_second",
     ]
     for group_by, dims in (("model", ("model",)), ("provider/host", ("provider", "host")), ("origin", ("origin",))):
         mine = [r for r in records if r["group_by"] == group_by]
@@ -424,6 +424,8 @@ def test_csv_has_one_row_per_group_with_the_json_numbers(database, capsys):
             assert float(record["cost_usd"]) == pytest.approx(expected["cost_usd"])
             assert int(record["unpriced_calls"]) == expected["unpriced_calls"]
             assert int(record["estimated_calls"]) == expected["estimated_calls"]
+            assert [int(record[f"calls_with_{n}"]) for n in ("latency_ms", "ttft_ms", "output_tokens_per_second")] == [
+                expected["calls_with"][n] for n in ("latency_ms", "ttft_ms", "output_tokens_per_second")]
             if group_by != "model":
                 assert record["model"] == ""
 
@@ -676,6 +678,37 @@ def test_an_overview_of_calls_without_usage_or_price_says_unknown(partly_unknown
     text = " ".join(overview_lines(console.file.getvalue()))
     assert "tokens in - (cached -) · out - (reasoning -)" in text
     assert f"cost unknown: no call priced · {out['unpriced_calls']} successful calls unpriced" in text
+
+
+def test_token_sums_that_fewer_calls_reported_than_succeeded_say_so(partly_unknown, capsys):
+    path, rows = partly_unknown
+    out = run_json(path, capsys=capsys)
+    reported = [r for r in rows if r["model"] != "local"]  # local's calls reported no usage
+    succeeded = sum(r["success"] for r in rows)
+    assert out["overview"]["calls_with"]["prompt_tokens"] == len(reported)
+    assert out["overview"]["calls_with"]["completion_tokens"] == sum(r["success"] for r in reported)
+    text = render(path, width=200)
+    overview = " ".join(overview_lines(text))
+    assert f"tokens in ≥{out['overview']['prompt_tokens']:,} (cached" in overview
+    assert (f"≥: only {sum(r['success'] for r in reported):,} calls reported usage, fewer than the {succeeded:,} "
+            "that succeeded; the token sums are of those") in overview
+    by_provider = section(text, "By provider/host")
+    for table in out["groups"]:
+        if table["group_by"] != ["provider", "host"]:
+            continue
+        for row in table["rows"]:
+            cells = row_cells(by_provider, tuple(row["key"].values()))
+            partial = row["calls_with"]["completion_tokens"] < row["requests"] - row["errors"]
+            assert partial == any(r["model"] == "local" and r["provider"] == row["key"]["provider"] and r["success"] for r in rows)
+            assert cells[-3].startswith("≥") == partial and cells[-2].startswith("≥") == partial, row["key"]
+    assert "≥ before tokens: fewer calls reported them than succeeded; the sum is of those that did" in " ".join(text.split())
+
+
+def test_percentiles_over_few_calls_are_marked_and_explained_once(database):
+    text = render(database[0])
+    assert " ".join(text.split()).count("*: a percentile over so few calls that it is their largest value") == 1
+    marked = [line for line in section(text, "By model") if "*" in line]
+    assert marked  # 50-odd calls per model: each p99 rests on fewer than 100
 
 
 # -- client-chosen text never becomes live content ---------------------------------------------

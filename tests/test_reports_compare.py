@@ -266,3 +266,15 @@ def test_sqlite_and_postgres_compare_alike(tmp_path, pg_url, capsys):
     assert json.dumps(rounded(outs[0]), sort_keys=True) == json.dumps(rounded(outs[1]), sort_keys=True)
     now, then = within(rows, SINCE, UNTIL), within(rows, BASE, SINCE)
     assert_changes(outs[1]["compare"]["overview"], figures(now), figures(then))
+
+
+def test_against_a_window_of_no_calls_the_text_says_so_and_marks_no_row(windows, capsys):
+    path, rows = windows
+    since = START - DAY  # the window before: no row is that early
+    text = render(path, "--since", START.isoformat(), "--until", (START + DAY).isoformat())
+    assert f"no calls in the 24.0 h before, from {since:%Y-%m-%d %H:%M:%S} UTC to compare with" in text
+    assert "second line:" not in text and "new" not in text.split() and "(+" not in text
+    out = report_json(path, "--since", START.isoformat(), "--until", (START + DAY).isoformat(), "--compare", capsys=capsys)
+    assert out["compare"]["overview"]["requests"] == {"current": len(within(rows, START, START + DAY)), "previous": 0,
+                                                       "change": len(within(rows, START, START + DAY)), "change_ratio": None}
+    assert {r["change"]["presence"] for t in out["groups"] for r in t["rows"]} == {"new"}
