@@ -17,7 +17,6 @@ rows read. Calls whose latency is unknown
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -82,12 +81,17 @@ class _Open:
         self.at = -(2**63)  # µs: everything before it is accounted for (years before 1970 are negative)
         self.step = step
         self.buckets = buckets  # the starts of those to account for, in order
+        self.bucket = 0  # the index of the first that may hold `at`: time only moves forward
         self.per_bucket: dict[int, dict[int, int]] = {}  # bucket -> number open -> µs
         self.total: dict[int, int] = {}
 
     def start(self, moment: int, end: int) -> None:
-        self.advance(moment)
-        heapq.heappush(self.ends, end)
+        ends = self.ends
+        if ends and ends[0] <= moment:
+            self.advance(moment)
+        else:  # nothing ended since the last start: the usual case, kept short (bench/reports.py)
+            self._account(moment, len(ends))
+        heapq.heappush(ends, end)
 
     def advance(self, moment: int) -> None:
         ends = self.ends
@@ -111,8 +115,10 @@ class _Open:
 
     def _per_bucket(self, start: int, until: int, level: int) -> None:
         """Only into the buckets listed: a stored latency of centuries spans billions of minutes."""
-        buckets, step = self.buckets, self.step
-        i = max(0, bisect.bisect_right(buckets, start) - 1)
+        buckets, step, i = self.buckets, self.step, self.bucket
+        while i + 1 < len(buckets) and buckets[i + 1] <= start:
+            i += 1
+        self.bucket = i
         while i < len(buckets) and buckets[i] < until:
             piece = min(until, buckets[i] + step) - max(start, buckets[i])
             if piece > 0:
