@@ -278,3 +278,12 @@ def test_against_a_window_of_no_calls_the_text_says_so_and_marks_no_row(windows,
     assert out["compare"]["overview"]["requests"] == {"current": len(within(rows, START, START + DAY)), "previous": 0,
                                                        "change": len(within(rows, START, START + DAY)), "change_ratio": None}
     assert {r["change"]["presence"] for t in out["groups"] for r in t["rows"]} == {"new"}
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100])
+def test_compared_tables_fit_narrow_terminals_and_keep_their_second_lines(windows, width):
+    text = render(windows[0], *WINDOW, width=width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    model = text.split("By model", 1)[1].split("By provider", 1)[0].splitlines()
+    [gone] = [i for i, line in enumerate(model) if line.startswith("only-then")]
+    assert model[gone + 1].split()[0] == "vanished"  # the key column is never the one given up
