@@ -272,7 +272,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.sample:
         generate(args.sample, 3000, days=1, models=6, seed=11)
-        print(f"wrote {args.sample}: python -m reports --db {args.sample} --since 24h --top 5")
+        print(f"wrote {args.sample}: python -m reports --db {args.sample} --since 12h --top 5")
         return 0
     sizes = [int(s) for s in args.sizes.split(",")] + ([10_000_000] if args.ten_million else [])
     args.cache.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 import peewee
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
@@ -20,9 +20,10 @@ from addon.redact import redact
 from storage.db import default_location, display_location, hide_password, location_argument
 
 from . import fmt
+from .compare import previous_window
 from .groups import DIMENSIONS
 from .percentiles import METHOD
-from .report import DEFAULT_TOP, Report, empty_report, load_report
+from .report import DEFAULT_TOP, Report, empty_report, load_report, spaced
 from .selection import Selection, parse_when, utc_text
 from .source import NothingYet, ReportError, read
 
@@ -42,7 +43,8 @@ per output token is the time from first to last token over the N - 1 tokens afte
 
 EPILOG = """\
 examples:
-  python -m reports --since 24h
+  python -m reports --since 24h                  (with the change against the 24 h before)
+  python -m reports --since 7d --format json --compare
   python -m reports --model gpt-4o --group-by hour
   python -m reports --errors-only --since 2026-11-22T09:00Z --until 2026-11-22T10:00Z
   python -m reports --format json > report.json      (shape: docs/report-json.md)
@@ -125,9 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--group-by", choices=tuple(DIMENSIONS), help="one table grouped by this, instead of by model, provider/host and origin")
     view.add_argument("--top", type=_top, default=DEFAULT_TOP, metavar="N",
                       help=f"how many slowest calls and error kinds to list (default {DEFAULT_TOP}, at most {MAX_TOP:,})")
+    view.add_argument("--compare", action=argparse.BooleanOptionalAction,
+                      help="each figure's change against the window of the same length before --since "
+                           "(text: on when --since is given; json and csv: only with --compare)")
     view.add_argument("--format", choices=("text", "json", "csv"), default="text", help="text (default); json: the whole report; csv: one row per group")
     view.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_SECONDS, type=_seconds, metavar="SECONDS",
-                      help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C")
+                      help=f"redraw in place every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C, fitted to the "
+                           "terminal's height (the lowest sections left out first, and named)")
     web = parser.add_argument_group("web dashboard and JSON API (docs/api.md)")
     web.add_argument("--serve", action="store_true",
                      help="serve the dashboard and the read-only JSON API until Ctrl-C (filters are the page's, not flags)")
@@ -158,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if sum(len(getattr(args, name)) for name in _FILTERS) > MAX_FILTER_VALUES:
         parser.error(f"at most {MAX_FILTER_VALUES:,} values of --model, --provider, --host, --origin, --agent and "
                      "--session together")
+    if args.compare and not args.since:
+        parser.error("--compare needs a window: give --since (and --until, or it ends now)")
     _check_serve(parser, args)
     return args
 
@@ -180,6 +188,12 @@ def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                      "(query parameters, docs/api.md)")
 
 
+def compares(args: argparse.Namespace) -> bool:
+    """--compare, --no-compare, or by default: in the text view, when --since gives a window.
+    JSON and CSV compare only when asked, so a script's columns and run time stay as they were."""
+    return args.compare if args.compare is not None else (args.format == "text" and args.since is not None)
+
+
 def selection_from(args: argparse.Namespace, now: datetime) -> Selection:
     return Selection(
         since_utc=parse_when(args.since, now) if args.since else None,
@@ -196,8 +210,16 @@ def make_report(args: argparse.Namespace, location: str) -> Report:
     selection = selection_from(args, now)
     if selection.since_utc and selection.until_utc and selection.since_utc >= selection.until_utc:
         raise ReportError(f"--since ({selection.since_utc}) must be before --until ({selection.until_utc})")
+    previous = None
+    if compares(args):
+        try:
+            previous = previous_window(selection, now)
+        except ValueError as exc:
+            if args.compare:  # asked for: an error; on by default: no comparison
+                raise ReportError(str(exc)) from None
     try:
-        return read(location, lambda src: load_report(src, selection, group_by=args.group_by, top=args.top, now=now))
+        return read(location, lambda src: load_report(src, selection, group_by=args.group_by, top=args.top, now=now,
+                                                      previous=previous))
     except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         raise ReportError(f"cannot read {display_location(location)}: {hide_password(str(exc), location)}") from None
 
@@ -252,7 +274,8 @@ def watch(
     args: argparse.Namespace, location: str, console: Console,
     *, sleep: Callable[[float], None] = time.sleep, refreshes: int | None = None,
 ) -> int:
-    """Redraws the text report in place every `args.watch` seconds until Ctrl-C."""
+    """Redraws the text report in place every `args.watch` seconds until Ctrl-C, fitted to the
+    terminal's height (`fit_height`)."""
     if args.format != "text":
         return _error(ReportError("--watch shows the text report; leave out --format"))
     if not console.is_terminal:
@@ -261,7 +284,7 @@ def watch(
     try:
         with Live(console=console, auto_refresh=False) as live:
             while refreshes is None or done < refreshes:
-                live.update(_watch_frame(args, location), refresh=True)
+                live.update(_watch_frame(args, location, console), refresh=True)
                 done += 1
                 if refreshes is None or done < refreshes:
                     sleep(args.watch)
@@ -272,13 +295,29 @@ def watch(
     return 0
 
 
-def _watch_frame(args: argparse.Namespace, location: str) -> Group:
+def _watch_frame(args: argparse.Namespace, location: str, console: Console) -> Group:
     header = Text(
         f"updated {datetime.now().strftime('%H:%M:%S')} · every {args.watch:g} s · Ctrl-C to stop", style="dim"
     )
-    body: Report | Text
     try:
-        body = make_report(args, location)
+        report = make_report(args, location)
     except NothingYet as note:
-        body = Text(f"{fmt.printable(str(note))} Waiting…")
-    return Group(header, body)
+        return Group(header, Text(f"{fmt.printable(str(note))} Waiting…"))
+    # The header takes a row, and one is left free: a frame as tall as the terminal scrolls it.
+    return Group(header, *fit_height(console, report.sections(), console.size.height - 2))
+
+
+def fit_height(console: Console, sections: list[tuple[str, RenderableType]], rows: int) -> list[RenderableType]:
+    """The sections that fit in `rows` rows of `console`, blank lines between: the lower ones are
+    left out first, and a last line names them. The first (the overview) stays, whatever its height."""
+    heights = [len(console.render_lines(renderable, console.options, pad=False)) for _, renderable in sections]
+    if sum(heights) + len(heights) - 1 <= rows:
+        return spaced(renderable for _, renderable in sections)
+    kept, used = 1, heights[0]
+    while kept < len(sections) and used + 1 + heights[kept] <= rows - 1:  # a row for the note
+        used += 1 + heights[kept]
+        kept += 1
+    left_out = [name for name, _ in sections[kept:]]
+    note = Text(f"too short for: {', '.join(left_out)} ({console.size.height} rows)", style="italic", no_wrap=True,
+                overflow="ellipsis")
+    return [*spaced(renderable for _, renderable in sections[:kept]), note]

@@ -3,12 +3,13 @@ exact latency / TTFT / time-per-token / tokens-per-second percentiles."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from addon.redact import redact_path
 
-from . import fmt
+from . import change, fmt
+from .change import Presence, RowChange
 from .indexes import RUN_KEYS
 from .layout import Column, FitTable
 from .percentiles import nearest_rank, ranked_in_memory, ranked_pass
@@ -16,7 +17,7 @@ from .runs import MAX_RUNS_PER_GROUP, merged_values_at_ranks, run_samples, runs_
 from .selection import Selection
 from .source import Source
 from .stored import text, time_like
-from .totals import Totals, merge, totals_sql
+from .totals import Totals, load_totals, merge, totals_sql
 
 # What `--group-by` accepts, and the SQL that gives each group's key.
 DIMENSIONS = {
@@ -71,6 +72,9 @@ class GroupRow:
     ttft_ms: dict[str, float | None] = field(default_factory=dict)
     time_per_output_token_ms: dict[str, float | None] = field(default_factory=dict)
     output_tokens_per_second: dict[str, float | None] = field(default_factory=dict)
+    # How many calls each figure rests on: those with a known value (see `reports.stored`).
+    calls_with: dict[str, int | None] = field(default_factory=dict)
+    change: RowChange | None = None  # with --compare: against the previous window
 
     def label(self) -> list[str]:
         return [key_label(dim, value) for dim, value in self.key.items()]
@@ -214,6 +218,7 @@ def _table(src: Source, dims: tuple[str, ...], totals: dict[tuple, Totals], foun
         )
         if src.has_cost:
             row.cost_usd, row.unpriced_calls = group.cost(), group.unpriced_calls
+        row.calls_with = calls_with(group, src.has_cost)
         for metric in METRICS:
             n, at = _count(group, metric), found[metric.field].get(key, {})
             setattr(row, metric.field, {f"p{p}": at.get(nearest_rank(n, p)) if n else None for p in metric.pcts})
@@ -225,6 +230,38 @@ def _table(src: Source, dims: tuple[str, ...], totals: dict[tuple, Totals], foun
     if set(dims) & TIME_DIMENSIONS:
         return GroupTable(dims, sorted(rows, key=lambda r: [v or "" for v in r.key.values()]))
     return GroupTable(dims, sorted(rows, key=_order))
+
+
+def calls_with(group: Totals, has_cost: bool) -> dict[str, int | None]:
+    return {
+        "latency_ms": group.with_latency, "ttft_ms": group.with_ttft,
+        "time_per_output_token_ms": group.with_tokens_per_second,
+        "output_tokens_per_second": group.with_tokens_per_second,
+        "prompt_tokens": group.with_prompt_tokens, "completion_tokens": group.with_completion_tokens,
+        "cost_usd": group.priced_calls if has_cost else None,
+    }
+
+
+def empty_row(key: dict[str, str | None], has_cost: bool) -> GroupRow:
+    """A group of no calls (one that had calls in the previous window only): counts and sums 0,
+    as of no calls at all, percentiles unknown."""
+    none = Totals()
+    row = GroupRow(dict(key), 0, 0, none.tokens("prompt_tokens"), none.tokens("completion_tokens"))
+    if has_cost:
+        row.cost_usd, row.unpriced_calls = none.cost(), 0
+    row.calls_with = calls_with(none, has_cost)
+    for metric in METRICS:
+        setattr(row, metric.field, {f"p{p}": None for p in metric.pcts})
+    row.time_per_output_token_ms = {f"p{p}": None for p in TIME_PER_TOKEN_PCTS}
+    return row
+
+
+def load_agent_table(src: Source, selection: Selection) -> GroupTable:
+    """The table by agent, from totals of its own: the other tables keep reading the index runs."""
+    grouping = (("agent",),)
+    keys = totals_keys(src, selection, grouping)
+    [table] = load_groups(src, selection, grouping, keys, load_totals(src, selection, keys))
+    return table
 
 
 def _per_token_ms(tokens_per_second: float | None) -> float | None:
@@ -239,44 +276,124 @@ def group_title(dims: tuple[str, ...]) -> str:
     return "By " + "/".join(dims)
 
 
-# (header, keep, cell) for each numeric column; the lowest `keep` is left out first when narrow.
+@dataclass(frozen=True)
+class _Shown:
+    """A numeric column of the text table."""
+
+    header: str
+    keep: int  # when space runs out, the lowest `keep` is left out first
+    cell: Callable[[GroupRow], str]
+    figure: str | None = None  # the compared figure shown under it (`reports.change`)
+
+
+def few_calls(n: int, pct: int) -> bool:
+    """Whether a p-th percentile over n values is simply their largest: below 100 / (100 - p)
+    values (p50: 2, p95: 20, p99: 100), nearest rank is n."""
+    return 0 < n and n * (100 - pct) < 100
+
+
+FEW = "*"
+
+
+def _pct(values: dict, pct: int, n: int | None, show: Callable = fmt.ms, name: str | None = None) -> str:
+    value = values.get(name or f"p{pct}")
+    return show(value) + (FEW if value is not None and n is not None and few_calls(n, pct) else "")
+
+
 _COLUMNS = (
-    ("calls", 90, lambda r: fmt.count(r.requests)),
-    ("err", 80, lambda r: fmt.count(r.errors)),
-    ("p50\nms", 85, lambda r: fmt.ms(r.latency_ms.get("p50"))),
-    ("p95\nms", 75, lambda r: fmt.ms(r.latency_ms.get("p95"))),
-    ("p99\nms", 50, lambda r: fmt.ms(r.latency_ms.get("p99"))),
-    ("TTFT\np50", 70, lambda r: fmt.ms(r.ttft_ms.get("p50"))),
-    ("TTFT\np95", 40, lambda r: fmt.ms(r.ttft_ms.get("p95"))),
-    ("ms/tok", 30, lambda r: fmt.decimal(r.time_per_output_token_ms.get("p50"))),
-    ("tok/s", 60, lambda r: fmt.decimal(r.output_tokens_per_second.get("p50"))),
-    ("in", 44, lambda r: _estimated(r, r.prompt_tokens)),
-    ("out", 45, lambda r: _estimated(r, r.completion_tokens)),
+    _Shown("calls", 90, lambda r: fmt.count(r.requests), "requests"),
+    _Shown("err", 80, lambda r: fmt.count(r.errors), "error_rate"),
+    _Shown("p50\nms", 85, lambda r: _pct(r.latency_ms, 50, r.calls_with.get("latency_ms")), "latency_p50_ms"),
+    _Shown("p95\nms", 75, lambda r: _pct(r.latency_ms, 95, r.calls_with.get("latency_ms")), "latency_p95_ms"),
+    _Shown("p99\nms", 50, lambda r: _pct(r.latency_ms, 99, r.calls_with.get("latency_ms"))),
+    _Shown("TTFT\np50", 70, lambda r: _pct(r.ttft_ms, 50, r.calls_with.get("ttft_ms")), "ttft_p50_ms"),
+    _Shown("TTFT\np95", 40, lambda r: _pct(r.ttft_ms, 95, r.calls_with.get("ttft_ms")), "ttft_p95_ms"),
+    _Shown("ms/tok", 30, lambda r: _pct(r.time_per_output_token_ms, 50, r.calls_with.get("output_tokens_per_second"), fmt.decimal)),
+    _Shown("tok/s", 60, lambda r: _pct(r.output_tokens_per_second, 50, r.calls_with.get("output_tokens_per_second"), fmt.decimal)),
+    _Shown("in", 44, lambda r: _tokens(r, r.prompt_tokens, "prompt_tokens"), "prompt_tokens"),
+    _Shown("out", 45, lambda r: _tokens(r, r.completion_tokens, "completion_tokens"), "completion_tokens"),
 )
-_COST = ("cost", 65, lambda r: fmt.cost(r.cost_usd, r.unpriced_calls, r.estimated_calls))
+_COST = _Shown("cost", 65, lambda r: fmt.cost(r.cost_usd, r.unpriced_calls, r.estimated_calls), "cost_usd")
 
 
-def _estimated(row: GroupRow, tokens: int | None) -> str:
-    return fmt.compact(tokens) if tokens is None else fmt.about(row.estimated_calls) + fmt.compact(tokens)
+def _tokens(row: GroupRow, tokens: int | None, name: str) -> str:
+    """`≥` when fewer calls reported the count than succeeded (the sum is of those that did);
+    `~` when it includes estimates."""
+    if tokens is None:
+        return fmt.compact(tokens)
+    reported = row.calls_with.get(name)
+    partial = reported is not None and reported < row.requests - row.errors
+    return fmt.about(row.estimated_calls) + (fmt.AT_LEAST if partial else "") + fmt.compact(tokens)
 
 
 GROUP_TABLE_NOTE = (
     "latency and TTFT in ms; ms/tok (time per output token) and tok/s are p50s; "
     "TTFT, ms/tok and tok/s cover streamed calls only"
 )
+FEW_NOTE = (
+    f"{FEW}: a percentile over so few calls that it is their largest value (p50 of 1, p95 of under 20, "
+    "p99 of under 100; --format json gives each figure's count, calls_with)"
+)
+PARTIAL_TOKENS_NOTE = f"{fmt.AT_LEAST} before tokens: fewer calls reported them than succeeded; the sum is of those that did"
 
 
-def render_group_table(table: GroupTable, cost_known: bool, note: str | None = None) -> FitTable:
+def compare_note() -> str:
+    """The footnote of the first table whose rows have a second line of changes."""
+    return (
+        "second line: change against the window before (see the overview): calls, tokens and cost in %, "
+        "err as the error rate's change in points, latency and TTFT in ms; new: no calls then; vanished: none now"
+    )
+
+
+def render_group_table(
+    table: GroupTable, cost_known: bool, note: str | None = None, changes_note: str | None = None,
+    explained: set[str] | None = None,
+) -> FitTable:
     """`note`: the footnote of the last table, which explains the tables above it as well (they
-    group the same calls, so each has an unpriced group when one has)."""
+    group the same calls, so each has an unpriced group when one has). `changes_note`: with
+    --compare, what the second line under each row is (None: no second lines). Notes in `explained` (shown under a table
+    above) are left out; those shown here are added to it."""
+    shown = _COLUMNS + ((_COST,) if cost_known else ())
+    compared = changes_note is not None and any(r.change is not None for r in table.rows)
+    labels: list[list[str]] = [[] for _ in table.dims]
+    cells: list[list[str]] = [[] for _ in shown]
+    for row in table.rows:
+        for into, label in zip(labels, row.label()):
+            into.append(label)
+        for into, column in zip(cells, shown):
+            into.append(column.cell(row))
+        if compared:
+            _change_line(row, shown, labels, cells)
     columns = [
-        Column(dim, [row.label()[i] for row in table.rows], keep=100, numeric=False, min_width=20 if i == 0 else 12)
+        Column(dim, labels[i], keep=100, numeric=False, min_width=20 if i == 0 else 12)
         for i, dim in enumerate(table.dims)
     ]
-    for header, keep, cell in _COLUMNS + ((_COST,) if cost_known else ()):
-        columns.append(Column(header, [cell(row) for row in table.rows], keep=keep))
+    columns += [Column(s.header, c, keep=s.keep) for s, c in zip(shown, cells)]
     if note and cost_known and any(r.unpriced_calls or r.cost_usd is None for r in table.rows):
         columns[-1].note = fmt.COST_NOTE  # shown with the cost column only
+    notes = [note] if note else []
     if note and any(r.estimated_calls for r in table.rows):
-        note = f"{note}; {fmt.ESTIMATED_NOTE}"
-    return FitTable(group_title(table.dims), columns, note)
+        notes.append(fmt.ESTIMATED_NOTE)
+    tokens = [c for s, c in zip(shown, cells) if s.figure in ("prompt_tokens", "completion_tokens")]
+    explained = set() if explained is None else explained
+    for needed, said in (
+        (compared, changes_note),
+        (any(FEW in c for column in cells for c in column), FEW_NOTE),
+        (any(fmt.AT_LEAST in c for column in tokens for c in column), PARTIAL_TOKENS_NOTE),
+    ):
+        if needed and said and said not in explained:
+            notes.append(said)
+            explained.add(said)
+    return FitTable(group_title(table.dims), columns, "\n".join(notes) or None)
+
+
+def _change_line(row: GroupRow, shown: tuple[_Shown, ...], labels: list[list[str]], cells: list[list[str]]) -> None:
+    """The row's second line: its presence under the key, each figure's change under its column."""
+    presence = row.change.presence if row.change is not None else None
+    for i, into in enumerate(labels):
+        into.append(f"  {presence}" if i == 0 and presence not in (None, Presence.BOTH) else "")
+    for into, column in zip(cells, shown):
+        shown_change = ""
+        if row.change is not None and presence is not Presence.NEW and column.figure is not None:
+            shown_change = change.text(column.figure, getattr(row.change, column.figure), unit=False)
+        into.append(shown_change)

@@ -1,13 +1,17 @@
-"""Requests and errors per time bucket (minute, hour or day, chosen from the span), as bars."""
+"""Requests and errors per time bucket (minute, hour or day, chosen from the span), as bars, and
+the calls in flight at once (`reports.in_flight`) per bucket and per model."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
+from .fmt import printable
+from .in_flight import MAX_SWEPT_CALLS, InFlight, ModelInFlight, load_sweep, micros
+from .layout import Column, FitTable
 from .selection import TABLE, Selection
 from .source import Source
 from .stored import time_like
@@ -29,6 +33,8 @@ class Bucket:
     start_utc: str
     requests: int
     errors: int
+    in_flight_peak: int | None = None  # the most calls open at once in the bucket; None: not counted
+    in_flight_p95: int | None = None  # time-weighted (reports.in_flight)
 
 
 @dataclass
@@ -37,15 +43,23 @@ class Timeline:
     buckets: list[Bucket]  # every bucket from the first call's to the last's, empty ones included
     requests_without_time: int = 0  # calls in no bucket: their stored timestamp is not a time
     empty_buckets_left_out: bool = False  # more than MAX_BUCKETS: only buckets with calls listed
+    # over the whole span; None: not counted (more than MAX_SWEPT_CALLS calls)
+    in_flight: InFlight | None = field(default_factory=InFlight)
+    in_flight_by_model: list[ModelInFlight] = field(default_factory=list)  # most at once first
+    in_flight_calls_left_out: int = 0  # calls of unknown latency: no end, not counted in flight
 
     def as_dict(self) -> dict:
         return {
             "bucket": self.bucket, "buckets": [asdict(b) for b in self.buckets],
             "requests_without_time": self.requests_without_time, "empty_buckets_left_out": self.empty_buckets_left_out,
+            "in_flight": None if self.in_flight is None else {
+                **asdict(self.in_flight), "calls_left_out": self.in_flight_calls_left_out,
+                "by_model": [asdict(m) for m in self.in_flight_by_model],
+            },
         }
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield Text(f"Timeline (per {self.bucket}; █ calls, ░ errors)", style="italic")
+        yield Text(f"Timeline (per {self.bucket}; █ calls, ░ errors; peak: most calls in flight at once)", style="italic")
         if self.empty_buckets_left_out:
             yield Text(f"only the {self.bucket}s with calls: more than {MAX_BUCKETS:,} from the first to the last", style="italic")
         if self.requests_without_time:
@@ -55,14 +69,34 @@ class Timeline:
         labels = [_label(self.bucket, b.start_utc) for b in self.buckets]
         counts = [f"{b.requests:,}" for b in self.buckets]
         errors = [f"{b.errors:,} err" if b.errors else "" for b in self.buckets]
-        widths = [max(map(len, column)) for column in (labels, counts, errors)]
-        bar_width = max(1, options.max_width - sum(widths) - 6)
-        peak = max(b.requests for b in self.buckets) or 1
-        for bucket, label, n, err in zip(self.buckets, labels, counts, errors):
+        peaks = [f"peak {b.in_flight_peak:,}" if b.in_flight_peak else "" for b in self.buckets]
+        widths = [max(map(len, column)) for column in (labels, counts, errors, peaks)]
+        bar_width = max(1, options.max_width - sum(widths) - 8)
+        most = max(b.requests for b in self.buckets) or 1
+        for bucket, label, n, err, peak in zip(self.buckets, labels, counts, errors, peaks):
             line = Text(f"{label:<{widths[0]}}  ")
-            line.append_text(_bar(bucket, peak, bar_width))
-            line.append(f"  {n:>{widths[1]}}  {err:<{widths[2]}}".rstrip())
+            line.append_text(_bar(bucket, most, bar_width))
+            line.append(f"  {n:>{widths[1]}}  {err:<{widths[2]}}  {peak:>{widths[3]}}".rstrip())
             yield line
+        if self.in_flight is None:
+            yield Text(f"Calls in flight: not counted over more than {MAX_SWEPT_CALLS:,} calls; narrow the range "
+                       "with --since/--until", style="italic")
+        elif self.in_flight.peak:
+            yield Text("")
+            yield from self._by_model(self.in_flight)
+
+    def _by_model(self, everything: InFlight) -> RenderResult:
+        note = ("Calls in flight at once, by model (peak; p95: the number open for 95% of the time from the "
+                "first call's start to the last one's end)")
+        if self.in_flight_calls_left_out:
+            note += f"; {self.in_flight_calls_left_out:,} call(s) of unknown latency left out"
+        yield Text(note, style="italic")
+        rows = [("(all)", everything)] + [(m.model, m) for m in self.in_flight_by_model]
+        yield FitTable("", [
+            Column("model", [printable("(none)" if m is None else m) for m, _ in rows], keep=100, numeric=False, min_width=20),
+            Column("peak", [f"{n.peak:,}" for _, n in rows], keep=90),
+            Column("p95", [f"{n.p95:,}" for _, n in rows], keep=80),
+        ])
 
 
 def choose_bucket(span_seconds: float | None) -> str:
@@ -95,7 +129,16 @@ def load_timeline(
         found = [(prefix, n) for prefix, n in _counts(src, selection, length).items() if _start(prefix, pattern)]
         buckets = [Bucket(prefix + _SUFFIX[bucket], n, errors.get(prefix, 0)) for prefix, n in sorted(found)]
     placed = sum(b.requests for b in buckets)
-    return Timeline(bucket, buckets, requests - placed, too_many)
+    if requests > MAX_SWEPT_CALLS:
+        return Timeline(bucket, buckets, requests - placed, too_many, None)
+    starts = [micros(b.start_utc) or 0 for b in buckets]  # every listed bucket has a time
+    slices = [_bounds(moment, step, pattern) for b in buckets
+              if b.requests and (moment := _start(b.start_utc[:length], pattern)) is not None]
+    swept = load_sweep(src, selection, slices, step, starts)
+    for b, begins in zip(buckets, starts):
+        at = swept.buckets.get(begins, InFlight())
+        b.in_flight_peak, b.in_flight_p95 = at.peak, at.p95
+    return Timeline(bucket, buckets, requests - placed, too_many, swept.overall, swept.by_model, swept.calls_left_out)
 
 
 def _start(prefix, pattern: str) -> datetime | None:
@@ -122,16 +165,10 @@ def _every_bucket(src: Source, selection: Selection, bucket: str, start: datetim
     buckets = []
     moment: datetime | None = start
     while moment is not None and moment <= end:
-        prefix = _prefix(moment, pattern)
-        try:
-            following: datetime | None = moment + step
-        except OverflowError:  # the last bucket of year 9999
-            following = None
-        # "~" sorts after every character of the row format: the bound past any time in the prefix
-        bound = prefix + "~" if following is None else _prefix(following, pattern)
+        prefix, bound = _bounds(moment, step, pattern)
         n = _range_count(src, selection, prefix, bound)
         buckets.append(Bucket(prefix + _SUFFIX[bucket], n, errors.get(prefix, 0)))
-        moment = following
+        moment = None if bound.endswith("~") else moment + step
     return buckets
 
 
@@ -144,6 +181,17 @@ def _range_count(src: Source, selection: Selection, low: str, high: str) -> int:
         return 0
     where, params = replace(selection, since_utc=low, until_utc=high).where(src.param)
     return int(src.one(f"SELECT count(*) FROM {TABLE}{where}", params)[0])
+
+
+def _bounds(moment: datetime, step: timedelta, pattern: str) -> tuple[str, str]:
+    """The stored timestamps of the bucket that starts at `moment`: from its prefix (inclusive)
+    to the next bucket's (exclusive)."""
+    prefix = _prefix(moment, pattern)
+    try:
+        following = moment + step
+    except OverflowError:  # the last bucket of year 9999
+        return prefix, prefix + "~"  # "~" sorts after every character of the row format
+    return prefix, _prefix(following, pattern)
 
 
 def _prefix(moment: datetime, pattern: str) -> str:

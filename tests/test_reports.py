@@ -136,6 +136,12 @@ def expected_group(rows: list[dict]) -> dict:
         "ttft_ms": {f"p{p}": pct(ttft, p) for p in (50, 95)},
         "time_per_output_token_ms": {"p50": pct([1000 / t for t in tps], 50)},
         "output_tokens_per_second": {"p50": pct(tps, 50)},
+        "calls_with": {
+            "latency_ms": len(latency), "ttft_ms": len(ttft), "time_per_output_token_ms": len(tps),
+            "output_tokens_per_second": len(tps),
+            **{name: sum(r.get(name) is not None for r in rows) for name in ("prompt_tokens", "completion_tokens", "cost_usd")},
+        },
+        "change": None,  # without --compare
     }
 
 
@@ -238,6 +244,12 @@ def cost(group: dict) -> str:
     return about(group) + ("≥" if group["unpriced_calls"] else "") + usd(group["cost_usd"])
 
 
+def largest(cell: str, n: int, p: int) -> str:
+    """A percentile cell as the text report marks one whose nearest rank is the last of n: over
+    so few calls that it is simply their largest value."""
+    return cell + ("*" if cell != "-" and math.ceil(p / 100 * n) == n else "")
+
+
 def about(group: dict) -> str:
     return "~" if group["estimated_calls"] else ""
 
@@ -298,13 +310,18 @@ def test_text_group_tables_match_independent_numbers(database, title, dims):
     text = render(path)
     assert "too narrow" not in text  # every column is checked below
     lines = section(text, title)
+    members = defaultdict(list)
+    for row in rows:
+        members[tuple(row[d] for d in dims)].append(row)
     for key, want in grouped(rows, dims).items():
         cells = row_cells(lines, tuple(label(k) for k in key))
+        n = {c: sum(r[c] is not None for r in members[key]) for c in ("response_time_ms", "time_to_first_token_ms", "tokens_per_second")}
         assert cells == [
             f"{want['requests']:,}", f"{want['errors']:,}",
-            *(ms(want["latency_ms"][p]) for p in ("p50", "p95", "p99")),
-            *(ms(want["ttft_ms"][p]) for p in ("p50", "p95")),
-            dec(want["time_per_output_token_ms"]["p50"]), dec(want["output_tokens_per_second"]["p50"]),
+            *(largest(ms(want["latency_ms"][p]), n["response_time_ms"], int(p[1:])) for p in ("p50", "p95", "p99")),
+            *(largest(ms(want["ttft_ms"][p]), n["time_to_first_token_ms"], int(p[1:])) for p in ("p50", "p95")),
+            largest(dec(want["time_per_output_token_ms"]["p50"]), n["tokens_per_second"], 50),
+            largest(dec(want["output_tokens_per_second"]["p50"]), n["tokens_per_second"], 50),
             f"{about(want)}{want['prompt_tokens']:,}", f"{about(want)}{want['completion_tokens']:,}", cost(want),
         ], key
 
@@ -320,7 +337,10 @@ def test_text_errors_timeline_and_slowest_match_independent_numbers(database):
     timeline = section(text, "Timeline (per day")
     for day, (n, failed) in expected_days(rows).items():
         [line] = [line for line in timeline if line.startswith(day)]
-        assert line.split()[-3:] == [f"{n:,}", str(failed), "err"] if failed else line.split()[-1] == f"{n:,}"
+        cells = line.split()
+        assert cells[-2] == "peak"  # calls in flight at once: tests/test_reports_in_flight.py
+        cells = cells[:-2]
+        assert cells[-3:] == [f"{n:,}", str(failed), "err"] if failed else cells[-1] == f"{n:,}"
     slow = section(text, "Slowest 10 calls")
     data_lines = [line for line in slow if line[:1] == " " and line.split()[0].replace(",", "").isdigit()]
     for line, row in zip(data_lines, slowest(rows), strict=True):
@@ -387,7 +407,7 @@ def test_csv_has_one_row_per_group_with_the_json_numbers(database, capsys):
         "group_by", "model", "provider", "host", "origin", "requests", "errors", "latency_p50_ms", "latency_p95_ms",
         "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms", "time_per_output_token_p50_ms",
         "output_tokens_per_second_p50", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls",
-        "estimated_calls",
+        "estimated_calls", "calls_with_latency_ms", "calls_with_ttft_ms", "calls_with_output_tokens_per_second",
     ]
     for group_by, dims in (("model", ("model",)), ("provider/host", ("provider", "host")), ("origin", ("origin",))):
         mine = [r for r in records if r["group_by"] == group_by]
@@ -404,6 +424,8 @@ def test_csv_has_one_row_per_group_with_the_json_numbers(database, capsys):
             assert float(record["cost_usd"]) == pytest.approx(expected["cost_usd"])
             assert int(record["unpriced_calls"]) == expected["unpriced_calls"]
             assert int(record["estimated_calls"]) == expected["estimated_calls"]
+            assert [int(record[f"calls_with_{n}"]) for n in ("latency_ms", "ttft_ms", "output_tokens_per_second")] == [
+                expected["calls_with"][n] for n in ("latency_ms", "ttft_ms", "output_tokens_per_second")]
             if group_by != "model":
                 assert record["model"] == ""
 
@@ -499,7 +521,9 @@ def test_json_has_exactly_the_shape_docs_report_json_md_documents(database, caps
                 (utc_text(datetime.now(UTC) - timedelta(minutes=1)),))
     con.commit()
     con.close()
-    out = run_json(database[0], capsys=capsys)
+    plain = run_json(database[0], capsys=capsys)
+    assert plain["compare"] is None and {r["change"] for t in plain["groups"] for r in t["rows"]} == {None}
+    out = run_json(database[0], "--since", "2026-11-02", "--compare", capsys=capsys)  # every field set
     documented = documented_example()
     documented["groups"][0]["rows"][0]["key"] = {"model": "value"}  # the example shows provider/host
     assert shape(out) == shape(documented)
@@ -654,6 +678,37 @@ def test_an_overview_of_calls_without_usage_or_price_says_unknown(partly_unknown
     text = " ".join(overview_lines(console.file.getvalue()))
     assert "tokens in - (cached -) · out - (reasoning -)" in text
     assert f"cost unknown: no call priced · {out['unpriced_calls']} successful calls unpriced" in text
+
+
+def test_token_sums_that_fewer_calls_reported_than_succeeded_say_so(partly_unknown, capsys):
+    path, rows = partly_unknown
+    out = run_json(path, capsys=capsys)
+    reported = [r for r in rows if r["model"] != "local"]  # local's calls reported no usage
+    succeeded = sum(r["success"] for r in rows)
+    assert out["overview"]["calls_with"]["prompt_tokens"] == len(reported)
+    assert out["overview"]["calls_with"]["completion_tokens"] == sum(r["success"] for r in reported)
+    text = render(path, width=200)
+    overview = " ".join(overview_lines(text))
+    assert f"tokens in ≥{out['overview']['prompt_tokens']:,} (cached" in overview
+    assert (f"≥: only {sum(r['success'] for r in reported):,} calls reported usage, fewer than the {succeeded:,} "
+            "that succeeded; the token sums are of those") in overview
+    by_provider = section(text, "By provider/host")
+    for table in out["groups"]:
+        if table["group_by"] != ["provider", "host"]:
+            continue
+        for row in table["rows"]:
+            cells = row_cells(by_provider, tuple(row["key"].values()))
+            partial = row["calls_with"]["completion_tokens"] < row["requests"] - row["errors"]
+            assert partial == any(r["model"] == "local" and r["provider"] == row["key"]["provider"] and r["success"] for r in rows)
+            assert cells[-3].startswith("≥") == partial and cells[-2].startswith("≥") == partial, row["key"]
+    assert "≥ before tokens: fewer calls reported them than succeeded; the sum is of those that did" in " ".join(text.split())
+
+
+def test_percentiles_over_few_calls_are_marked_and_explained_once(database):
+    text = render(database[0])
+    assert " ".join(text.split()).count("*: a percentile over so few calls that it is their largest value") == 1
+    marked = [line for line in section(text, "By model") if "*" in line]
+    assert marked  # 50-odd calls per model: each p99 rests on fewer than 100
 
 
 # -- client-chosen text never becomes live content ---------------------------------------------

@@ -164,7 +164,8 @@ def test_only_timestamps_that_are_not_times_leave_the_time_unknown(tmp_path, cap
     out = run_json(path, capsys=capsys)
     assert out["overview"]["requests"] == 5
     assert out["overview"]["first_utc"] is None and out["overview"]["span_seconds"] is None
-    assert out["timeline"] == {"bucket": "minute", "buckets": [], "requests_without_time": 5, "empty_buckets_left_out": False}
+    assert out["timeline"] == {"bucket": "minute", "buckets": [], "requests_without_time": 5, "empty_buckets_left_out": False,
+                               "in_flight": {"peak": 0, "p95": 0, "calls_left_out": 0, "by_model": []}}  # none has a time
     assert all(c["timestamp_utc"] is None for c in out["slowest"])
     assert all(k["last_seen_utc"] is None for k in out["errors"]["kinds"])
 
@@ -175,7 +176,9 @@ def test_a_call_stored_in_year_1_lists_only_the_days_with_calls(tmp_path, capsys
     path = make_db(tmp_path / "m.db", rows)
     timeline = run_json(path, capsys=capsys)["timeline"]
     assert timeline["empty_buckets_left_out"] is True and timeline["requests_without_time"] == 0
-    assert timeline["buckets"][0] == {"start_utc": "0001-01-01T00:00:00Z", "requests": 1, "errors": int(not rows[0]["success"])}
+    # alone all that day: open once, and idle for far more than 5% of it
+    assert timeline["buckets"][0] == {"start_utc": "0001-01-01T00:00:00Z", "requests": 1, "errors": int(not rows[0]["success"]),
+                                      "in_flight_peak": 1, "in_flight_p95": 0}
     assert len(timeline["buckets"]) == 1 + len({r["timestamp"][:10] for r in rows[1:]})
     assert "only the days with calls: more than 1,000 from the first to the last" in render(path)
 
@@ -187,7 +190,12 @@ def test_calls_at_the_ends_of_the_calendar_are_in_the_timeline(tmp_path, capsys,
         row["timestamp"] = moment
     path = make_db(tmp_path / "m.db", rows)
     timeline = run_json(path, capsys=capsys)["timeline"]
-    assert timeline["buckets"] == [{"start_utc": moment[:16] + ":00Z", "requests": 3, "errors": sum(not r["success"] for r in rows)}]
+    # All three start at once; in year 1 they are open from 00:00:00 to the end of the longest
+    # (p95 is the most open for 95% of that time); in year 9999 the minute ends a microsecond later.
+    shortest, middle, longest = sorted(r["response_time_ms"] for r in rows)
+    p95 = 1 if longest - middle >= 0.95 * longest else 2 if longest - shortest >= 0.95 * longest else 3
+    assert timeline["buckets"] == [{"start_utc": moment[:16] + ":00Z", "requests": 3, "errors": sum(not r["success"] for r in rows),
+                                    "in_flight_peak": 3, "in_flight_p95": p95 if moment.startswith("0001") else 3}]
 
 
 def test_text_that_is_not_utf8_is_read_with_replacement_characters(tmp_path, capsys):
