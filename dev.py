@@ -57,18 +57,6 @@ def lint(bin_dir: Path) -> int:
     return 1 if failed else 0
 
 
-def mitmdump_args(bin_dir: Path, rest: list[str]) -> list[str]:
-    """The proxy as `run` starts it. Loopback unless asked otherwise: an open proxy on every
-    interface serves anyone. No per-request lines of mitmproxy's own (flow_detail=0) unless asked
-    for: they print each URL whole, a key in its query (Gemini's ?key=) included, and from
-    flow_detail=2 on every header (Authorization); the addon prints a line per LLM call instead."""
-    listen = [] if any(a.startswith("--listen-host") for a in rest) else ["--listen-host", "127.0.0.1"]
-    # -v, -q and --flow-detail are applied after --set, so they still win; a second --set of the
-    # same option would not (mitmproxy mishandles one option given twice).
-    quiet = [] if any("flow_detail" in a or "flow-detail" in a for a in rest) else ["--set", "flow_detail=0"]
-    return [str(bin_dir / "mitmdump"), *listen, *quiet, "-s", str(ROOT / "addon" / "llm_metrics.py"), *rest]
-
-
 def main(argv: list[str]) -> int:
     venv_dir = ROOT / ".venv"
     if len(argv) >= 2 and argv[0] == "--venv":
@@ -80,8 +68,8 @@ def main(argv: list[str]) -> int:
     bin_dir = ensure_venv(venv_dir, "test" if command in ("test", "lint") else "")
     if command == "lint":
         return lint(bin_dir)
-    if command == "run":
-        args = mitmdump_args(bin_dir, rest)
+    if command == "run":  # mitmdump with the addon: loopback, no per-request lines (addon/launch.py)
+        args = [str(bin_dir / "llm-metrics-proxy"), *rest]
     elif command in ("report", "migrations"):
         module = "reports" if command == "report" else "migrations"
         args = [str(bin_dir / "python"), "-m", module, *rest]

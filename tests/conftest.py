@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -132,6 +132,17 @@ class Proxy:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20.0, every: float = 0.02) -> bool:
+    """Whether `condition()` turns true within `timeout` seconds, asked every `every` seconds:
+    `assert wait_until(...)` where it must, instead of a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
 
 
 def process_gone(pid: int, timeout: float = 15.0) -> bool:
