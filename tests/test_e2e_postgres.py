@@ -12,8 +12,7 @@ import pytest
 
 from storage import open_database
 from tests.clients import httpx
-from tests.conftest import process_gone
-from tests.pg_cluster import wait_until
+from tests.conftest import process_gone, wait_until
 from tests.upstream import Scenario
 
 pytestmark = pytest.mark.e2e

@@ -17,9 +17,8 @@ from addon.backends import ChildProcess, InProcess
 from addon.formats.websocket import MAX_OPEN_RESPONSES
 from addon.handover import BACKLOG_LIMIT
 from addon.llm_metrics import LLMMetrics
-from tests.conftest import read_drops, read_rows
+from tests.conftest import read_drops, read_rows, wait_until
 from tests.test_formats_websocket import answer, create, msg, realtime_usage, rt_response
-from tests.test_storage_writer import wait_until
 
 
 @pytest.fixture(params=[True, False], ids=["worker", "inline"])
@@ -247,4 +246,4 @@ def test_a_socket_is_one_call_handed_over_whatever_it_carried(inline):
     assert (metering.handed, metering.engine.recorded) == (0, 3)
     inline.websocket_end(flow)
     assert (metering.handed, metering.engine.recorded) == (1, 3)
-    wait_until(lambda: metering.unsettled == 0)
+    assert wait_until(lambda: metering.unsettled == 0)

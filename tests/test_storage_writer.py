@@ -20,7 +20,7 @@ import pytest
 from migrations import upgrade
 from storage import RowWriter, open_database
 from storage.models import CompletionRequest
-from tests.conftest import refusing_new_files
+from tests.conftest import read_rows, refusing_new_files, wait_until
 
 
 def make_row(i: int) -> dict:
@@ -42,9 +42,12 @@ def count(path) -> int:
         con.close()
 
 
+BUSY_TIMEOUT_S = 0.3  # SQLite's wait for another connection's lock, lowered from the proxy's own
+
+
 def fresh_db(tmp_path):
     path = tmp_path / "m.db"
-    db = open_database(str(path))
+    db = open_database(str(path), busy_timeout_s=BUSY_TIMEOUT_S)
     upgrade(db)
     return path, db
 
@@ -81,7 +84,7 @@ def test_rows_wait_while_another_process_holds_the_lock_then_land(tmp_path):
     writer.start()
     for i in range(5):
         writer.submit(make_row(i))
-    released = threading.Timer(6.0, lambda: blocker.execute("COMMIT"))  # past busy_timeout (5 s)
+    released = threading.Timer(BUSY_TIMEOUT_S * 4, lambda: blocker.execute("COMMIT"))  # past the busy timeout
     released.start()
     writer.close(timeout=30)
     released.join()
@@ -100,13 +103,6 @@ def drop_records(path) -> list[tuple]:
         con.close()
 
 
-def wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_drops_during_a_lock_are_stored_exactly_once_when_the_database_is_writable_again(tmp_path):
     path, db = fresh_db(tmp_path)
     writer = RowWriter(db, queue_size=3)
@@ -114,9 +110,9 @@ def test_drops_during_a_lock_are_stored_exactly_once_when_the_database_is_writab
     blocker = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")
     writer.start()
-    wait_until(lambda: writer.pending == 0)  # the writer holds the 3 rows, and the 2 drops, in its attempt
+    # The writer took the 3 rows, and the 2 drops, into its attempt; it failed and the drops went back.
+    assert wait_until(lambda: writer.write_errors >= 1)
     accepted += sum(writer.submit(make_row(i)) for i in range(5, 9))  # 3 fit the queue, 1 dropped
-    wait_until(lambda: writer.write_errors >= 1)  # that attempt failed: the drops went back
     blocker.execute("COMMIT")
     blocker.close()
     writer.close(timeout=30)
@@ -135,7 +131,7 @@ def test_drops_with_no_rows_after_them_are_stored_on_their_own(tmp_path, caplog)
     writer.start()
     with caplog.at_level(logging.ERROR):
         assert writer.submit(["not", "a", "row"])  # a bug, not an outage: never retried
-        wait_until(lambda: writer.drops_recorded == 1)
+        assert wait_until(lambda: writer.drops_recorded == 1)
     assert [r[:2] for r in drop_records(path)] == [("write_error", 1)]  # stored while the writer runs
     writer.close()
     assert [r[:2] for r in drop_records(path)] == [("write_error", 1)]
@@ -343,7 +339,7 @@ def test_a_value_the_database_refuses_costs_only_its_row_and_never_the_rows_afte
     writer = RowWriter(db, batch_window=0)
     writer.start()
     writer.submit({**make_row(0), **values})  # alone in its batch: nothing else to blame
-    wait_until(lambda: writer.dropped == 1, timeout=10)
+    assert wait_until(lambda: writer.dropped == 1, timeout=10)
     for i in range(1, 51):
         writer.submit(make_row(i))
     writer.close(timeout=20)
@@ -391,7 +387,7 @@ def prepared(path):
     """What the proxy passes as `connect`: open (making the file if needed) and migrate."""
 
     def connect():
-        db = open_database(str(path))
+        db = open_database(str(path), busy_timeout_s=BUSY_TIMEOUT_S)
         upgrade(db)
         return db
 
@@ -413,7 +409,7 @@ def test_rows_wait_while_the_database_cannot_be_opened_then_land(tmp_path, caplo
         writer.start()  # returns at once: the writer's thread opens the database
         for i in range(5):
             assert writer.submit(make_row(i))
-        wait_until(lambda: writer.written == 5)
+        assert wait_until(lambda: writer.written == 5)
         writer.close()
     assert count(path) == 5 and (writer.written, writer.dropped) == (5, 0)
     assert len([r for r in caplog.records if "connection refused" in r.getMessage()]) == 1  # said once
@@ -424,7 +420,7 @@ def _write_and_wait(writer, rows) -> None:
     target = writer.written + len(rows)
     for row in rows:
         assert writer.submit(row)
-    wait_until(lambda: writer.written >= target)
+    assert wait_until(lambda: writer.written >= target)
 
 
 def test_file_overwritten_in_place_by_a_non_sqlite_file_is_never_written(tmp_path, caplog):
@@ -529,17 +525,8 @@ def test_rows_committed_after_the_file_was_deleted_are_written_again_into_the_ne
     _write_and_wait(writer, [make_row(i) for i in range(3)])
     _write_and_wait(writer, [make_row(3)])
     writer.close()
-    assert [r["response_time_ms"] for r in _rows(path)] == [3]
+    assert [r["response_time_ms"] for r in read_rows(path)] == [3]
     assert writer.written == 4  # 3 into the first file while it was there, 1 into the new one
-
-
-def _rows(path) -> list[dict]:
-    con = sqlite3.connect(path)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM completion_requests ORDER BY id")]
-    finally:
-        con.close()
 
 
 def test_file_deleted_where_no_new_one_can_be_made_holds_rows_says_so_once_then_lands_them(tmp_path, caplog):
@@ -556,9 +543,9 @@ def test_file_deleted_where_no_new_one_can_be_made_holds_rows_says_so_once_then_
             writer.submit(make_row(i))
         time.sleep(2.5)  # more than one retry
         assert writer.written == 3 and not path.exists()
-    wait_until(lambda: writer.written == 6)
+    assert wait_until(lambda: writer.written == 6)
     writer.close()
-    assert [r["response_time_ms"] for r in _rows(path)] == [3, 4, 5]
+    assert [r["response_time_ms"] for r in read_rows(path)] == [3, 4, 5]
     cannot = [r for r in caplog.records if "no new one can be made" in r.getMessage()]
     assert len(cannot) == 1, [r.getMessage() for r in caplog.records]
 
@@ -573,5 +560,5 @@ def test_file_moved_away_keeps_every_row_written_to_it_and_new_rows_go_to_a_new_
     path.replace(moved)  # as `mv m.db kept.db` does, its -wal staying behind under the old name
     _write_and_wait(writer, [make_row(i) for i in range(3, 5)])
     writer.close()
-    assert [r["response_time_ms"] for r in _rows(moved)] == [0, 1, 2]  # its WAL went into it
-    assert [r["response_time_ms"] for r in _rows(path)] == [3, 4]
+    assert [r["response_time_ms"] for r in read_rows(moved)] == [0, 1, 2]  # its WAL went into it
+    assert [r["response_time_ms"] for r in read_rows(path)] == [3, 4]
