@@ -20,6 +20,7 @@ from typing import Any
 from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
 from storage.db import display_location
+from storage.timestamps import utc_text
 from storage.writer import SOCKET_OVERFLOW
 
 from . import bounds, exposition, pricing
@@ -55,7 +56,7 @@ from .formats.websocket import RealtimeSession, ResponsesSession, Turn, open_ses
 from .metering import MAX_RESPONSE_BYTES, StreamMeter, meter_body, stream_framing
 from .prices import PriceBook
 from .quota import headroom
-from .record import Call, build_row, known_provider, origin_from_user_agent, provider_for, utc_timestamp
+from .record import Call, build_row, known_provider, origin_from_user_agent, provider_for
 from .redact import redact, redact_path
 from .retention import Retention
 from .run_summary import RunTotals
@@ -586,14 +587,14 @@ def _read_spending(engine: Engine, location: str, run_start: float) -> None:
     """Today's (UTC) spending recorded before this run, for the budgets: read once, on a thread
     and a connection of its own, so that a slow database never holds the metering. The calls of
     this run are those started since it began; they are counted as they are recorded."""
-    day = utc_timestamp(run_start)[:10]
+    day = utc_text(run_start)[:10]
     try:
         db = open_database(location, create=False)
         try:
             rows = db.execute_sql(
                 "SELECT agent, SUM(cost_usd) FROM completion_requests WHERE timestamp >= %s AND timestamp < %s "
                 "AND cost_usd IS NOT NULL GROUP BY agent".replace("%s", db.param),
-                (f"{day}T00:00:00.000000Z", utc_timestamp(run_start))).fetchall()
+                (f"{day}T00:00:00.000000Z", utc_text(run_start))).fetchall()
         finally:
             db.close()
     except Exception as exc:

@@ -19,13 +19,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import peewee
 
 from .db import SQLITE_HEADER, NotSQLiteError
 from .models import CompletionRequest, DroppedRows
+from .timestamps import utc_text
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ class RowWriter:
     def _drop_records(self, drops: dict[str, list]) -> list[dict[str, Any]]:
         hostname, pid = self._host
         return [
-            {"first_dropped_at": _utc(first), "last_dropped_at": _utc(last), "row_count": n,
+            {"first_dropped_at": utc_text(first), "last_dropped_at": utc_text(last), "row_count": n,
              "reason": reason, "hostname": hostname, "pid": pid}
             for reason, (n, first, last) in drops.items()
         ]
@@ -560,10 +560,6 @@ def _is_database_error(exc: Exception) -> bool:
         return True
     module = type(exc).__module__
     return module.startswith(("psycopg", "sqlite3"))
-
-def _utc(epoch_seconds: float) -> str:
-    """The form of `completion_requests.timestamp`: 2026-11-22T14:03:07.123456Z."""
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # SQLSTATE classes (PostgreSQL's first two characters) that are about the values of the rows
