@@ -44,6 +44,7 @@ from .capture import (
     iter_batch,
 )
 from .exposition import Exports, ExportSettings
+from .faults import FaultLog
 from .formats import (
     ResponseFacts,
     recognise,
@@ -72,7 +73,6 @@ _MAX_UNPARSED_PATHS = 100
 # recognised by its path and recorded without its request's model, limits and message count
 # (`llm_metrics_request_body_limit`; the hooks do not even hand over one larger as sent).
 REQUEST_BODY_LIMIT = 2 << 20
-_ERROR_TEXT_MAX_CHARS = 300  # of a metering failure's description in the log
 
 
 class Engine:
@@ -96,7 +96,6 @@ class Engine:
         self.sockets: dict[int, _Socket] = {}  # WebSockets followed, by their id
         self.warmups = 0  # WebSocket warm-ups (`generate: false`) that succeeded: not calls, not recorded
         self.ignored: set[int] = set()  # calls that turned out not to be LLM calls: their pieces are dropped
-        self.recorded = 0
         self.ended = 0  # calls handed over that are settled: recorded, dropped, or found not to be LLM calls
         self.run_totals = RunTotals()  # for the summary printed at exit
         self.watch = Watch(limits or Limits())  # budgets and quota thresholds (addon/budget.py)
@@ -104,8 +103,7 @@ class Engine:
         self.exports: Exports | None = None  # Prometheus, OpenTelemetry (addon/exposition.py)
         self._set_exports(exports)
         self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
-        self.metering_errors = 0
-        self._logged_errors: set[str] = set()
+        self._faults = FaultLog()
         self.call_lines: list[str] = []  # per-call lines waiting for the next flush
         self.lines_since: float | None = None  # monotonic time of the oldest waiting line
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -456,7 +454,6 @@ class Engine:
         error_type, error_message = error if error else (None, None)
         row = build_row(call, facts or ResponseFacts(), status_code=status, t_end=t_end,
                         error_type=error_type, error_message=error_message)
-        self.recorded += 1
         self.ended += settles
         self.run_totals.add(row)
         if self.writer is not None:
@@ -533,14 +530,7 @@ class Engine:
             self.unparsed["(other paths)"] = self.unparsed.get("(other paths)", 0) + 1
 
     def _metering_error(self, where: str, exc: Exception) -> None:
-        self.metering_errors += 1
-        key = f"{where}:{type(exc).__name__}"
-        if key not in self._logged_errors:
-            self._logged_errors.add(key)
-            text = redact(repr(exc)).encode("utf-8", "backslashreplace").decode("utf-8")
-            if len(text) > _ERROR_TEXT_MAX_CHARS:  # never a whole body or value it failed on
-                text = text[: _ERROR_TEXT_MAX_CHARS - 1] + "…"
-            log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where, text)
+        self._faults.warn(where, exc)
 
 
 def prepare_store(location: str, keep_backups: int):

@@ -98,7 +98,6 @@ class RowWriter:
         self.written = 0  # rows committed to the database at its place (file or server)
         self.written_to_replaced = 0  # of those, rows in SQLite files since deleted or replaced at the path
         self.dropped = 0
-        self.write_errors = 0
         self.last_error: str | None = None
         self._last_row_error: str | None = None  # the last error logged for a row dropped alone
         # Drops not yet stored: reason -> [rows, first and last time (epoch seconds)].
@@ -219,7 +218,6 @@ class RowWriter:
                     if _is_row_error(exc):  # retrying the same rows cannot help: find the one at fault
                         self._write_each(batch, exc)
                         return
-                    self.write_errors += 1
                     if self.last_error != str(exc):
                         log.warning("llm-metrics: writing %d row(s) failed, will retry: %s", len(batch), exc)
                     self.last_error = str(exc)
