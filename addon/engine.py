@@ -552,7 +552,7 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     schema up to date), retrying while it cannot (a server away when a metering process starts),
     and rows wait in its queue meanwhile."""
     # A root logger at DEBUG (mitmdump's) would have peewee format every query's SQL and
-    # parameters into a log record (~27 us a row, bench/profile_addon.py).
+    # parameters into a log record, a cost per row (bench/profile_addon.py).
     logging.getLogger("peewee").setLevel(logging.INFO)
     warm()
     if db is not None:

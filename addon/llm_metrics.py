@@ -509,8 +509,8 @@ addons = [LLMMetrics()]
 
 # mitmproxy looks up each event's name on this module too (a script's module is an addon), for
 # every event of every flow. On Python 3.11 a name the module lacks costs two raised and cleared
-# AttributeErrors; a name set to None is skipped at once: about 8 us less of the loop's time per
-# request (mitmproxy's dispatch timed in-process, alternating both ways, 2026-12-05).
+# AttributeErrors; a name set to None is skipped at once, which takes that from the loop's time per
+# request (bench/hook_dispatch.py).
 def _skip_unhandled_hooks(namespace: dict) -> None:
     for name in tuple(hooks.all_hooks):
         if name != "add_log":  # deprecated: mitmproxy warns about an addon that has it at all
