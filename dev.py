@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Set-up and run commands that need nothing but Python itself.
 
-    python3 dev.py run  [mitmdump args...]   install into ./.venv, start the proxy on port 8080
-    python3 dev.py test [pytest args...]     install into ./.venv, run the whole test suite
+    python3 dev.py run  [mitmdump args...]   install into ./.venv, start the proxy on port 8080 (llm-metrics-proxy)
+    python3 dev.py test [pytest args...]     install into ./.venv, run the fast tests: all but those marked slow
+    python3 dev.py test --all [pytest args]  the whole suite, as CI runs it
     python3 dev.py lint                      install into ./.venv, run ruff check and mypy (config: pyproject.toml)
     python3 dev.py report [report args...]   install into ./.venv, print the report (python -m reports)
     python3 dev.py migrations COMMAND ...    install into ./.venv, run python -m migrations
@@ -57,6 +58,16 @@ def lint(bin_dir: Path) -> int:
     return 1 if failed else 0
 
 
+def test_selection(rest: list[str]) -> list[str]:
+    """pytest's arguments for `test`: without `--all`, the tests marked slow are left out, unless
+    the arguments choose tests themselves (a marker expression, a file or a test's id)."""
+    if "--all" in rest:
+        return [a for a in rest if a != "--all"]
+    chosen = any(a == "-m" or a.startswith("-m") and not a.startswith("--") for a in rest) or any(
+        not a.startswith("-") and (ROOT / a.split("::")[0]).exists() for a in rest)
+    return rest if chosen else ["-m", "not slow", *rest]
+
+
 def main(argv: list[str]) -> int:
     venv_dir = ROOT / ".venv"
     if len(argv) >= 2 and argv[0] == "--venv":
@@ -74,7 +85,7 @@ def main(argv: list[str]) -> int:
         module = "reports" if command == "report" else "migrations"
         args = [str(bin_dir / "python"), "-m", module, *rest]
     else:
-        args = [str(bin_dir / "python"), "-m", "pytest", *rest]
+        args = [str(bin_dir / "python"), "-m", "pytest", *test_selection(rest)]
     os.chdir(ROOT)
     os.execv(args[0], args)
 
