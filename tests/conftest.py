@@ -159,24 +159,37 @@ def process_gone(pid: int, timeout: float = 15.0) -> bool:
     return False
 
 
-def read_rows(db_path: Path) -> list[dict]:
-    if not db_path.exists():
+def read_rows(location: Path | str) -> list[dict]:
+    """`completion_requests` in insertion order: from a SQLite file, read-only ([] while the file
+    or the table is not there yet), or from a database server's URL."""
+    try:
+        return _query(location, "SELECT * FROM completion_requests ORDER BY id")
+    except (FileNotFoundError, sqlite3.OperationalError):
         return []
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+
+
+def read_drops(location: Path | str) -> dict[str, int]:
+    """`dropped_rows` summed by reason ({} when there are none), from a SQLite file or a server's URL."""
+    return {r["reason"]: int(r["n"]) for r in _query(location, "SELECT reason, sum(row_count) AS n FROM dropped_rows GROUP BY reason")}
+
+
+def _query(location: Path | str, sql: str) -> list[dict]:
+    if "://" in str(location):
+        from storage import open_database
+
+        db = open_database(str(location))
+        try:
+            cursor = db.execute_sql(sql)
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+        finally:
+            db.close()
+    if not Path(location).exists():
+        raise FileNotFoundError(location)
+    con = sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=10)
     con.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM completion_requests ORDER BY id")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-
-
-def read_drops(db_path: Path) -> dict[str, int]:
-    """`dropped_rows` summed by reason ({} when there are none)."""
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return dict(con.execute("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason"))
+        return [dict(r) for r in con.execute(sql)]
     finally:
         con.close()
 
