@@ -2,7 +2,7 @@
 """Set-up and run commands that need nothing but Python itself.
 
     python3 dev.py run  [mitmdump args...]   install into ./.venv, start the proxy on port 8080 (llm-metrics-proxy)
-    python3 dev.py test [pytest args...]     install into ./.venv, run the fast tests: all but those marked slow
+    python3 dev.py test [pytest args...]     install into ./.venv, run the fast tests (FAST below) on every core
     python3 dev.py test --all [pytest args]  the whole suite, as CI runs it
     python3 dev.py lint                      install into ./.venv, run ruff check and mypy (config: pyproject.toml)
     python3 dev.py report [report args...]   install into ./.venv, print the report (python -m reports)
@@ -58,14 +58,23 @@ def lint(bin_dir: Path) -> int:
     return 1 if failed else 0
 
 
+# The fast default: the unit tests but the long ones, and the end-to-end tests of the main path.
+FAST = "not slow and (not e2e or smoke)"  # markers: pyproject.toml
+
+
 def test_selection(rest: list[str]) -> list[str]:
-    """pytest's arguments for `test`: without `--all`, the tests marked slow are left out, unless
-    the arguments choose tests themselves (a marker expression, a file or a test's id)."""
+    """pytest's arguments for `test`. Without `--all`: the fast default, spread over the cores
+    (pytest-xdist), unless the arguments choose tests themselves (a marker expression, a file or a
+    test's id). With `--all`: every test, in one process, as CI runs them."""
     if "--all" in rest:
         return [a for a in rest if a != "--all"]
     chosen = any(a == "-m" or a.startswith("-m") and not a.startswith("--") for a in rest) or any(
         not a.startswith("-") and (ROOT / a.split("::")[0]).exists() for a in rest)
-    return rest if chosen else ["-m", "not slow", *rest]
+    if chosen:
+        return rest
+    # One process where asked for, or where a debugger or the tests' own output must reach the terminal.
+    serial = any(a.startswith(("-n", "--numprocesses", "--pdb", "-s", "--capture")) or a == "no:xdist" for a in rest)
+    return ["-m", FAST, *([] if serial else ["-n", "auto"]), *rest]
 
 
 def main(argv: list[str]) -> int:

@@ -15,11 +15,13 @@ _spec.loader.exec_module(dev)
 
 
 @pytest.mark.parametrize(("given", "runs"), [
-    ([], ["-m", "not slow"]),
-    (["-q", "-k", "stream"], ["-m", "not slow", "-q", "-k", "stream"]),
+    ([], ["-m", "not slow and (not e2e or smoke)", "-n", "auto"]),
+    (["-q", "-k", "stream"], ["-m", "not slow and (not e2e or smoke)", "-n", "auto", "-q", "-k", "stream"]),
+    (["-n", "0"], ["-m", "not slow and (not e2e or smoke)", "-n", "0"]),
+    (["-s"], ["-m", "not slow and (not e2e or smoke)", "-s"]),
     (["--all", "-q"], ["-q"]),  # what CI runs: every test
 ])
-def test_the_default_leaves_out_the_slow_tests_and_all_runs_every_one(given, runs):
+def test_the_default_is_the_fast_tests_on_every_core_and_all_runs_every_one(given, runs):
     assert dev.test_selection(given) == runs
 
 

@@ -26,7 +26,8 @@ SSE = (
 )
 
 
-@pytest.fixture(params=[True, False], ids=["worker", "inline"])
+# The metering process starts for each test: the fast default runs the inline cases only.
+@pytest.fixture(params=[pytest.param(True, marks=pytest.mark.slow), False], ids=["worker", "inline"])
 def metrics(tmp_path, request):
     addon = LLMMetrics()
     with taddons.context(addon) as tctx:

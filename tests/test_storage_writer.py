@@ -449,6 +449,7 @@ def test_file_overwritten_in_place_by_a_non_sqlite_file_is_never_written(tmp_pat
     assert len([r for r in caplog.records if "not a SQLite database" in r.getMessage()]) == 1
 
 
+@pytest.mark.slow  # waits out several retries
 def test_file_replaced_by_a_non_sqlite_file_is_never_written_and_said_once(tmp_path, caplog):
     path, db = fresh_db(tmp_path)
     db.close()
@@ -534,6 +535,7 @@ def test_rows_committed_after_the_file_was_deleted_are_written_again_into_the_ne
     assert writer.written == 4  # 3 into the first file while it was there, 1 into the new one
 
 
+@pytest.mark.slow  # waits out several retries
 def test_file_deleted_where_no_new_one_can_be_made_holds_rows_says_so_once_then_lands_them(tmp_path, caplog):
     folder = tmp_path / "data"
     folder.mkdir()
