@@ -63,6 +63,18 @@ def test_close_writes_every_queued_row(tmp_path):
     assert (writer.written, writer.dropped) == (1234, 0)
 
 
+def test_close_wakes_an_idle_writer_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr("storage.writer._IDLE_S", 60.0)  # how long the idle thread waits for rows unless woken
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db)
+    writer.start()
+    assert writer.submit(make_row(1))
+    assert wait_until(lambda: writer.written == 1)  # the thread waits for the next rows now
+    started = time.monotonic()
+    writer.close()
+    assert time.monotonic() - started < 10
+    assert count(path) == 1
+
 def test_full_queue_drops_and_counts_rows_without_blocking(tmp_path):
     path, db = fresh_db(tmp_path)
     writer = RowWriter(db, queue_size=10)  # not started: nothing drains the queue
