@@ -19,20 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.clients import httpx
-from tests.conftest import read_drops, refusing_new_files
+from tests.conftest import count_rows, read_drops, refusing_new_files
 from tests.test_migrations_safety import make_original
 
 pytestmark = pytest.mark.e2e
 
 BODY = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def count_rows(path) -> int:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return con.execute("SELECT count(*) FROM completion_requests").fetchone()[0]
-    finally:
-        con.close()
 
 
 def wait_for(path, expected: int, timeout: float = 30) -> int:

@@ -20,7 +20,7 @@ import pytest
 from migrations import upgrade
 from storage import RowWriter, open_database
 from storage.models import CompletionRequest
-from tests.conftest import read_rows, refusing_new_files, wait_until
+from tests.conftest import count_rows, read_rows, refusing_new_files, wait_until
 
 
 def make_row(i: int) -> dict:
@@ -32,14 +32,6 @@ def make_row(i: int) -> dict:
         "model": "m",
         "is_streaming": False,
     }
-
-
-def count(path) -> int:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute("SELECT count(*) FROM completion_requests").fetchone()[0]
-    finally:
-        con.close()
 
 
 BUSY_TIMEOUT_S = 0.3  # SQLite's wait for another connection's lock, lowered from the proxy's own
@@ -59,7 +51,7 @@ def test_close_writes_every_queued_row(tmp_path):
     for i in range(1234):
         assert writer.submit(make_row(i))
     writer.close()
-    assert count(path) == 1234
+    assert count_rows(path) == 1234
     assert (writer.written, writer.dropped) == (1234, 0)
 
 
@@ -73,7 +65,7 @@ def test_close_wakes_an_idle_writer_at_once(tmp_path, monkeypatch):
     started = time.monotonic()
     writer.close()
     assert time.monotonic() - started < 10
-    assert count(path) == 1
+    assert count_rows(path) == 1
 
 def test_full_queue_drops_and_counts_rows_without_blocking(tmp_path):
     path, db = fresh_db(tmp_path)
@@ -84,7 +76,7 @@ def test_full_queue_drops_and_counts_rows_without_blocking(tmp_path):
     assert (accepted, writer.dropped) == (10, 15)
     writer.start()
     writer.close()
-    assert count(path) == 10
+    assert count_rows(path) == 10
     assert writer.written + writer.dropped == 25
 
 
@@ -105,7 +97,7 @@ def test_rows_wait_while_another_process_holds_the_lock_then_land(tmp_path, capl
         writer.close(timeout=30)
     released.join()
     blocker.close()
-    assert count(path) == 5
+    assert count_rows(path) == 5
     assert RETRYING in caplog.text and writer.dropped == 0
 
 
@@ -135,7 +127,7 @@ def test_drops_during_a_lock_are_stored_exactly_once_when_the_database_is_writab
     writer.close(timeout=30)
     records = drop_records(path)
     assert (accepted, writer.dropped, writer.drops_recorded) == (6, 3, 3)
-    assert count(path) == 6
+    assert count_rows(path) == 6
     assert sum(r[1] for r in records) == 3  # exactly once: neither lost with the failed attempt nor doubled
     assert {r[0] for r in records} == {"queue_full"}
     assert all(r[2] <= r[3] and r[3].endswith("Z") and len(r[3]) == 27 for r in records)
@@ -152,7 +144,7 @@ def test_drops_with_no_rows_after_them_are_stored_on_their_own(tmp_path, caplog)
     assert [r[:2] for r in drop_records(path)] == [("write_error", 1)]  # stored while the writer runs
     writer.close()
     assert [r[:2] for r in drop_records(path)] == [("write_error", 1)]
-    assert count(path) == 0
+    assert count_rows(path) == 0
 
 
 def test_drops_counted_at_close_are_stored_by_reason_in_a_last_attempt(tmp_path):
@@ -162,7 +154,7 @@ def test_drops_counted_at_close_are_stored_by_reason_in_a_last_attempt(tmp_path)
         writer.submit(make_row(i))
     writer.close(timeout=0.5)
     assert sorted(r[:2] for r in drop_records(path)) == [("queue_full", 2), ("unwritten_at_shutdown", 1)]
-    assert (writer.dropped, writer.drops_recorded, count(path)) == (3, 3, 0)
+    assert (writer.dropped, writer.drops_recorded, count_rows(path)) == (3, 3, 0)
 
 
 def test_rows_still_unwritable_at_close_deadline_are_counted_as_dropped(tmp_path, caplog):
@@ -178,7 +170,7 @@ def test_rows_still_unwritable_at_close_deadline_are_counted_as_dropped(tmp_path
     blocker.execute("COMMIT")
     blocker.close()
     assert writer.dropped == 3 and writer.written == 0
-    assert count(path) == 0
+    assert count_rows(path) == 0
     # The database never took writes again: the count is in the log only, and says so.
     assert drop_records(path) == [] and writer.drops_recorded == 0
     assert "3 dropped row(s) are counted in this log only, not in the database (unwritten_at_shutdown: 3)" in caplog.text
@@ -210,7 +202,7 @@ def test_rows_arriving_within_the_window_share_one_transaction(tmp_path):
         time.sleep(0.01)
     writer.close()
     assert sizes == [2]
-    assert count(path) == 2
+    assert count_rows(path) == 2
 
 
 def test_without_a_window_each_lone_row_is_written_at_once(tmp_path):
@@ -236,7 +228,7 @@ def test_close_does_not_wait_out_the_window(tmp_path):
     started = time.monotonic()
     writer.close()
     assert time.monotonic() - started < 5
-    assert count(path) == 1
+    assert count_rows(path) == 1
 
 
 def test_every_column_is_stored_as_given(tmp_path):
@@ -296,7 +288,7 @@ def test_after_a_refused_row_the_writer_goes_on_writing(tmp_path):
         writer.submit(make_row(i))
     writer.close()
     assert (writer.written, writer.dropped) == (3, 1)
-    assert count(path) == 3
+    assert count_rows(path) == 3
 
 
 def test_the_same_refusal_on_many_rows_is_logged_once(tmp_path, caplog):
@@ -428,7 +420,7 @@ def test_rows_wait_while_the_database_cannot_be_opened_then_land(tmp_path, caplo
             assert writer.submit(make_row(i))
         assert wait_until(lambda: writer.written == 5)
         writer.close()
-    assert count(path) == 5 and (writer.written, writer.dropped) == (5, 0)
+    assert count_rows(path) == 5 and (writer.written, writer.dropped) == (5, 0)
     assert len([r for r in caplog.records if "connection refused" in r.getMessage()]) == 1  # said once
     assert all(b - a < 2.5 for a, b in itertools.pairwise(attempts))  # bounded backoff
 
