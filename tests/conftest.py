@@ -164,7 +164,7 @@ def read_rows(location: Path | str) -> list[dict]:
     or the table is not there yet), or from a database server's URL."""
     try:
         return _query(location, "SELECT * FROM completion_requests ORDER BY id")
-    except (FileNotFoundError, sqlite3.OperationalError):
+    except sqlite3.OperationalError:  # read-only: a file not there yet is not made
         return []
 
 
@@ -189,8 +189,6 @@ def _query(location: Path | str, sql: str) -> list[dict]:
             return [dict(zip(names, row)) for row in cursor.fetchall()]
         finally:
             db.close()
-    if not Path(location).exists():
-        raise FileNotFoundError(location)
     con = sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=10)
     con.row_factory = sqlite3.Row
     try:
