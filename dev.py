@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Set-up and run commands that need nothing but Python itself.
 
-    python3 dev.py run  [mitmdump args...]   install into ./.venv, start the proxy on port 8080
-    python3 dev.py test [pytest args...]     install into ./.venv, run the whole test suite
+    python3 dev.py run  [mitmdump args...]   install into ./.venv, start the proxy on port 8080 (llm-metrics-proxy)
+    python3 dev.py test [pytest args...]     install into ./.venv, run the fast tests (FAST below) on every core
+    python3 dev.py test --all [pytest args]  the whole suite, as CI runs it
     python3 dev.py lint                      install into ./.venv, run ruff check and mypy (config: pyproject.toml)
     python3 dev.py report [report args...]   install into ./.venv, print the report (python -m reports)
     python3 dev.py migrations COMMAND ...    install into ./.venv, run python -m migrations
@@ -57,16 +58,23 @@ def lint(bin_dir: Path) -> int:
     return 1 if failed else 0
 
 
-def mitmdump_args(bin_dir: Path, rest: list[str]) -> list[str]:
-    """The proxy as `run` starts it. Loopback unless asked otherwise: an open proxy on every
-    interface serves anyone. No per-request lines of mitmproxy's own (flow_detail=0) unless asked
-    for: they print each URL whole, a key in its query (Gemini's ?key=) included, and from
-    flow_detail=2 on every header (Authorization); the addon prints a line per LLM call instead."""
-    listen = [] if any(a.startswith("--listen-host") for a in rest) else ["--listen-host", "127.0.0.1"]
-    # -v, -q and --flow-detail are applied after --set, so they still win; a second --set of the
-    # same option would not (mitmproxy mishandles one option given twice).
-    quiet = [] if any("flow_detail" in a or "flow-detail" in a for a in rest) else ["--set", "flow_detail=0"]
-    return [str(bin_dir / "mitmdump"), *listen, *quiet, "-s", str(ROOT / "addon" / "llm_metrics.py"), *rest]
+# The fast default: the unit tests but the long ones, and the end-to-end tests of the main path.
+FAST = "not slow and (not e2e or smoke)"  # markers: pyproject.toml
+
+
+def test_selection(rest: list[str]) -> list[str]:
+    """pytest's arguments for `test`. Without `--all`: the fast default, spread over the cores
+    (pytest-xdist), unless the arguments choose tests themselves (a marker expression, a file or a
+    test's id). With `--all`: every test, in one process, as CI runs them."""
+    if "--all" in rest:
+        return [a for a in rest if a != "--all"]
+    chosen = any(a == "-m" or a.startswith("-m") and not a.startswith("--") for a in rest) or any(
+        not a.startswith("-") and (ROOT / a.split("::")[0]).exists() for a in rest)
+    if chosen:
+        return rest
+    # One process where asked for, or where a debugger or the tests' own output must reach the terminal.
+    serial = any(a.startswith(("-n", "--numprocesses", "--pdb", "-s", "--capture")) or a == "no:xdist" for a in rest)
+    return ["-m", FAST, *([] if serial else ["-n", "auto"]), *rest]
 
 
 def main(argv: list[str]) -> int:
@@ -80,13 +88,13 @@ def main(argv: list[str]) -> int:
     bin_dir = ensure_venv(venv_dir, "test" if command in ("test", "lint") else "")
     if command == "lint":
         return lint(bin_dir)
-    if command == "run":
-        args = mitmdump_args(bin_dir, rest)
+    if command == "run":  # mitmdump with the addon: loopback, no per-request lines (addon/launch.py)
+        args = [str(bin_dir / "llm-metrics-proxy"), *rest]
     elif command in ("report", "migrations"):
         module = "reports" if command == "report" else "migrations"
         args = [str(bin_dir / "python"), "-m", module, *rest]
     else:
-        args = [str(bin_dir / "python"), "-m", "pytest", *rest]
+        args = [str(bin_dir / "python"), "-m", "pytest", *test_selection(rest)]
     os.chdir(ROOT)
     os.execv(args[0], args)
 

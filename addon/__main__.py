@@ -2,6 +2,9 @@
 
     env      print the environment lines for one way in (reverse, forward or local mode)
     doctor   send one test call through a running proxy; say whether it was captured and stored
+    path     print the path of the addon script, for `mitmdump -s` (any directory, any install)
+
+Console scripts run the first two alone: `llm-metrics-env`, `llm-metrics-doctor`.
 """
 
 from __future__ import annotations
@@ -10,15 +13,12 @@ import argparse
 import os
 import shlex
 import sys
-from typing import NoReturn
 
+from storage.db import default_location
+
+from .cli import ArgumentParser, add_db_argument
+from .launch import SCRIPT
 from .setup_env import DEFAULT_CONFDIR, MODES, SHELLS, EnvError, env_lines
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other CLI error
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _default_shell(environ: dict[str, str]) -> str:
@@ -29,9 +29,15 @@ def _default_shell(environ: dict[str, str]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m addon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    env = sub.add_parser("env", help="print the environment lines for one way in")
+    parser = ArgumentParser(prog="python -m addon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    _env_arguments(sub.add_parser("env", help="print the environment lines for one way in"))
+    _doctor_arguments(sub.add_parser("doctor", help="send one test call through a running proxy"))
+    sub.add_parser("path", help="print the path of the addon script, for mitmdump -s")
+    return parser
+
+
+def _env_arguments(env: argparse.ArgumentParser) -> None:
     env.add_argument("--mode", choices=MODES, default="forward",
                      help="reverse: base URL, no certificate; forward: HTTPS_PROXY and CA trust (default); "
                           "local: mitmproxy's local capture mode")
@@ -42,15 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     env.add_argument("--upstream", default=None,
                      help="reverse mode: the API the proxy stands in for (default https://api.openai.com)")
     env.add_argument("--app", default="python3", help="local mode: the program name to capture (default python3)")
-    doctor = sub.add_parser("doctor", help="send one test call through a running proxy")
+
+
+def _doctor_arguments(doctor: argparse.ArgumentParser) -> None:
     doctor.add_argument("--proxy", default=None,
                         help="the proxy, http://HOST:PORT (default: $HTTPS_PROXY or $HTTP_PROXY, else http://127.0.0.1:8080)")
-    doctor.add_argument("--db", default=None,
-                        help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+    add_db_argument(doctor)
     doctor.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the row (default 5)")
     doctor.add_argument("--no-https", action="store_true",
                         help="skip the CA check (for plain-HTTP servers and reverse mode only)")
-    return parser
 
 
 def _env(args: argparse.Namespace, argv: list[str]) -> int:
@@ -67,13 +73,8 @@ def _env(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    try:
-        from storage.db import default_location
+    from . import doctor  # httpx and the storage layer: not needed by the other commands
 
-        from . import doctor
-    except ImportError as exc:  # e.g. a python without the project's dependencies
-        print(f"error: {exc}: run it inside the project's environment (.venv/bin/python -m addon doctor)", file=sys.stderr)
-        return 2
     if args.wait < 0:
         print("error: --wait must be 0 or more", file=sys.stderr)
         return 2
@@ -92,7 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "env":
         return _env(args, argv)
+    if args.command == "path":
+        print(SCRIPT)
+        return 0
     return _doctor(args)
+
+
+def env_main(argv: list[str] | None = None) -> int:
+    """`llm-metrics-env`: `python -m addon env` as a command of its own."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = ArgumentParser(prog="python -m addon env", description="Print the environment lines for one way in.")
+    _env_arguments(parser)
+    return _env(parser.parse_args(argv), ["env", *argv])
+
+
+def doctor_main(argv: list[str] | None = None) -> int:
+    """`llm-metrics-doctor`: `python -m addon doctor` as a command of its own."""
+    parser = ArgumentParser(prog="python -m addon doctor", description="Send one test call through a running proxy; "
+                            "say whether it was captured and stored.")
+    _doctor_arguments(parser)
+    return _doctor(parser.parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

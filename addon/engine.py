@@ -20,6 +20,7 @@ from typing import Any
 from migrations import upgrade
 from storage import RowWriter, enable_wal, open_database
 from storage.db import display_location
+from storage.timestamps import utc_text
 from storage.writer import SOCKET_OVERFLOW
 
 from . import bounds, exposition, pricing
@@ -43,6 +44,7 @@ from .capture import (
     iter_batch,
 )
 from .exposition import Exports, ExportSettings
+from .faults import FaultLog
 from .formats import (
     ResponseFacts,
     recognise,
@@ -55,7 +57,7 @@ from .formats.websocket import RealtimeSession, ResponsesSession, Turn, open_ses
 from .metering import MAX_RESPONSE_BYTES, StreamMeter, meter_body, stream_framing
 from .prices import PriceBook
 from .quota import headroom
-from .record import Call, build_row, known_provider, origin_from_user_agent, provider_for, utc_timestamp
+from .record import Call, build_row, known_provider, origin_from_user_agent, provider_for
 from .redact import redact, redact_path
 from .retention import Retention
 from .run_summary import RunTotals
@@ -71,7 +73,6 @@ _MAX_UNPARSED_PATHS = 100
 # recognised by its path and recorded without its request's model, limits and message count
 # (`llm_metrics_request_body_limit`; the hooks do not even hand over one larger as sent).
 REQUEST_BODY_LIMIT = 2 << 20
-_ERROR_TEXT_MAX_CHARS = 300  # of a metering failure's description in the log
 
 
 class Engine:
@@ -95,7 +96,6 @@ class Engine:
         self.sockets: dict[int, _Socket] = {}  # WebSockets followed, by their id
         self.warmups = 0  # WebSocket warm-ups (`generate: false`) that succeeded: not calls, not recorded
         self.ignored: set[int] = set()  # calls that turned out not to be LLM calls: their pieces are dropped
-        self.recorded = 0
         self.ended = 0  # calls handed over that are settled: recorded, dropped, or found not to be LLM calls
         self.run_totals = RunTotals()  # for the summary printed at exit
         self.watch = Watch(limits or Limits())  # budgets and quota thresholds (addon/budget.py)
@@ -103,8 +103,7 @@ class Engine:
         self.exports: Exports | None = None  # Prometheus, OpenTelemetry (addon/exposition.py)
         self._set_exports(exports)
         self.unparsed: dict[str, int] = {}  # LLM-looking requests we could not read, by path
-        self.metering_errors = 0
-        self._logged_errors: set[str] = set()
+        self._faults = FaultLog()
         self.call_lines: list[str] = []  # per-call lines waiting for the next flush
         self.lines_since: float | None = None  # monotonic time of the oldest waiting line
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -455,7 +454,6 @@ class Engine:
         error_type, error_message = error if error else (None, None)
         row = build_row(call, facts or ResponseFacts(), status_code=status, t_end=t_end,
                         error_type=error_type, error_message=error_message)
-        self.recorded += 1
         self.ended += settles
         self.run_totals.add(row)
         if self.writer is not None:
@@ -532,14 +530,7 @@ class Engine:
             self.unparsed["(other paths)"] = self.unparsed.get("(other paths)", 0) + 1
 
     def _metering_error(self, where: str, exc: Exception) -> None:
-        self.metering_errors += 1
-        key = f"{where}:{type(exc).__name__}"
-        if key not in self._logged_errors:
-            self._logged_errors.add(key)
-            text = redact(repr(exc)).encode("utf-8", "backslashreplace").decode("utf-8")
-            if len(text) > _ERROR_TEXT_MAX_CHARS:  # never a whole body or value it failed on
-                text = text[: _ERROR_TEXT_MAX_CHARS - 1] + "…"
-            log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where, text)
+        self._faults.warn(where, exc)
 
 
 def prepare_store(location: str, keep_backups: int):
@@ -561,7 +552,7 @@ def start_engine(*, location: str, keep_backups: int, queue_size: int, extra_hos
     schema up to date), retrying while it cannot (a server away when a metering process starts),
     and rows wait in its queue meanwhile."""
     # A root logger at DEBUG (mitmdump's) would have peewee format every query's SQL and
-    # parameters into a log record (~27 us a row, bench/profile_addon.py).
+    # parameters into a log record, a cost per row (bench/profile_addon.py).
     logging.getLogger("peewee").setLevel(logging.INFO)
     warm()
     if db is not None:
@@ -586,14 +577,14 @@ def _read_spending(engine: Engine, location: str, run_start: float) -> None:
     """Today's (UTC) spending recorded before this run, for the budgets: read once, on a thread
     and a connection of its own, so that a slow database never holds the metering. The calls of
     this run are those started since it began; they are counted as they are recorded."""
-    day = utc_timestamp(run_start)[:10]
+    day = utc_text(run_start)[:10]
     try:
         db = open_database(location, create=False)
         try:
             rows = db.execute_sql(
                 "SELECT agent, SUM(cost_usd) FROM completion_requests WHERE timestamp >= %s AND timestamp < %s "
                 "AND cost_usd IS NOT NULL GROUP BY agent".replace("%s", db.param),
-                (f"{day}T00:00:00.000000Z", utc_timestamp(run_start))).fetchall()
+                (f"{day}T00:00:00.000000Z", utc_text(run_start))).fetchall()
         finally:
             db.close()
     except Exception as exc:

@@ -47,6 +47,7 @@ from addon.capture import (  # noqa: E402
 )
 from addon.engine import REQUEST_BODY_LIMIT, prepare_store  # noqa: E402
 from addon.exposition import ExportSettings, export_settings, export_warnings  # noqa: E402
+from addon.faults import FaultLog  # noqa: E402
 from addon.formats import CANDIDATE_SUFFIXES  # noqa: E402
 from addon.formats.websocket import SOCKET_SUFFIXES  # noqa: E402
 from addon.handover import CallState, Capture, Handover, Socket  # noqa: E402
@@ -54,7 +55,7 @@ from addon.metering import passes_as_stream  # noqa: E402
 from addon.options import DEFAULT_ORIGIN_HEADER, add_options, line_buffered_stdout, parse_hosts, warn_at_start  # noqa: E402
 from addon.prices import PriceBook, PriceFileError, load_prices  # noqa: E402
 from addon.quota import QUOTA_HEADERS  # noqa: E402
-from addon.redact import REDACT_WARNINGS, redact  # noqa: E402
+from addon.redact import REDACT_WARNINGS  # noqa: E402
 from addon.stream_usage import UsageInjector  # noqa: E402
 from addon.wire import MAX_EVENT_BYTES  # noqa: E402
 from storage import default_location  # noqa: E402
@@ -501,25 +502,15 @@ def _started(timestamp_start: float | None) -> float:
     return now - max(0.0, time.time() - timestamp_start)
 
 
-_logged_hook_errors: set[str] = set()
-
-
-def _hook_error(where: str, exc: Exception) -> None:
-    """Each kind once per process: a fault repeated on every flow must not flood the log."""
-    key = f"{where}:{type(exc).__name__}"
-    if key not in _logged_hook_errors:
-        _logged_hook_errors.add(key)
-        text = redact(repr(exc)).encode("utf-8", "backslashreplace").decode("utf-8")
-        log.warning("llm-metrics: metering failed in %s (traffic unaffected): %s", where,
-                    text if len(text) <= 300 else text[:299] + "…")  # never a whole value it failed on
+_hook_error = FaultLog().warn  # each kind once per process
 
 
 addons = [LLMMetrics()]
 
 # mitmproxy looks up each event's name on this module too (a script's module is an addon), for
 # every event of every flow. On Python 3.11 a name the module lacks costs two raised and cleared
-# AttributeErrors; a name set to None is skipped at once: about 8 us less of the loop's time per
-# request (mitmproxy's dispatch timed in-process, alternating both ways, 2026-12-05).
+# AttributeErrors; a name set to None is skipped at once, which takes that from the loop's time per
+# request (bench/hook_dispatch.py).
 def _skip_unhandled_hooks(namespace: dict) -> None:
     for name in tuple(hooks.all_hooks):
         if name != "add_log":  # deprecated: mitmproxy warns about an addon that has it at all

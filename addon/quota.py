@@ -18,9 +18,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
+
+from storage.timestamps import utc_text
 
 QUOTA_HEADERS = frozenset({
     b"x-ratelimit-remaining-requests", b"x-ratelimit-remaining-tokens",
@@ -71,13 +73,13 @@ def headroom(headers: Mapping[str, str], now: float) -> Headroom:
     return Headroom(
         rate_remaining_requests=_count(get("x-ratelimit-remaining-requests") or get("anthropic-ratelimit-requests-remaining")),
         rate_remaining_tokens=_count(get("x-ratelimit-remaining-tokens") or get("anthropic-ratelimit-tokens-remaining")),
-        rate_reset_at=_utc(max(resets)) if resets else None,
+        rate_reset_at=utc_text(max(resets)) if resets else None,
         quota_used_percent=short[0] if short else None,
         quota_window_minutes=short[1] if short else None,
-        quota_reset_at=_utc(short[2]) if short and short[2] is not None else None,
+        quota_reset_at=utc_text(short[2]) if short and short[2] is not None else None,
         quota_long_used_percent=long[0] if long else None,
         quota_long_window_minutes=long[1] if long else None,
-        quota_long_reset_at=_utc(long[2]) if long and long[2] is not None else None,
+        quota_long_reset_at=utc_text(long[2]) if long and long[2] is not None else None,
         retry_after_s=_retry_after(get("retry-after"), now),
     )
 
@@ -173,6 +175,3 @@ def _retry_after(value: str | None, now: float) -> float | None:
     return round(seconds, 3)
 
 
-def _utc(epoch: float) -> str:
-    """The rows' timestamp format (`addon/record.py`'s utc_timestamp)."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

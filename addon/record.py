@@ -6,10 +6,11 @@ wall clock is used only for the row's `timestamp`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from storage.timestamps import utc_text
 
 from . import bounds, estimate
 from .agents import Identity
@@ -86,11 +87,6 @@ def origin_from_user_agent(user_agent: str | None) -> str | None:
     return first[:100]
 
 
-def utc_timestamp(epoch_seconds: float) -> str:
-    """`2026-11-22T14:03:07.123456Z`: fixed width, so rows sort and compare as text."""
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _ms(start: float, end: float | None) -> int | None:
     if end is None:
         return None
@@ -163,7 +159,7 @@ def build_row(
     # A failed call's counts stay unknown: what a cut stream carried is not what it would have used.
     estimated = error_type is None and not (implausible or usage_reported) and _estimate(call, facts, counts)
     row = {
-        "timestamp": utc_timestamp(call.started_at),
+        "timestamp": utc_text(call.started_at),
         "success": error_type is None,
         "status_code": bounds.status_or_none(status_code, notes),
         "response_time_ms": _ms(call.t_start, t_end),
@@ -309,7 +305,3 @@ def _tokens_per_second(call: Call, counts: dict[str, int | None]) -> float | Non
     if seconds <= 0:
         return None
     return bounds.finite_or_none(round((completion - 1) / seconds, 3))
-
-
-def now() -> float:
-    return time.perf_counter()

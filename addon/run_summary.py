@@ -2,8 +2,7 @@
 requests that looked like LLM calls but were not parsed (named, so a user can report them).
 
 Pure: no mitmproxy. The addon feeds `RunTotals.add` each row as `addon.record.build_row` made it
-(so memory grows by two small integers per call, not by the rows) and prints `lines()` in `done`;
-`summary_lines(rows, unparsed)` does both at once for a list of rows.
+(so memory grows by two small integers per call, not by the rows) and prints `lines()` in `done`.
 
 p50 is the nearest-rank median (the smallest value with at least half the calls at or below it),
 the same definition `python -m reports` uses, so the two agree on the same calls.
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .redact import redact
+from .summary import count_text, ms_text
 
 MODEL_WIDTH = 32
 MAX_MODELS = 15
@@ -72,30 +72,21 @@ class RunTotals:
         completion = _sum_known(m.completion_tokens for m in self.models.values())
         lines = [
             f"llm-metrics: {f'this run, {part}' if part else 'this run'}: {_count(calls, 'call')}, {_count(errors, 'error')}, "
-            f"tokens {_n(prompt)} in / {_n(completion)} out",
+            f"tokens {count_text(prompt)} in / {count_text(completion)} out",
             f"  {'model':<{MODEL_WIDTH}} {'calls':>6} {'errors':>6} {'tokens in':>10} {'tokens out':>10} "
             f"{'p50 latency':>11} {'p50 ttft':>9}",
         ]
         ranked = sorted(self.models.items(), key=lambda item: (-item[1].calls, item[0]))
         for name, m in ranked[:MAX_MODELS]:
             lines.append(
-                f"  {_fit(name):<{MODEL_WIDTH}} {m.calls:>6} {m.errors:>6} {_n(m.prompt_tokens):>10} "
-                f"{_n(m.completion_tokens):>10} {_ms(p50(m.latency_ms)):>11} {_ms(p50(m.ttft_ms)):>9}"
+                f"  {_fit(name):<{MODEL_WIDTH}} {m.calls:>6} {m.errors:>6} {count_text(m.prompt_tokens):>10} "
+                f"{count_text(m.completion_tokens):>10} {ms_text(p50(m.latency_ms)):>11} {ms_text(p50(m.ttft_ms)):>9}"
             )
         if len(ranked) > MAX_MODELS:
             rest = ranked[MAX_MODELS:]
             lines.append(f"  ... and {len(rest)} more model(s) with {sum(m.calls for _, m in rest)} call(s): "
                          "python -m reports has them all")
         return lines
-
-
-def summary_lines(rows: Iterable[Mapping[str, Any]], unparsed: Mapping[str, int] | None = None) -> list[str]:
-    """The exit summary for these rows (as `build_row` makes them) and these counts of requests
-    that looked like LLM calls but were not parsed, keyed by what names them (e.g. the path)."""
-    totals = RunTotals()
-    for row in rows:
-        totals.add(row)
-    return totals.lines(unparsed)
 
 
 def unparsed_lines(unparsed: Mapping[str, int]) -> list[str]:
@@ -132,14 +123,6 @@ def _sum_known(values: Iterable[int | None]) -> int | None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _n(value: int | None) -> str:
-    return "-" if value is None else str(value)
-
-
-def _ms(value: int | None) -> str:
-    return "-" if value is None else f"{value}ms"
 
 
 def _fit(name: str) -> str:

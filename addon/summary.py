@@ -6,13 +6,15 @@ from typing import Any
 
 from .redact import redact
 
-
-def _ms(value: int | None) -> str:
-    return "-" if value is None else f"{value}ms"
+UNKNOWN = "-"  # a value the call did not report, here and in the exit summary (as in the report)
 
 
-def _n(value: int | None) -> str:
-    return "?" if value is None else str(value)
+def ms_text(value: int | None) -> str:
+    return UNKNOWN if value is None else f"{value}ms"
+
+
+def count_text(value: int | None) -> str:
+    return UNKNOWN if value is None else str(value)
 
 
 def format_call_line(row: dict[str, Any]) -> str:
@@ -20,12 +22,12 @@ def format_call_line(row: dict[str, Any]) -> str:
     status = row["status_code"] if row["status_code"] is not None else "---"
     parts = [
         f"llm {row['provider']} {redact(row['model'] or '?')} {status}",  # the model is the provider's text
-        f"latency {_ms(row['response_time_ms'])}",
+        f"latency {ms_text(row['response_time_ms'])}",
     ]
     if row["is_streaming"]:
-        parts.append(f"ttft {_ms(row['time_to_first_token_ms'])}")
+        parts.append(f"ttft {ms_text(row['time_to_first_token_ms'])}")
     about = "~" if row.get("usage_source") == "estimated" else ""  # addon/estimate.py
-    parts.append(f"tokens {about}{_n(row['prompt_tokens'])}→{about}{_n(row['completion_tokens'])}")
+    parts.append(f"tokens {about}{count_text(row['prompt_tokens'])}→{about}{count_text(row['completion_tokens'])}")
     if not row["success"]:
         parts.append(f"error {row['error_type']}")
     return " | ".join(parts)

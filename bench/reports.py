@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +45,7 @@ from playhouse.migrate import SqliteMigrator  # noqa: E402
 from migrations import STEPS, upgrade  # noqa: E402
 from reports.indexes import drop_report_indexes  # noqa: E402
 from storage import RowWriter, open_database  # noqa: E402
+from storage.timestamps import utc_text  # noqa: E402
 
 DAYS = 30
 MODELS = 20
@@ -141,7 +141,7 @@ def _rows(n: int, seed: int, has_cost: bool, days: int, count: int):
             tokens_per_second = round((completion - 1) / ((last - first) / 1000), 3) if last > first and completion > 1 else None
         status, error_type, message = (200, None, None) if ok else rng.choice(FAILURES)
         row = (
-            datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), ok, status, latency,
+            utc_text(moment), ok, status, latency,
             model, model, provider, host, "/v1/chat/completions", rng.choice(ORIGINS), streamed, prompt, completion,
             prompt + (completion or 0), prompt // 3, "stop" if ok else None, min(latency, ttft), first, last,
             tokens_per_second, completion if streamed else None, error_type, message,
@@ -249,7 +249,7 @@ def selected(path: Path, args: list[str]) -> int:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     if not args:
         return con.execute("SELECT count(*) FROM completion_requests").fetchone()[0]
-    since = datetime.fromtimestamp(time.time() - 86400, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    since = utc_text(time.time() - 86400)
     return con.execute("SELECT count(*) FROM completion_requests WHERE timestamp >= ?", (since,)).fetchone()[0]
 
 

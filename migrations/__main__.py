@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import peewee
 
-from addon.redact import redact
+from addon.cli import ArgumentParser, add_db_argument, one_line
 from storage.db import (
     NotSQLiteError,
     default_location,
     display_location,
     enable_wal,
     hide_password,
-    location_argument,
     open_database,
     sqlite_path,
 )
@@ -37,17 +35,6 @@ from .backup import DEFAULT_KEEP, PARTIAL, BackupError, check_file, list_backups
 from .registry import STEPS
 from .runner import CURRENT_SCHEMA_VERSION, MigrationError, current_version, pending, upgrade
 from .schema import differences, promised, snapshot
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other CLI error
-        print(f"error: {_one_line(redact(message))}", file=sys.stderr)  # it quotes what was typed: a password
-        sys.exit(2)
-
-
-def _one_line(message: str) -> str:
-    """Drivers' messages span lines (PostgreSQL adds hints on a second one)."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _keep(text: str) -> int:
@@ -65,12 +52,11 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m migrations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ArgumentParser(prog="python -m migrations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name in ("status", "upgrade", "backup", "backups", "restore", "verify", "reprice", "prune"):
         cmd = sub.add_parser(name)
-        cmd.add_argument("--db", default=None, type=location_argument,
-                         help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+        add_db_argument(cmd)
         if name in ("upgrade", "backup", "restore", "prune"):
             cmd.add_argument("--keep", type=_keep, default=DEFAULT_KEEP, help=f"backups to keep (default {DEFAULT_KEEP})")
         if name == "restore":
@@ -274,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (UsageError, MigrationError, BackupError, NotSQLiteError, ValueError, peewee.DatabaseError) as exc:
         # A server's message (a refused connection, say) is one line too, and never shows the password.
-        print(f"error: {_one_line(hide_password(str(exc), args.location))}", file=sys.stderr)
+        print(f"error: {one_line(hide_password(str(exc), args.location))}", file=sys.stderr)
         return 2
 
 

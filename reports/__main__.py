@@ -23,8 +23,13 @@ def _skip_postgres_drivers(argv: list[str]) -> None:
             sys.modules.setdefault(driver, None)  # type: ignore[arg-type]
 
 
-if __name__ == "__main__":
+def run() -> int:
+    """`python -m reports`, and the `llm-metrics-report` console script."""
     _skip_postgres_drivers(sys.argv[1:])
     from reports.cli import main
 
-    sys.exit(main())
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -9,15 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import NoReturn
 
 import peewee
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from addon.redact import redact
-from storage.db import default_location, display_location, hide_password, location_argument
+from addon.cli import ArgumentParser, add_db_argument
+from storage.db import default_location, display_location, hide_password
 
 from . import fmt
 from .compare import previous_window
@@ -61,11 +60,6 @@ _FILTERS = ("model", "provider", "host", "origin", "agent", "session")
 MAX_FILTER_VALUES = 1_000  # --model/--provider/--host/--origin values together: one SQL parameter each
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line too
-        self.exit(2, f"error: {fmt.one_line(redact(message))}\n")  # it quotes what was typed: a URL's password
-
-
 def _top(text: str) -> int:
     try:
         value = int(text)
@@ -105,12 +99,11 @@ def _text(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m reports", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--db", metavar="PATH_OR_URL", type=location_argument,
-                        help="SQLite path or database URL (default: $LLM_METRICS_DB, else ~/.llm_metrics_proxy/metrics.db)")
+    add_db_argument(parser)
     pick = parser.add_argument_group("which calls")
     pick.add_argument("--since", metavar="WHEN", type=_when,
                       help="only calls at or after WHEN: 15m, 24h, 7d, 2w ago, or an ISO time (UTC unless it has an offset)")

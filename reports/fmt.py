@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import unicodedata
+# Re-exported: the report writes stored text and errors as the commands do.
+from addon.cli import one_line as one_line, printable as printable
 
 NONE = "-"
 
@@ -62,25 +63,3 @@ def about(estimated_calls: int | None) -> str:
 def when(utc: str | None) -> str:
     """`2026-11-22T14:03:07.123456Z` -> `2026-11-22 14:03:07`."""
     return NONE if utc is None else utc[:19].replace("T", " ")
-
-
-# Characters a terminal acts on or hides instead of showing: controls (ESC starts a sequence that
-# can move the cursor, recolour or retitle), format characters (bidi overrides reorder a line),
-# and line and paragraph separators.
-_HIDDEN = {"Cc", "Cf", "Zl", "Zp"}
-
-
-def printable(text: str) -> str:
-    """Stored or typed text as the terminal should show it: every character that is not shown as
-    itself written as its escape (`\\x1b`, `\\n`, `\\u202e`), so a client-chosen model or
-    origin can neither drive the terminal nor hide or reorder what the report says."""
-    if text.isprintable():
-        return text
-    return "".join(
-        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _HIDDEN else c for c in text
-    )
-
-
-def one_line(message: str) -> str:
-    """An `error: …` line: drivers' messages span lines (PostgreSQL adds hints on a second one)."""
-    return printable(" ".join(part.strip() for part in message.splitlines() if part.strip()))

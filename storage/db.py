@@ -15,18 +15,18 @@ from playhouse.db_url import connect as connect_url
 ENV_VAR = "LLM_METRICS_DB"
 DEFAULT_DB_PATH = "~/.llm_metrics_proxy/metrics.db"
 
-BUSY_TIMEOUT_S = 5
+BUSY_TIMEOUT_S = 5.0  # the default of open_database's busy_timeout_s
 # A server that does not answer (down behind a firewall, or hanging) must not hold up the proxy's
 # start or a metering process for the system's TCP timeout (minutes): a URL's own
 # connect_timeout=N wins.
 CONNECT_TIMEOUT_S = 5
 
 # WAL lets reports read while the proxy writes; NORMAL sync is durable across process crashes
-# (only an OS crash can lose the last transactions); busy_timeout rides out short locks.
+# (only an OS crash can lose the last transactions); the busy timeout (open_database's) rides out
+# short locks.
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),
     ("synchronous", "normal"),
-    ("busy_timeout", BUSY_TIMEOUT_S * 1000),
     ("foreign_keys", 1),
 )
 
@@ -112,11 +112,13 @@ def sqlite_path(location: str) -> Path | None:
     return Path(location).expanduser()
 
 
-def open_database(location: str, *, create: bool = True, wal: bool = True) -> peewee.Database:
+def open_database(location: str, *, create: bool = True, wal: bool = True,
+                  busy_timeout_s: float = BUSY_TIMEOUT_S) -> peewee.Database:
     """A connected peewee database. A new SQLite file is made readable by its owner only.
 
     `wal=False` leaves the file's journal mode alone (switching it rewrites the file header): the
     proxy opens that way, migrates, then calls `enable_wal`, so a refused upgrade changes nothing.
+    `busy_timeout_s`: how long a SQLite statement waits for another connection's lock.
     """
     path = sqlite_path(location)
     if path is None:
@@ -128,7 +130,8 @@ def open_database(location: str, *, create: bool = True, wal: bool = True) -> pe
     else:
         raise FileNotFoundError(str(path))
     pragmas = SQLITE_PRAGMAS if wal else tuple(p for p in SQLITE_PRAGMAS if p[0] != "journal_mode")
-    db = peewee.SqliteDatabase(str(path), pragmas=pragmas, timeout=BUSY_TIMEOUT_S)
+    pragmas += (("busy_timeout", round(busy_timeout_s * 1000)),)
+    db = peewee.SqliteDatabase(str(path), pragmas=pragmas, timeout=busy_timeout_s)
     _connect(db)
     return db
 
@@ -160,7 +163,7 @@ def enable_wal(db: peewee.Database) -> None:
     """Switches a SQLite file to WAL (kept in the file, so every later connection uses it)."""
     if not isinstance(db, peewee.SqliteDatabase):
         return
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    deadline = time.monotonic() + db.timeout
     while True:
         try:
             db.execute_sql("PRAGMA journal_mode=wal")
@@ -194,7 +197,7 @@ def check_sqlite_header(path: Path) -> None:
 def _connect(db: peewee.SqliteDatabase) -> None:
     """Switching a file to WAL skips SQLite's busy handler: when several processes open a new
     file at once, all but one get "database is locked" at once. Retry them until the timeout."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    deadline = time.monotonic() + db.timeout
     while True:
         try:
             db.connect(reuse_if_open=True)

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import peewee
 
 from .db import SQLITE_HEADER, NotSQLiteError
 from .models import CompletionRequest, DroppedRows
+from .timestamps import utc_text
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ BATCH_WINDOW_S = 0.05
 _MAX_PARAMETERS = 999  # a statement's limit in SQLite before 3.32 (PostgreSQL allows 65,535)
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
-_ATTEMPT_MAX_S = 10.0  # longer than any driver's own lock wait (SQLite busy_timeout is 5 s)
+_ATTEMPT_MAX_S = 10.0  # longer than any driver's own lock wait (SQLite's busy timeout, storage/db.py)
+_IDLE_S = 0.2
 
 # Why rows were dropped: the `reason` of a `dropped_rows` record.
 QUEUE_FULL = "queue_full"  # the database was too slow or unwritable for longer than the buffer holds
@@ -85,7 +86,7 @@ class RowWriter:
         self._next_open_attempt = 0.0
         self._followed: str | None = None  # how the file at the path changed, until the one there is open
         self._leftovers = False  # the WAL and shared-memory files of the file let go of are still at the path
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_size)
+        self._queue = _Rows(queue_size)
         self._batch_size = batch_size
         self._batch_window = batch_window
         self._insert = _Insert(CompletionRequest)
@@ -97,7 +98,6 @@ class RowWriter:
         self.written = 0  # rows committed to the database at its place (file or server)
         self.written_to_replaced = 0  # of those, rows in SQLite files since deleted or replaced at the path
         self.dropped = 0
-        self.write_errors = 0
         self.last_error: str | None = None
         self._last_row_error: str | None = None  # the last error logged for a row dropped alone
         # Drops not yet stored: reason -> [rows, first and last time (epoch seconds)].
@@ -113,37 +113,32 @@ class RowWriter:
 
     def submit(self, row: dict[str, Any]) -> bool:
         """Queues a row; False (and counted) when the queue is full or the writer has stopped."""
-        if not self._stop.is_set():
-            try:
-                self._queue.put_nowait(row)
-                return True
-            except queue.Full:
-                self.count_dropped(1, QUEUE_FULL)
-                return False
-        self.count_dropped(1, WRITER_STOPPED)
-        return False
+        if self._stop.is_set():
+            self.count_dropped(1, WRITER_STOPPED)
+            return False
+        if not self._queue.put(row):
+            self.count_dropped(1, QUEUE_FULL)
+            return False
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Writes everything queued, waiting at most `timeout` seconds; the rest is counted."""
         self._deadline = time.monotonic() + timeout
         self._stop.set()
+        self._queue.wake()  # a thread waiting for rows: at once
         if self._thread.is_alive():
             # A write attempt that started before the deadline may wait out SQLite's busy
             # timeout; the loop then sees the deadline and counts the batch as dropped.
             self._thread.join(timeout + _ATTEMPT_MAX_S)
-        leftover = self._queue.qsize() + (self._in_flight if self._thread.is_alive() else 0)
+        leftover = len(self._queue) + (self._in_flight if self._thread.is_alive() else 0)
         if leftover:
             self.count_dropped(leftover, UNWRITTEN_AT_SHUTDOWN)
         self._store_drops_at_close()
 
     @property
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    @property
     def unsettled(self) -> int:
         """Rows neither written nor counted as dropped yet."""
-        return self._queue.qsize() + self._in_flight
+        return len(self._queue) + self._in_flight
 
     def count_dropped(self, n: int, reason: str) -> None:
         """Counts rows lost, here or before they reached the writer; stored with the next batch."""
@@ -192,25 +187,14 @@ class RowWriter:
             db.close()
 
     def _next_batch(self) -> list[dict[str, Any]]:
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        self._drain_into(batch)
-        if len(batch) < self._batch_size and not self._stop.is_set():
+        # Idle, the thread looks up every _IDLE_S: drop counts to store wait for it.
+        batch = self._queue.take(self._batch_size, timeout=_IDLE_S)
+        if batch and len(batch) < self._batch_size and not self._stop.is_set():
             # Waiting costs nothing the user sees (rows are recorded after their call ended)
             # and saves a transaction per row when calls arrive one by one.
             self._stop.wait(self._batch_window)
-            self._drain_into(batch)
+            batch.extend(self._queue.take(self._batch_size - len(batch)))
         return batch
-
-    def _drain_into(self, batch: list[dict[str, Any]]) -> None:
-        while len(batch) < self._batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                return
 
     def _write_with_retry(self, batch: list[dict[str, Any]]) -> None:
         delay = _RETRY_MIN_S
@@ -234,7 +218,6 @@ class RowWriter:
                     if _is_row_error(exc):  # retrying the same rows cannot help: find the one at fault
                         self._write_each(batch, exc)
                         return
-                    self.write_errors += 1
                     if self.last_error != str(exc):
                         log.warning("llm-metrics: writing %d row(s) failed, will retry: %s", len(batch), exc)
                     self.last_error = str(exc)
@@ -306,7 +289,7 @@ class RowWriter:
     def _drop_records(self, drops: dict[str, list]) -> list[dict[str, Any]]:
         hostname, pid = self._host
         return [
-            {"first_dropped_at": _utc(first), "last_dropped_at": _utc(last), "row_count": n,
+            {"first_dropped_at": utc_text(first), "last_dropped_at": utc_text(last), "row_count": n,
              "reason": reason, "hostname": hostname, "pid": pid}
             for reason, (n, first, last) in drops.items()
         ]
@@ -481,6 +464,41 @@ _CHANGES = {
 _MIGRATION_RETRY_S = 60.0
 
 
+class _Rows:
+    """The bounded queue of rows for the writer's thread. Unlike `queue.Queue`, a thread waiting
+    for rows is woken at once by `wake` (the writer's close), not at the end of its wait."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._rows: deque[dict[str, Any]] = deque()
+        self._changed = threading.Condition(threading.Lock())
+        self._woken = False
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def put(self, row: dict[str, Any]) -> bool:
+        """False, and the row not taken, when the queue is full."""
+        with self._changed:
+            if len(self._rows) >= self.maxsize:
+                return False
+            self._rows.append(row)
+            self._changed.notify()
+        return True
+
+    def take(self, limit: int, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """Up to `limit` rows, oldest first, waiting up to `timeout` seconds for one (not once woken)."""
+        with self._changed:
+            if not self._rows and not self._woken and timeout > 0:
+                self._changed.wait(timeout)
+            return [self._rows.popleft() for _ in range(min(limit, len(self._rows)))]
+
+    def wake(self) -> None:
+        with self._changed:
+            self._woken = True
+            self._changed.notify_all()
+
+
 class _FileReplaced(peewee.OperationalError):
     """What was just committed went into a SQLite file that is no longer the one at its path. A
     database error, so that it is waited out (the file at the path is followed), never taken for
@@ -540,10 +558,6 @@ def _is_database_error(exc: Exception) -> bool:
         return True
     module = type(exc).__module__
     return module.startswith(("psycopg", "sqlite3"))
-
-def _utc(epoch_seconds: float) -> str:
-    """The form of `completion_requests.timestamp`: 2026-11-22T14:03:07.123456Z."""
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # SQLSTATE classes (PostgreSQL's first two characters) that are about the values of the rows

@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,6 +134,17 @@ class Proxy:
         return self.proc.returncode
 
 
+def wait_until(condition: Callable[[], object], timeout: float = 20.0, every: float = 0.02) -> bool:
+    """Whether `condition()` turns true within `timeout` seconds, asked every `every` seconds:
+    `assert wait_until(...)` where it must, instead of a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
 def process_gone(pid: int, timeout: float = 15.0) -> bool:
     """Whether process `pid` exits within `timeout` (a zombie not yet reaped counts as gone)."""
     deadline = time.monotonic() + timeout
@@ -148,24 +159,40 @@ def process_gone(pid: int, timeout: float = 15.0) -> bool:
     return False
 
 
-def read_rows(db_path: Path) -> list[dict]:
-    if not db_path.exists():
+def read_rows(location: Path | str) -> list[dict]:
+    """`completion_requests` in insertion order: from a SQLite file, read-only ([] while the file
+    or the table is not there yet), or from a database server's URL."""
+    try:
+        return _query(location, "SELECT * FROM completion_requests ORDER BY id")
+    except sqlite3.OperationalError:  # read-only: a file not there yet is not made
         return []
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+
+
+def read_drops(location: Path | str) -> dict[str, int]:
+    """`dropped_rows` summed by reason ({} when there are none), from a SQLite file or a server's URL."""
+    return {r["reason"]: int(r["n"]) for r in _query(location, "SELECT reason, sum(row_count) AS n FROM dropped_rows GROUP BY reason")}
+
+
+def count_rows(location: Path | str, where: str = "1") -> int:
+    """Rows of `completion_requests` (that match `where`), in a SQLite file or at a server's URL."""
+    return _query(location, f"SELECT count(*) AS n FROM completion_requests WHERE {where}")[0]["n"]
+
+
+def _query(location: Path | str, sql: str) -> list[dict]:
+    if "://" in str(location):
+        from storage import open_database
+
+        db = open_database(str(location))
+        try:
+            cursor = db.execute_sql(sql)
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+        finally:
+            db.close()
+    con = sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=10)
     con.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM completion_requests ORDER BY id")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-
-
-def read_drops(db_path: Path) -> dict[str, int]:
-    """`dropped_rows` summed by reason ({} when there are none)."""
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return dict(con.execute("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason"))
+        return [dict(r) for r in con.execute(sql)]
     finally:
         con.close()
 

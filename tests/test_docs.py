@@ -7,8 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from mitmproxy.test import taddons
 
 import addon.capture
+from addon.llm_metrics import LLMMetrics
+from storage.db import DEFAULT_DB_PATH, ENV_VAR
 
 ARCHITECTURE = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
 
@@ -39,10 +42,36 @@ def test_the_message_table_lists_exactly_the_protocols_messages():
     assert documented == defined
 
 
-def test_the_readme_options_table_lists_exactly_the_addons_options():
-    from addon.options import OPTIONS
-
+def _readme_options() -> list[tuple[str, str]]:
+    """(name, default cell) of each row of the README's options table, in order."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Options"):readme.index("\n## ", readme.index("## Options"))]
-    documented = set(re.findall(r"^\| `(llm_metrics_\w+)` \|", section, re.MULTILINE))
-    assert documented == {name for name, *_ in OPTIONS}
+    start = readme.index("## Options")
+    section = readme[start:readme.index("\n## ", start)]
+    return re.findall(r"^\| `(\w+)` \| ([^|]*) \|", section, re.MULTILINE)
+
+
+def _declared_options() -> dict[str, object]:
+    """Every option the addon declares to mitmproxy when loaded, with its default."""
+    with taddons.context(LLMMetrics()) as tctx:
+        return {name: tctx.options.default(name) for name in tctx.options.keys() if name.startswith("llm_metrics_")}
+
+
+def test_the_readme_options_table_lists_exactly_the_options_the_addon_declares_each_once():
+    documented = [name for name, _ in _readme_options()]
+    assert len(documented) == len(set(documented)), "an option is listed twice"
+    declared = _declared_options()
+    assert set(documented) - set(declared) == set(), "listed in the README, not declared by the addon"
+    assert set(declared) - set(documented) == set(), "declared by the addon, not listed in the README"
+
+
+def test_the_readme_options_table_gives_each_options_default():
+    declared = _declared_options()
+    for name, cell in _readme_options():
+        default = declared[name]
+        if name == "llm_metrics_db":  # the environment's, else the home default
+            assert cell.strip() == f"`${ENV_VAR}`, else `{DEFAULT_DB_PATH}`"
+        elif default in ("", [], None):
+            assert cell.strip() in ("none", "off"), (name, cell)
+        else:
+            shown = str(default).lower() if isinstance(default, bool) else str(default)
+            assert cell.strip().startswith(f"`{shown}`"), (name, cell, default)

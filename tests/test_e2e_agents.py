@@ -25,7 +25,7 @@ from tests import agent_upstream as up
 from tests.agent_upstream import AgentUpstream
 from tests.agents import AGENTS, agent_bin, agent_env
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # real agent CLIs from npm
 
 DELAY_S = 0.4  # the upstream's wait before the main call's first token
 RUN_TIMEOUT_S = 120

@@ -18,7 +18,7 @@ import pytest
 from tests.agents import AGENTS, agent_bin, agent_env
 from tests.ws_upstream import RESPONSES_MODEL, TEXT, WsUpstream
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # real agent CLIs from npm
 
 CODEX_VERSION = AGENTS["codex"].rsplit("@", 1)[1]
 DELAY_S = 0.3

@@ -53,6 +53,7 @@ def create(client, *, scenario: str = "default", **kwargs):
     )
 
 
+@pytest.mark.smoke
 def test_non_streamed_call_is_recorded_field_by_field(proxy, upstream):
     reply = create(client_via(proxy, upstream))
     assert reply.choices[0].message.content == "Hello from the fake upstream."
@@ -70,6 +71,7 @@ def test_non_streamed_call_is_recorded_field_by_field(proxy, upstream):
     assert (row["error_type"], row["error_message"]) == (None, None)
 
 
+@pytest.mark.smoke
 def test_streamed_call_with_include_usage_records_usage_and_token_times(proxy, upstream):
     upstream.scenarios["s"] = Scenario(first_token_delay=0.2, chunk_delay=0.02)
     started = time.perf_counter()
@@ -98,6 +100,7 @@ def test_streamed_call_with_include_usage_records_usage_and_token_times(proxy, u
     assert (row["error_type"], row["error_message"]) == (None, None)
 
 
+@pytest.mark.smoke
 def test_streamed_call_without_include_usage_to_an_unknown_server_stores_estimated_tokens(proxy, upstream):
     stream = create(client_via(proxy, upstream), stream=True)
     assert len([c for c in stream]) == 8
@@ -115,6 +118,7 @@ def test_streamed_call_without_include_usage_to_an_unknown_server_stores_estimat
     assert row["success"] == 1
 
 
+@pytest.mark.smoke
 def test_rate_limited_call_records_provider_error(proxy, upstream):
     upstream.scenarios["429"] = Scenario(
         status=429,
@@ -206,6 +210,7 @@ def test_streams_are_not_buffered_and_ttft_matches_upstream_delay(proxy, upstrea
     assert abs(statistics.median(recorded) - delay_ms) <= 10, recorded
 
 
+@pytest.mark.smoke
 def test_https_upstream_through_mitmproxy_ca_is_recorded(start_proxy, tls_upstream):
     proxy = start_proxy("--set", "ssl_insecure=true")
     client = client_via(proxy, tls_upstream, verify=ssl.create_default_context(cafile=str(proxy.ca_cert)))
@@ -216,6 +221,7 @@ def test_https_upstream_through_mitmproxy_ca_is_recorded(start_proxy, tls_upstre
     assert row["status_code"] == 200 and row["completion_tokens"] == 6 and row["chunk_count"] == 9
 
 
+@pytest.mark.smoke
 def test_sigterm_flushes_every_completed_call(proxy, upstream):
     client = client_via(proxy, upstream)
     for _ in range(20):
@@ -226,6 +232,7 @@ def test_sigterm_flushes_every_completed_call(proxy, upstream):
     assert "20 call(s) recorded" in proxy.log()
 
 
+@pytest.mark.smoke
 def test_api_key_and_auth_headers_never_reach_the_database_or_log(proxy, upstream):
     create(client_via(proxy, upstream), stream=True)
     proxy.rows(1)
@@ -303,6 +310,7 @@ def test_connection_refused_upstream_records_a_row_without_status(proxy, upstrea
     assert row["error_message"] and row["model"] == "gpt-fake" and row["time_to_first_byte_ms"] is None
 
 
+@pytest.mark.smoke
 def test_each_call_gets_its_line_in_the_proxy_output_while_it_runs(proxy, upstream):
     client = client_via(proxy, upstream)
     for _ in range(3):

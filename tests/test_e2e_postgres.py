@@ -12,21 +12,12 @@ import pytest
 
 from storage import open_database
 from tests.clients import httpx
-from tests.conftest import process_gone
-from tests.pg_cluster import wait_until
+from tests.conftest import count_rows, process_gone, read_drops, wait_until
 from tests.upstream import Scenario
 
 pytestmark = pytest.mark.e2e
 
 CHAT = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def pg_rows(url: str) -> int:
-    db = open_database(url)
-    try:
-        return db.execute_sql("SELECT count(*) FROM completion_requests").fetchone()[0]
-    finally:
-        db.close()
 
 
 def wait_rows(url: str, expected: int, timeout: float = 30) -> int:
@@ -71,7 +62,7 @@ def test_three_proxies_start_together_one_migrates_and_all_rows_land(start_proxy
     assert wait_rows(pg_url, 360) == 360
     for proxy in proxies:
         proxy.stop()
-    assert pg_rows(pg_url) == 360
+    assert count_rows(pg_url) == 360
 
 
 def test_server_restart_mid_load_loses_no_row_within_the_buffer_and_counts_drops(start_proxy, upstream, own_pg):
@@ -95,12 +86,12 @@ def test_server_restart_mid_load_loses_no_row_within_the_buffer_and_counts_drops
         time.sleep(0.5)
     roomy.stop()
     tight.stop()
-    total = pg_rows(url)
+    total = count_rows(url)
     dropped = _dropped(tight.log())
     assert _dropped(roomy.log()) == 0
     assert total == 10 + 60 + (30 - dropped)
     assert dropped > 0  # the tight buffer overflowed, and said so
-    assert pg_drops(url) == {"queue_full": dropped}  # stored once the server was back
+    assert read_drops(url) == {"queue_full": dropped}  # stored once the server was back
 
 
 def _started_line(log: str) -> list[str]:
@@ -122,7 +113,7 @@ def test_proxy_started_while_the_server_is_down_serves_calls_and_stores_them_onc
     assert wait_rows(url, 20) == 20  # migrated by the metering process once it could, then written
     proxy.stop()
     log = proxy.log()
-    assert pg_rows(url) == 20 and pg_drops(url) == {}
+    assert count_rows(url) == 20 and read_drops(url) == {}
     assert "20 call(s) recorded" in log and _dropped(log) == 0
 
 
@@ -185,10 +176,10 @@ def test_metering_process_restarted_while_the_server_is_down_keeps_calls_within_
     finally:
         own_pg.start()
     deadline = time.monotonic() + 60
-    while (pg_rows_safe(url) or 0) + sum(pg_drops(url).values()) < 25 and time.monotonic() < deadline:
+    while (pg_rows_safe(url) or 0) + sum(read_drops(url).values()) < 25 and time.monotonic() < deadline:
         time.sleep(0.3)
     proxy.stop()
-    stored, drops, log = pg_rows(url), pg_drops(url), proxy.log()
+    stored, drops, log = count_rows(url), read_drops(url), proxy.log()
     if queue_size == 10_000:
         assert (stored, drops) == (25, {})  # every call, none dropped
     else:
@@ -207,7 +198,7 @@ def test_proxy_pointed_at_a_database_that_does_not_exist_fails_at_start_with_one
 
 def pg_rows_safe(url: str) -> int | None:
     try:
-        return pg_rows(url)
+        return count_rows(url)
     except Exception:
         return None
 
@@ -219,12 +210,6 @@ def _dropped(log: str) -> int:
     return int(found[-1]) if found else 0
 
 
-def pg_drops(url: str) -> dict[str, int]:
-    db = open_database(url)
-    try:
-        return {r: int(n) for r, n in db.execute_sql("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason")}
-    finally:
-        db.close()
 
 
 def test_overflow_while_the_table_is_locked_is_stored_as_drops_and_reported(start_proxy, upstream, pg_url):
@@ -240,19 +225,19 @@ def test_overflow_while_the_table_is_locked_is_stored_as_drops_and_reported(star
         errors: list[str] = []
         send(proxy, upstream, 30, errors=errors)  # traffic is unaffected while the writer waits
         assert errors == []
-        assert pg_rows(pg_url) == 0
+        assert count_rows(pg_url) == 0
     finally:
         locker.commit()
         locker.close()
     # Rows and drop counts land in several transactions once the lock is gone.
     deadline = time.monotonic() + 30
-    while pg_rows(pg_url) + sum(pg_drops(pg_url).values()) < 30 and time.monotonic() < deadline:
+    while count_rows(pg_url) + sum(read_drops(pg_url).values()) < 30 and time.monotonic() < deadline:
         time.sleep(0.2)
-    stored, drops = pg_rows(pg_url), pg_drops(pg_url)
+    stored, drops = count_rows(pg_url), read_drops(pg_url)
     assert set(drops) == {"queue_full"} and stored + drops["queue_full"] == 30
     result = subprocess.run([sys.executable, "-m", "reports", "--db", pg_url, "--format", "json"],
                             cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["overview"]["dropped_rows"]["row_count"] == drops["queue_full"]
     proxy.stop()
-    assert _dropped(proxy.log()) == drops["queue_full"] and pg_drops(pg_url) == drops
+    assert _dropped(proxy.log()) == drops["queue_full"] and read_drops(pg_url) == drops

@@ -23,7 +23,7 @@ from tests.conftest import free_port
 from tests.prometheus_server import PrometheusServer, has_number, prometheus_binary
 from tests.upstream import Scenario
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a real Prometheus server
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboards" / "llm-metrics-proxy.json"
 MESSAGES = [{"role": "user", "content": "Say hello"}]

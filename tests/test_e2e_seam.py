@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import httpx
-from tests.conftest import process_gone, read_drops, read_rows
+from tests.conftest import process_gone, read_drops, read_rows, wait_until
 from tests.upstream import Scenario
 
 pytestmark = pytest.mark.e2e
@@ -89,15 +89,6 @@ def stop_and_wait_for_metering(proxy) -> None:
     assert proxy.stop() == 0, proxy.log()[-3000:]
     for pid in metering:
         assert process_gone(pid, timeout=20), f"metering process {pid} outlived mitmdump by 20 s"
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 # -- 1. rows are in the database when mitmdump has exited, even on a machine with no idle CPU --
@@ -376,7 +367,7 @@ def test_with_the_metering_process_killed_and_postgresql_hung_plain_requests_are
     proxy = start_proxy("--set", f"llm_metrics_db={own_pg.url()}")
     with httpx.Client(proxy=proxy.url, timeout=30) as client:
         assert all(send_call(client, upstream, f"before-{i}", stream=i == 1) for i in range(3))
-    assert wait_until(lambda: _pg_count(own_pg.url()) == 3, timeout=10, interval=0.1)
+    assert wait_until(lambda: _pg_count(own_pg.url()) == 3, timeout=10, every=0.1)
     worker = proxy.metering_pid()
     assert worker is not None
     served: list[tuple[float, int | None]] = []  # seconds, status

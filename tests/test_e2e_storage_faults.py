@@ -19,20 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.clients import httpx
-from tests.conftest import refusing_new_files
+from tests.conftest import count_rows, read_drops, refusing_new_files
 from tests.test_migrations_safety import make_original
 
 pytestmark = pytest.mark.e2e
 
 BODY = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def count_rows(path) -> int:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return con.execute("SELECT count(*) FROM completion_requests").fetchone()[0]
-    finally:
-        con.close()
 
 
 def wait_for(path, expected: int, timeout: float = 30) -> int:
@@ -57,14 +49,6 @@ def send(proxy, upstream, n: int) -> list[float]:
         assert response.status_code == 200
         latencies.append(time.perf_counter() - started)
     return latencies
-
-
-def dropped_in_db(path) -> dict[str, int]:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return dict(con.execute("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason").fetchall())
-    finally:
-        con.close()
 
 
 def report(path, *args: str) -> str:
@@ -113,9 +97,9 @@ def test_overflow_while_locked_is_stored_as_drops_once_the_lock_is_released(star
         blocker.close()
     assert max(latencies) < 1.0, latencies
     deadline = time.monotonic() + 30
-    while not dropped_in_db(proxy.db_path) and time.monotonic() < deadline:
+    while not read_drops(proxy.db_path) and time.monotonic() < deadline:
         time.sleep(0.2)
-    stored, drops = count_rows(proxy.db_path), dropped_in_db(proxy.db_path)
+    stored, drops = count_rows(proxy.db_path), read_drops(proxy.db_path)
     assert set(drops) == {"queue_full"}
     assert stored + drops["queue_full"] == 32  # every call: stored, or counted in the database
     text = report(proxy.db_path)
@@ -125,7 +109,7 @@ def test_overflow_while_locked_is_stored_as_drops_once_the_lock_is_released(star
     assert overview["dropped_rows"]["row_count"] == drops["queue_full"]
     proxy.stop()
     assert dropped_in_log(proxy.log()) == drops["queue_full"]
-    assert dropped_in_db(proxy.db_path) == drops  # stored once, not again at exit
+    assert read_drops(proxy.db_path) == drops  # stored once, not again at exit
     assert "counted in this log only" not in proxy.log()
 
 
@@ -240,7 +224,7 @@ def test_database_deleted_where_no_new_one_can_be_made_keeps_rows_within_the_buf
     while time.monotonic() < deadline and not _drops_stored(db):
         time.sleep(0.2)
     proxy.stop()
-    stored, drops = count_rows(db), dropped_in_db(db)
+    stored, drops = count_rows(db), read_drops(db)
     assert integrity(db) == "ok"
     assert set(drops) == {"queue_full"} and stored + drops["queue_full"] == 10  # each call stored or counted
     log = proxy.log()
@@ -250,7 +234,7 @@ def test_database_deleted_where_no_new_one_can_be_made_keeps_rows_within_the_buf
 
 def _drops_stored(path) -> bool:
     try:
-        return bool(dropped_in_db(path))
+        return bool(read_drops(path))
     except sqlite3.Error:  # no file yet, or one not migrated yet
         return False
 
@@ -320,4 +304,4 @@ def test_full_file_system_holds_rows_and_overflow_is_dropped_and_counted(start_p
     dropped = dropped_in_log(proxy.log())
     assert dropped > 0  # the overflow was counted...
     assert stored + dropped == 42  # ...and every row is either stored or counted
-    assert sum(dropped_in_db(db).values()) == dropped  # in the database too, once there was room
+    assert sum(read_drops(db).values()) == dropped  # in the database too, once there was room

@@ -11,7 +11,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.pg_cluster import wait_until
+from tests.conftest import wait_until
 from tests.test_e2e_openai import client_via, create
 from tests.upstream import Scenario
 

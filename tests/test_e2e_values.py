@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import open_database
 from tests.clients import httpx
+from tests.conftest import read_drops, read_rows
 from tests.upstream import PARSE_ERROR, Scenario
 
 pytestmark = pytest.mark.e2e
@@ -27,28 +27,9 @@ def _random_text(n: int, seed: int) -> str:
     return "".join(random.Random(seed).choices(string.ascii_letters + string.digits, k=n))
 
 
-def _db_rows(location: str) -> list[dict]:
-    db = open_database(location)
-    try:
-        cursor = db.execute_sql("SELECT * FROM completion_requests ORDER BY id")
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, r)) for r in cursor.fetchall()]
-    finally:
-        db.close()
-
-
-def _db_drops(location: str) -> dict[str, int]:
-    db = open_database(location)
-    try:
-        rows = db.execute_sql("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason").fetchall()
-        return {reason: int(n) for reason, n in rows}
-    finally:
-        db.close()
-
-
 def _wait_rows(location: str, expected: int, timeout: float = 30.0) -> list[dict]:
     deadline = time.monotonic() + timeout
-    while len(rows := _db_rows(location)) < expected and time.monotonic() < deadline:
+    while len(rows := read_rows(location)) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
     return rows
 
@@ -84,8 +65,8 @@ def test_a_3000_character_origin_and_model_are_cut_and_every_later_call_is_store
             assert client.post(f"{upstream.base_url}/chat/completions", json=dict(BODY, stream=i % 2 == 0)).status_code == 200
     rows = _wait_rows(pg_url, 51)
     assert proxy.stop() == 0
-    rows = _db_rows(pg_url)
-    assert len(rows) == 51 and _db_drops(pg_url) == {}
+    rows = read_rows(pg_url)
+    assert len(rows) == 51 and read_drops(pg_url) == {}
     assert rows[0]["origin"] == origin[:127] + "…" and rows[0]["model"] == model[:199] + "…"
     assert all(r["success"] for r in rows)
 
@@ -108,10 +89,10 @@ def test_a_latin1_user_agent_and_nul_or_surrogates_in_a_model_are_stored_as_vali
         assert upstream.served[0].headers["user-agent"] == "Caf\xe9Bot/1.0"  # forwarded as it came
     _wait_rows(location, 2)
     assert proxy.stop() == 0
-    rows = _db_rows(location)
+    rows = read_rows(location)
     assert [(r["origin"], r["model"]) for r in rows] == [
         ("Caf\ufffdBot", "gpt-fake-2026-01-01"), ("caf\ufffd-\ufffd", "gpt\ufffdfake\ufffd")]
-    assert _db_drops(location) == {}
+    assert read_drops(location) == {}
     log = proxy.log()
     assert "please report" not in log and "write_error" not in log
     assert max(len(line) for line in log.splitlines()) < 1000
@@ -176,10 +157,6 @@ def test_a_request_body_bomb_is_recorded_by_its_path_in_bounded_memory_and_passe
     assert bomb["metering_note"] == "request body not read: it is larger than 2 MiB once decompressed"
     assert rows[1]["success"] and rows[1]["request_model"] == "gpt-fake"
     assert "please report" not in proxy.log()
-
-
-def read_drops(db_path: Path) -> dict[str, int]:
-    return _db_drops(str(db_path))
 
 
 # -- a request the client broke ---------------------------------------------------------------------

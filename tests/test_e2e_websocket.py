@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import read_drops
+from tests.conftest import read_drops, wait_until
 from tests.ws_upstream import REALTIME_MODEL, RESPONSES_MODEL, WORDS, Turn, WsUpstream
 
 pytestmark = pytest.mark.e2e
@@ -165,13 +165,6 @@ def test_realtime_session_with_two_responses_gives_two_rows_with_their_usage(rev
         assert_timed_like(row, turn)
 
 
-def _wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_a_stopped_metering_process_never_holds_a_socket_and_the_responses_it_misses_are_counted(
         start_proxy, ws_upstream):
     """SIGSTOP: past the hand-over's memory bound (8 MiB) the socket is no longer handed over, its
@@ -217,7 +210,7 @@ def test_a_killed_metering_process_loses_at_most_the_socket_it_was_following_whi
         assert len(proxy.rows(1)) == 1
         first = proxy.metering_pid()
         os.kill(first, signal.SIGKILL)
-        _wait_until(lambda: proxy.metering_pid() not in (None, first))
+        assert wait_until(lambda: proxy.metering_pid() not in (None, first))
         for _ in range(2):
             ask(ws)
     assert proxy.stop() == 0

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 
 import pytest
 
 from tests.clients import httpx
-from tests.conftest import process_gone
+from tests.conftest import process_gone, read_drops
 from tests.upstream import Scenario
 
 pytestmark = pytest.mark.e2e
@@ -52,14 +51,6 @@ def _start_slow_stream(proxy, upstream, chunk_delay: float) -> tuple[threading.T
     return thread, slow
 
 
-def _drops(db_path) -> dict[str, int]:
-    con = sqlite3.connect(db_path)
-    try:
-        return dict(con.execute("SELECT reason, sum(row_count) FROM dropped_rows GROUP BY reason"))
-    finally:
-        con.close()
-
-
 def test_metering_runs_in_a_child_process_that_ends_with_mitmdump(start_proxy, upstream):
     proxy = start_proxy()
     worker = proxy.metering_pid()
@@ -89,7 +80,7 @@ def test_a_killed_metering_process_is_counted_exactly_and_a_new_one_takes_over(s
     assert proxy.stop() == 0
     log = proxy.log()
     assert "the metering process ended unexpectedly" in log
-    rows, drops = proxy.rows(), _drops(proxy.db_path)
+    rows, drops = proxy.rows(), read_drops(proxy.db_path)
     assert set(drops) <= {"metering_lost"}
     assert len(rows) >= 10 + 9  # only calls handed over while it was dying can be lost
     assert len(rows) + drops.get("metering_lost", 0) == 21
@@ -146,7 +137,7 @@ def test_a_stopped_metering_process_never_makes_traffic_wait_and_the_calls_it_mi
         os.kill(worker, signal.SIGCONT)
     assert slowest < 1.0
     assert proxy.stop() == 0
-    rows, drops = proxy.rows(), _drops(proxy.db_path)
+    rows, drops = proxy.rows(), read_drops(proxy.db_path)
     assert set(drops) == {"metering_behind"}
     assert len(rows) + drops["metering_behind"] == 16
     assert all(r["success"] for r in rows)

@@ -565,6 +565,7 @@ def _sse_bomb(coding: str, zeros: int = 256 << 20) -> bytes:
     return head + b"".join(encode(block) for _ in range(zeros >> 20))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
 def test_a_compressed_stream_is_metered_only_up_to_the_response_limit_in_bounded_memory(coding):
     import gc

@@ -414,6 +414,7 @@ def _kill_once_the_backup_has_data(proc: subprocess.Popen, backups: Path, timeou
     proc.wait()
 
 
+@pytest.mark.slow
 def test_upgrade_killed_mid_backup_leaves_nothing_listed_as_a_good_backup_and_the_next_run_cleans_it(tmp_path):
     path = tmp_path / "metrics.db"
     make_original(path, 150_000)  # about 30 MB: the copy and its check take long enough to be caught

@@ -18,6 +18,7 @@ import pytest
 from migrations import upgrade
 from migrations.prune import cutoff, plan, prune
 from storage import open_database
+from tests.conftest import count_rows
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 COLUMNS = ("timestamp", "success", "response_time_ms", "is_streaming", "model", "provider", "agent", "prompt_tokens",
@@ -106,14 +107,6 @@ def assert_same_totals(stored: dict, expected: dict) -> None:
             assert stored[key][name] == (pytest.approx(value) if isinstance(value, float) else value), (key, name)
 
 
-def count(path, where: str = "1") -> int:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute(f"SELECT count(*) FROM completion_requests WHERE {where}").fetchone()[0]
-    finally:
-        con.close()
-
-
 def test_cutoff_reads_days_and_weeks():
     assert cutoff("90d", NOW) == "2026-09-08T12:00:00.000000Z"
     assert cutoff("2w", NOW) == "2026-11-23T12:00:00.000000Z"
@@ -130,8 +123,8 @@ def test_old_calls_go_their_totals_stay_and_equal_what_was_deleted(tmp_path):
     assert plan(open_database(path), cut).rows == sum(t["requests"] for t in expected.values())
     done = prune(open_database(path), cut, batch_rows=250, pause_s=0)
     assert done.rows == sum(t["requests"] for t in expected.values()) and done.batches > 5
-    assert count(path, f"timestamp < '{cut}'") == 0
-    assert count(path) == len(rows) - done.rows
+    assert count_rows(path, f"timestamp < '{cut}'") == 0
+    assert count_rows(path) == len(rows) - done.rows
     assert_same_totals(stored_totals(path), expected)
 
 
@@ -153,7 +146,7 @@ def test_a_prune_stopped_midway_has_totals_for_exactly_what_it_deleted(tmp_path)
                  stop=stop, on_batch=lambda d: stop.set() if d.batches == 2 else None)
     assert done.stopped and done.rows == 600
     stored = stored_totals(path)
-    assert sum(t["requests"] for t in stored.values()) == 600 == len(rows) - count(path)
+    assert sum(t["requests"] for t in stored.values()) == 600 == len(rows) - count_rows(path)
 
 
 def test_sums_no_deleted_call_reported_stay_null(tmp_path):
@@ -216,6 +209,7 @@ def test_postgresql_needs_its_own_backup_first(pg_url):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_million_calls_half_old_while_a_proxy_writes(tmp_path, start_proxy, upstream):
     """1M calls over 60 days, the older half pruned by the command, a backup first, while a real
     mitmdump records calls into the same file: none of those is lost."""
@@ -253,10 +247,10 @@ def test_a_million_calls_half_old_while_a_proxy_writes(tmp_path, start_proxy, up
     assert done.returncode == 0, done.stderr
     assert "backup: " in done.stdout and f"deleted {old} call(s)" in done.stdout and "vacuumed: " in done.stdout
     backup = done.stdout.split("backup: ", 1)[1].split("\n", 1)[0]
-    assert count(backup) == 1_000_000 + count(backup, "request_model = 'during-prune'")
+    assert count_rows(backup) == 1_000_000 + count_rows(backup, "request_model = 'during-prune'")
     proxy.stop()  # every call it recorded is written by the time it has exited
-    assert sent[0] > 0 and count(str(path), "request_model = 'during-prune'") == sent[0]
-    assert count(str(path), f"timestamp < '{cut}'") == 0
+    assert sent[0] > 0 and count_rows(str(path), "request_model = 'during-prune'") == sent[0]
+    assert count_rows(str(path), f"timestamp < '{cut}'") == 0
     con = sqlite3.connect(path)
     stored = {(day, m, p, a): (n, prompt, cost) for day, m, p, a, n, prompt, cost in con.execute(
         "SELECT day, model, provider, agent, requests, prompt_tokens, cost_usd FROM daily_totals")}
@@ -283,7 +277,7 @@ def test_the_proxy_prunes_by_itself_with_retention_days(tmp_path, start_proxy, u
         time.sleep(0.2)
     assert "llm-metrics: retention: deleted 30 call(s) older than 30 days" in proxy.log()
     proxy.stop()
-    assert count(path, "model = 'old-model'") == 0 and count(path) == 2  # the recent one, and the call just made
+    assert count_rows(path, "model = 'old-model'") == 0 and count_rows(path) == 2  # the recent one, and the call just made
     [totals] = stored_totals(path).values()
     assert (totals["requests"], totals["prompt_tokens"], totals["cost_usd"]) == (30, 300, pytest.approx(0.03))
 
@@ -343,7 +337,7 @@ def test_a_database_whose_every_call_was_pruned_still_reports_them(tmp_path):
 
     path = make_db(tmp_path / "m.db", make_rows(100))
     prune(open_database(path), stamp(NOW + timedelta(days=1)), pause_s=0)
-    assert count(path) == 0
+    assert count_rows(path) == 0
     console = Console(file=io.StringIO(), width=140, color_system=None)
     assert main(["--db", path], console) == 0
     text = console.file.getvalue()

@@ -30,8 +30,7 @@ from reports.selection import utc_text
 from reports.server import DashboardServer, is_loopback
 from reports.source import read
 from storage import CompletionRequest, open_database
-from tests.conftest import ROOT, free_port
-from tests.pg_cluster import wait_until
+from tests.conftest import ROOT, free_port, wait_until
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 BASE = datetime(2026, 11, 1, tzinfo=UTC)

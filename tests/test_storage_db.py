@@ -3,9 +3,13 @@ without the URL parser's message, which can quote part of the password."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
+
+import peewee
 import pytest
 
-from storage.db import connect_server, display_location, hide_password
+from storage.db import connect_server, display_location, hide_password, open_database
 
 
 @pytest.mark.parametrize(
@@ -51,3 +55,29 @@ def test_unparsable_database_url_is_refused_without_quoting_the_password():
     assert "p/ssw0rdXY" not in str(refused.value) and "'p'" not in str(refused.value)
     assert "postgresql://metrics:***@db:5432/llm" in str(refused.value)
     assert "percent-encode" in str(refused.value)
+
+
+@pytest.mark.parametrize(("given", "waits_ms"), [({}, 5000), ({"busy_timeout_s": 0.25}, 250)])
+def test_a_sqlite_statement_waits_out_another_connections_lock_for_the_busy_timeout(tmp_path, given, waits_ms):
+    db = open_database(str(tmp_path / "m.db"), **given)
+    try:
+        assert db.execute_sql("PRAGMA busy_timeout").fetchone()[0] == waits_ms
+    finally:
+        db.close()
+
+
+def test_a_lock_held_past_the_busy_timeout_fails_the_statement_after_it(tmp_path):
+    path = tmp_path / "m.db"
+    db = open_database(str(path), busy_timeout_s=0.2)
+    db.execute_sql("CREATE TABLE t (x)")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    try:
+        with pytest.raises(peewee.OperationalError, match="locked"):
+            db.execute_sql("INSERT INTO t VALUES (1)")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        db.close()
+    assert 0.15 < time.monotonic() - started < 4  # waited about the timeout, not the default's 5 s

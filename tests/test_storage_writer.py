@@ -20,7 +20,7 @@ import pytest
 from migrations import upgrade
 from storage import RowWriter, open_database
 from storage.models import CompletionRequest
-from tests.conftest import refusing_new_files
+from tests.conftest import count_rows, read_rows, refusing_new_files, wait_until
 
 
 def make_row(i: int) -> dict:
@@ -34,17 +34,12 @@ def make_row(i: int) -> dict:
     }
 
 
-def count(path) -> int:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute("SELECT count(*) FROM completion_requests").fetchone()[0]
-    finally:
-        con.close()
+BUSY_TIMEOUT_S = 0.3  # SQLite's wait for another connection's lock, lowered from the proxy's own
 
 
 def fresh_db(tmp_path):
     path = tmp_path / "m.db"
-    db = open_database(str(path))
+    db = open_database(str(path), busy_timeout_s=BUSY_TIMEOUT_S)
     upgrade(db)
     return path, db
 
@@ -56,9 +51,21 @@ def test_close_writes_every_queued_row(tmp_path):
     for i in range(1234):
         assert writer.submit(make_row(i))
     writer.close()
-    assert count(path) == 1234
+    assert count_rows(path) == 1234
     assert (writer.written, writer.dropped) == (1234, 0)
 
+
+def test_close_wakes_an_idle_writer_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr("storage.writer._IDLE_S", 60.0)  # how long the idle thread waits for rows unless woken
+    path, db = fresh_db(tmp_path)
+    writer = RowWriter(db)
+    writer.start()
+    assert writer.submit(make_row(1))
+    assert wait_until(lambda: writer.written == 1)  # the thread waits for the next rows now
+    started = time.monotonic()
+    writer.close()
+    assert time.monotonic() - started < 10
+    assert count_rows(path) == 1
 
 def test_full_queue_drops_and_counts_rows_without_blocking(tmp_path):
     path, db = fresh_db(tmp_path)
@@ -69,11 +76,14 @@ def test_full_queue_drops_and_counts_rows_without_blocking(tmp_path):
     assert (accepted, writer.dropped) == (10, 15)
     writer.start()
     writer.close()
-    assert count(path) == 10
+    assert count_rows(path) == 10
     assert writer.written + writer.dropped == 25
 
 
-def test_rows_wait_while_another_process_holds_the_lock_then_land(tmp_path):
+RETRYING = "will retry"  # the writer's log line for a failed attempt at a batch
+
+
+def test_rows_wait_while_another_process_holds_the_lock_then_land(tmp_path, caplog):
     path, db = fresh_db(tmp_path)
     blocker = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")
@@ -81,13 +91,14 @@ def test_rows_wait_while_another_process_holds_the_lock_then_land(tmp_path):
     writer.start()
     for i in range(5):
         writer.submit(make_row(i))
-    released = threading.Timer(6.0, lambda: blocker.execute("COMMIT"))  # past busy_timeout (5 s)
+    released = threading.Timer(BUSY_TIMEOUT_S * 4, lambda: blocker.execute("COMMIT"))  # past the busy timeout
     released.start()
-    writer.close(timeout=30)
+    with caplog.at_level(logging.WARNING, logger="storage.writer"):
+        writer.close(timeout=30)
     released.join()
     blocker.close()
-    assert count(path) == 5
-    assert writer.write_errors >= 1 and writer.dropped == 0
+    assert count_rows(path) == 5
+    assert RETRYING in caplog.text and writer.dropped == 0
 
 
 def drop_records(path) -> list[tuple]:
@@ -100,29 +111,23 @@ def drop_records(path) -> list[tuple]:
         con.close()
 
 
-def wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def test_drops_during_a_lock_are_stored_exactly_once_when_the_database_is_writable_again(tmp_path):
+def test_drops_during_a_lock_are_stored_exactly_once_when_the_database_is_writable_again(tmp_path, caplog):
     path, db = fresh_db(tmp_path)
     writer = RowWriter(db, queue_size=3)
     accepted = sum(writer.submit(make_row(i)) for i in range(5))  # not started: 2 dropped
     blocker = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")
-    writer.start()
-    wait_until(lambda: writer.pending == 0)  # the writer holds the 3 rows, and the 2 drops, in its attempt
+    with caplog.at_level(logging.WARNING, logger="storage.writer"):
+        writer.start()
+        # The writer took the 3 rows, and the 2 drops, into its attempt; it failed and the drops went back.
+        assert wait_until(lambda: RETRYING in caplog.text)
     accepted += sum(writer.submit(make_row(i)) for i in range(5, 9))  # 3 fit the queue, 1 dropped
-    wait_until(lambda: writer.write_errors >= 1)  # that attempt failed: the drops went back
     blocker.execute("COMMIT")
     blocker.close()
     writer.close(timeout=30)
     records = drop_records(path)
     assert (accepted, writer.dropped, writer.drops_recorded) == (6, 3, 3)
-    assert count(path) == 6
+    assert count_rows(path) == 6
     assert sum(r[1] for r in records) == 3  # exactly once: neither lost with the failed attempt nor doubled
     assert {r[0] for r in records} == {"queue_full"}
     assert all(r[2] <= r[3] and r[3].endswith("Z") and len(r[3]) == 27 for r in records)
@@ -135,11 +140,11 @@ def test_drops_with_no_rows_after_them_are_stored_on_their_own(tmp_path, caplog)
     writer.start()
     with caplog.at_level(logging.ERROR):
         assert writer.submit(["not", "a", "row"])  # a bug, not an outage: never retried
-        wait_until(lambda: writer.drops_recorded == 1)
+        assert wait_until(lambda: writer.drops_recorded == 1)
     assert [r[:2] for r in drop_records(path)] == [("write_error", 1)]  # stored while the writer runs
     writer.close()
     assert [r[:2] for r in drop_records(path)] == [("write_error", 1)]
-    assert count(path) == 0
+    assert count_rows(path) == 0
 
 
 def test_drops_counted_at_close_are_stored_by_reason_in_a_last_attempt(tmp_path):
@@ -149,7 +154,7 @@ def test_drops_counted_at_close_are_stored_by_reason_in_a_last_attempt(tmp_path)
         writer.submit(make_row(i))
     writer.close(timeout=0.5)
     assert sorted(r[:2] for r in drop_records(path)) == [("queue_full", 2), ("unwritten_at_shutdown", 1)]
-    assert (writer.dropped, writer.drops_recorded, count(path)) == (3, 3, 0)
+    assert (writer.dropped, writer.drops_recorded, count_rows(path)) == (3, 3, 0)
 
 
 def test_rows_still_unwritable_at_close_deadline_are_counted_as_dropped(tmp_path, caplog):
@@ -165,7 +170,7 @@ def test_rows_still_unwritable_at_close_deadline_are_counted_as_dropped(tmp_path
     blocker.execute("COMMIT")
     blocker.close()
     assert writer.dropped == 3 and writer.written == 0
-    assert count(path) == 0
+    assert count_rows(path) == 0
     # The database never took writes again: the count is in the log only, and says so.
     assert drop_records(path) == [] and writer.drops_recorded == 0
     assert "3 dropped row(s) are counted in this log only, not in the database (unwritten_at_shutdown: 3)" in caplog.text
@@ -197,7 +202,7 @@ def test_rows_arriving_within_the_window_share_one_transaction(tmp_path):
         time.sleep(0.01)
     writer.close()
     assert sizes == [2]
-    assert count(path) == 2
+    assert count_rows(path) == 2
 
 
 def test_without_a_window_each_lone_row_is_written_at_once(tmp_path):
@@ -223,7 +228,7 @@ def test_close_does_not_wait_out_the_window(tmp_path):
     started = time.monotonic()
     writer.close()
     assert time.monotonic() - started < 5
-    assert count(path) == 1
+    assert count_rows(path) == 1
 
 
 def test_every_column_is_stored_as_given(tmp_path):
@@ -283,7 +288,7 @@ def test_after_a_refused_row_the_writer_goes_on_writing(tmp_path):
         writer.submit(make_row(i))
     writer.close()
     assert (writer.written, writer.dropped) == (3, 1)
-    assert count(path) == 3
+    assert count_rows(path) == 3
 
 
 def test_the_same_refusal_on_many_rows_is_logged_once(tmp_path, caplog):
@@ -343,7 +348,7 @@ def test_a_value_the_database_refuses_costs_only_its_row_and_never_the_rows_afte
     writer = RowWriter(db, batch_window=0)
     writer.start()
     writer.submit({**make_row(0), **values})  # alone in its batch: nothing else to blame
-    wait_until(lambda: writer.dropped == 1, timeout=10)
+    assert wait_until(lambda: writer.dropped == 1, timeout=10)
     for i in range(1, 51):
         writer.submit(make_row(i))
     writer.close(timeout=20)
@@ -391,7 +396,7 @@ def prepared(path):
     """What the proxy passes as `connect`: open (making the file if needed) and migrate."""
 
     def connect():
-        db = open_database(str(path))
+        db = open_database(str(path), busy_timeout_s=BUSY_TIMEOUT_S)
         upgrade(db)
         return db
 
@@ -413,9 +418,9 @@ def test_rows_wait_while_the_database_cannot_be_opened_then_land(tmp_path, caplo
         writer.start()  # returns at once: the writer's thread opens the database
         for i in range(5):
             assert writer.submit(make_row(i))
-        wait_until(lambda: writer.written == 5)
+        assert wait_until(lambda: writer.written == 5)
         writer.close()
-    assert count(path) == 5 and (writer.written, writer.dropped) == (5, 0)
+    assert count_rows(path) == 5 and (writer.written, writer.dropped) == (5, 0)
     assert len([r for r in caplog.records if "connection refused" in r.getMessage()]) == 1  # said once
     assert all(b - a < 2.5 for a, b in itertools.pairwise(attempts))  # bounded backoff
 
@@ -424,7 +429,7 @@ def _write_and_wait(writer, rows) -> None:
     target = writer.written + len(rows)
     for row in rows:
         assert writer.submit(row)
-    wait_until(lambda: writer.written >= target)
+    assert wait_until(lambda: writer.written >= target)
 
 
 def test_file_overwritten_in_place_by_a_non_sqlite_file_is_never_written(tmp_path, caplog):
@@ -448,6 +453,7 @@ def test_file_overwritten_in_place_by_a_non_sqlite_file_is_never_written(tmp_pat
     assert len([r for r in caplog.records if "not a SQLite database" in r.getMessage()]) == 1
 
 
+@pytest.mark.slow  # waits out several retries
 def test_file_replaced_by_a_non_sqlite_file_is_never_written_and_said_once(tmp_path, caplog):
     path, db = fresh_db(tmp_path)
     db.close()
@@ -529,19 +535,11 @@ def test_rows_committed_after_the_file_was_deleted_are_written_again_into_the_ne
     _write_and_wait(writer, [make_row(i) for i in range(3)])
     _write_and_wait(writer, [make_row(3)])
     writer.close()
-    assert [r["response_time_ms"] for r in _rows(path)] == [3]
+    assert [r["response_time_ms"] for r in read_rows(path)] == [3]
     assert writer.written == 4  # 3 into the first file while it was there, 1 into the new one
 
 
-def _rows(path) -> list[dict]:
-    con = sqlite3.connect(path)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM completion_requests ORDER BY id")]
-    finally:
-        con.close()
-
-
+@pytest.mark.slow  # waits out several retries
 def test_file_deleted_where_no_new_one_can_be_made_holds_rows_says_so_once_then_lands_them(tmp_path, caplog):
     folder = tmp_path / "data"
     folder.mkdir()
@@ -556,9 +554,9 @@ def test_file_deleted_where_no_new_one_can_be_made_holds_rows_says_so_once_then_
             writer.submit(make_row(i))
         time.sleep(2.5)  # more than one retry
         assert writer.written == 3 and not path.exists()
-    wait_until(lambda: writer.written == 6)
+    assert wait_until(lambda: writer.written == 6)
     writer.close()
-    assert [r["response_time_ms"] for r in _rows(path)] == [3, 4, 5]
+    assert [r["response_time_ms"] for r in read_rows(path)] == [3, 4, 5]
     cannot = [r for r in caplog.records if "no new one can be made" in r.getMessage()]
     assert len(cannot) == 1, [r.getMessage() for r in caplog.records]
 
@@ -573,5 +571,5 @@ def test_file_moved_away_keeps_every_row_written_to_it_and_new_rows_go_to_a_new_
     path.replace(moved)  # as `mv m.db kept.db` does, its -wal staying behind under the old name
     _write_and_wait(writer, [make_row(i) for i in range(3, 5)])
     writer.close()
-    assert [r["response_time_ms"] for r in _rows(moved)] == [0, 1, 2]  # its WAL went into it
-    assert [r["response_time_ms"] for r in _rows(path)] == [3, 4]
+    assert [r["response_time_ms"] for r in read_rows(moved)] == [0, 1, 2]  # its WAL went into it
+    assert [r["response_time_ms"] for r in read_rows(path)] == [3, 4]

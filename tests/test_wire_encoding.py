@@ -156,6 +156,7 @@ def _peak_while(run) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
 @pytest.mark.parametrize("pieces", ["whole", "4k-pieces"])
 def test_a_decompression_bomb_stops_at_the_limit_in_bounded_pieces_and_memory(coding, pieces):

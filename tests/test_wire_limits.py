@@ -54,6 +54,7 @@ def test_every_framer_keeps_the_documented_limit_by_default():
             EventStreamDecoder().limit} == {MAX_EVENT_BYTES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "long_event"), [
     ("one-long-data-line", (b"data: " + b"x" * 10, (b"x", HUGE))),
     ("many-data-lines", (b"", (b"data: xxxxxxxxx\n", HUGE))),
@@ -100,6 +101,7 @@ def test_sse_stray_lines_are_kept_up_to_a_bound():
     assert sum(map(len, decoder.stray)) <= 64 << 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split_tail", [False, True])
 def test_an_ndjson_line_past_the_limit_is_skipped_in_bounded_memory(split_tail):
     decoder = NDJSONDecoder(LIMIT)
@@ -116,6 +118,7 @@ def test_an_ndjson_line_past_the_limit_in_one_piece_is_skipped_and_one_at_the_en
     assert lines + decoder.close() == [b'{"n":1}', b'{"n":2}'] and decoder.oversized == 2
 
 
+@pytest.mark.slow
 def test_a_json_array_element_past_the_limit_is_skipped_in_bounded_memory():
     decoder = JSONArrayDecoder(LIMIT)
     elements, peak = _run(decoder, _pieces(b'[{"n":1},\r\n{"long":[', (b"[0000000000000],", HUGE), b"0]},\r\n{\"n\":2}]"))

@@ -118,11 +118,10 @@ def test_multibyte_utf8_char_split_across_pieces_yields_its_exact_bytes(char):
         assert json.loads(events[0].data)["content"] == f"a{char}b"
 
 
-def test_comment_lines_are_counted_and_produce_no_event():
+def test_comment_lines_produce_no_event():
     data = b": OPENROUTER PROCESSING\n\n: OPENROUTER PROCESSING\n:\ndata: x\n: mid-event\n\n"
     events, decoder = _decode([data])
     assert events == [Event(None, b"x")]
-    assert decoder.comments == 4
     assert decoder.stray == []
 
 

@@ -45,7 +45,6 @@ class SSEDecoder:
         self._data_size = 0
         self._too_long = False  # the event being read is past `limit`: it is dropped at its end
         self._event: str | None = None
-        self.comments = 0
         self.oversized = 0
         # Lines with no `field:` shape. Gemini appends a bare JSON error object this way;
         # a format handler may look at them, an SSE parser proper would drop them.
@@ -124,7 +123,6 @@ class SSEDecoder:
             self._too_long = True
             return
         if line[0] == 58:  # ":" comment
-            self.comments += 1
             return
         name, sep, value = line.partition(b":")
         if value[:1] == b" ":

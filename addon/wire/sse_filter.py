@@ -49,11 +49,10 @@ def is_usage_only(event: bytes) -> bool:
 
 class UsageChunkFilter:
     """`feed(piece)` returns the bytes to pass on now (possibly none); `close()` what is left at
-    the stream's end. `removed` counts the events taken out."""
+    the stream's end."""
 
     def __init__(self, hold_limit: int = HOLD_LIMIT) -> None:
         self.hold_limit = hold_limit
-        self.removed = 0
         self._held = bytearray()  # the event being read, from its first byte
         self._scan = 0  # where in `_held` the next line end is looked for
         self._line_empty = True  # the line being read has no byte yet
@@ -104,7 +103,6 @@ class UsageChunkFilter:
         self._scan = 0
         if self._off or self._passing or not is_usage_only(rest):
             return rest
-        self.removed += 1
         return b""
 
     def abandon(self) -> bytes:
@@ -119,7 +117,5 @@ class UsageChunkFilter:
         if self._passing:
             self._passing = False
             out.append(event)
-        elif is_usage_only(event):
-            self.removed += 1
-        else:
+        elif not is_usage_only(event):
             out.append(event)

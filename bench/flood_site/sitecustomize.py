@@ -17,7 +17,7 @@ if os.environ.get("LLM_BENCH_FLOOD") == "1":
 
     def _flood(writer) -> None:
         while True:
-            if writer.pending < 1000:
+            if writer.unsettled < 1000:
                 for _ in range(1000):
                     writer.submit(FLOOD_ROW)
             time.sleep(0.005)
