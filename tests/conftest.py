@@ -173,9 +173,10 @@ def read_drops(location: Path | str) -> dict[str, int]:
     return {r["reason"]: int(r["n"]) for r in _query(location, "SELECT reason, sum(row_count) AS n FROM dropped_rows GROUP BY reason")}
 
 
-def count_rows(location: Path | str, where: str = "1") -> int:
+def count_rows(location: Path | str, where: str | None = None) -> int:
     """Rows of `completion_requests` (that match `where`), in a SQLite file or at a server's URL."""
-    return _query(location, f"SELECT count(*) AS n FROM completion_requests WHERE {where}")[0]["n"]
+    condition = f" WHERE {where}" if where else ""
+    return _query(location, f"SELECT count(*) AS n FROM completion_requests{condition}")[0]["n"]
 
 
 def _query(location: Path | str, sql: str) -> list[dict]:
