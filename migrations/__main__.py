@@ -237,7 +237,11 @@ def cmd_prune(args) -> int:
     if path is not None and not args.no_vacuum:
         before = path.stat().st_size
         retention.vacuum(db)
-        print(f"vacuumed: {before / 2**20:.1f} MiB -> {path.stat().st_size / 2**20:.1f} MiB")
+        after = path.stat().st_size
+        if after < before:
+            print(f"vacuumed: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
+        else:  # WAL: the smaller file is written at a checkpoint, which a proxy's open connection can put off
+            print(f"vacuumed: the file ({before / 2**20:.1f} MiB) shrinks at the next checkpoint")
     return 0
 
 

@@ -166,3 +166,6 @@ def vacuum(db: peewee.Database) -> None:
     reuses it by itself)."""
     if isinstance(db, peewee.SqliteDatabase):
         db.execute_sql("VACUUM")
+        # In WAL mode the vacuumed file is written back at a checkpoint: ask for one now (it is put
+        # off, harmlessly, while another connection still reads an older snapshot).
+        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
