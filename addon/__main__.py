@@ -73,7 +73,7 @@ def _env(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from . import doctor  # httpx and the storage layer: not needed by the other commands
+    from . import doctor  # httpx and its own checks: not needed by the other commands
 
     if args.wait < 0:
         print("error: --wait must be 0 or more", file=sys.stderr)

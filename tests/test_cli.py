@@ -45,12 +45,13 @@ def test_console_script_help_names_the_script(name):
     ("llm-metrics-migrate", ["status", "--db", ""],
      "error: argument --db: expected a SQLite path or a database URL, got an empty value\n"),
     ("llm-metrics-doctor", ["--wait", "-1"], "error: --wait must be 0 or more\n"),
-    ("llm-metrics-env", ["--mode", "sideways"],
-     "error: argument --mode: invalid choice: 'sideways' (choose from 'forward', 'reverse', 'local')\n"),
+    ("llm-metrics-env", ["--mode", "sideways"], "error: argument --mode: invalid choice: 'sideways' (choose from "),
 ])
 def test_console_script_bad_input_is_one_error_line_and_exit_2(name, args, says):
+    """argparse's own wording of a choice varies between Python versions: its start is compared."""
     result = run_script(name, *args)
-    assert (result.returncode, result.stdout, result.stderr) == (2, "", says)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(says) and result.stderr.count("\n") == 1, result.stderr
 
 
 def test_report_script_reads_the_database_given(tmp_path):
