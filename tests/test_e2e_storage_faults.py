@@ -286,11 +286,11 @@ def test_full_file_system_holds_rows_and_overflow_is_dropped_and_counted(start_p
     send(proxy, upstream, 2)
     assert wait_for(db, 2) == 2
     filler = tmpfs / "filler"
-    with open(filler, "wb") as f:  # fill the file system to the last byte
+    # Fill the file system to the last byte; unbuffered, so that closing it has nothing left to write.
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     try:
