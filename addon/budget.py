@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .quota import window_name
+
 BUDGET_LEVELS = (80.0, 90.0, 100.0)
 
 
@@ -181,7 +183,8 @@ class Watch:
                 continue
             self.quota_said[key] = level
             reset = row.get(reset_column)
-            lines.append(f"llm-metrics: quota of {who} ({_window_name(row.get(minutes_column), window)}) at "
+            name = window_name(row.get(minutes_column), f"{window} window")
+            lines.append(f"llm-metrics: quota of {who} ({name}) at "
                          f"{used:g} % used, past {level:g} %" + (f"; it resets at {reset}" if reset else ""))
         return lines
 
@@ -203,11 +206,3 @@ def _percent(spent: float, budget: float) -> str:
     return f"{100.0 * spent / budget:.0f} %"
 
 
-def _window_name(minutes: Any, window: str) -> str:
-    if isinstance(minutes, int) and minutes > 0:
-        if minutes % 1440 == 0:
-            return f"{minutes // 1440}-day window"
-        if minutes % 60 == 0:
-            return f"{minutes // 60}-hour window"
-        return f"{minutes}-minute window"
-    return f"{window} window"

@@ -273,12 +273,9 @@ class Engine:
                     provider=provider_for(request.host, request.port, self.extra_hosts),
                     origin=request.origin or origin_from_user_agent(request.user_agent), request={}, streamed=True,
                     prices=self.prices)
-        try:
-            call.identity = identify(dict(request.agent_headers), None, request.auth)
-            if m.head is not None and m.head.quota_headers:
-                call.headroom = headroom(dict(m.head.quota_headers), request.started_at + m.head.t_headers - request.t_start)
-        except Exception as exc:  # who sent it is a detail: the calls are recorded without it
-            self._metering_error("identify", exc)
+        self._identify(call, request, None)
+        if m.head is not None:
+            self._headroom(call, m.head)
         self.sockets[m.cid] = _Socket(call, session)
 
     def _socket_message(self, m: SocketMessage) -> None:
@@ -385,11 +382,22 @@ class Engine:
             notes=notes,
             prices=self.prices,
         )
+        self._identify(call, request, parsed)
+        return call
+
+    def _identify(self, call: Call, request: Request, body: dict[str, Any] | None) -> None:
         try:
-            call.identity = identify(dict(request.agent_headers), parsed, request.auth)
+            call.identity = identify(dict(request.agent_headers), body, request.auth)
         except Exception as exc:  # who sent it is a detail: the call is recorded without it
             self._metering_error("identify", exc)
-        return call
+
+    def _headroom(self, call: Call, head: ResponseHead) -> None:
+        if not head.quota_headers:
+            return
+        try:  # the response's wall-clock time: the quota's resets may be relative to it
+            call.headroom = headroom(dict(head.quota_headers), call.started_at + head.t_headers - call.t_start)
+        except Exception as exc:
+            self._metering_error("headroom", exc)
 
     def _request_body(self, request: Request, notes: list[str]) -> bytes | None:
         """The request body without its Content-Encoding; None when it is not read (`notes`
@@ -410,11 +418,7 @@ class Engine:
 
     def _head(self, call: Call, head: ResponseHead, streamed: bool) -> None:
         call.t_headers, call.status_code, call.content_type, call.content_encoding = head[:4]
-        if head.quota_headers:
-            try:  # the response's wall-clock time: the quota's resets may be relative to it
-                call.headroom = headroom(dict(head.quota_headers), call.started_at + head.t_headers - call.t_start)
-            except Exception as exc:
-                self._metering_error("headroom", exc)
+        self._headroom(call, head)
         if not streamed:
             return
         framing = stream_framing(call.fmt, call.content_type, status=call.status_code,

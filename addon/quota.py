@@ -87,6 +87,18 @@ def headroom(headers: Mapping[str, str], now: float) -> Headroom:
 Window = tuple[float, int | None, float | None]  # used percent, window minutes, reset (epoch s)
 
 
+def window_name(minutes: object, unknown: str) -> str:
+    """A quota window as people say it (`5-hour window`, `7-day window`); `unknown` when its
+    length was not stated."""
+    if isinstance(minutes, int) and minutes > 0:
+        if minutes % 1440 == 0:
+            return f"{minutes // 1440}-day window"
+        if minutes % 60 == 0:
+            return f"{minutes // 60}-hour window"
+        return f"{minutes}-minute window"
+    return unknown
+
+
 def _window(fraction: str | None, percent: str | None, minutes: int | None, reset: float | None) -> Window | None:
     used = _number(fraction)
     if used is not None:

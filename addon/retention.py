@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from migrations.prune import prune
 from storage.db import display_location, hide_password, open_database
+from storage.timestamps import utc_text
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,7 @@ class Retention:
                 self.prune_once(days)
 
     def prune_once(self, days: int) -> int | None:
-        moment = datetime.now(UTC) - timedelta(days=days)
-        cut = f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.%fZ")
+        cut = utc_text(datetime.now(UTC) - timedelta(days=days))
         try:
             db = open_database(self.location, create=False)
             try:

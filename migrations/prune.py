@@ -45,6 +45,7 @@ def cutoff(age: str, now: datetime | None = None) -> str:
     if days > 100 * 366:
         raise ValueError(f"{age!r} is more than a hundred years")
     moment = (now or datetime.now(UTC)) - timedelta(days=days)
+    # storage.timestamps.utc_text's form, written here: a migration module never imports storage.
     return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 

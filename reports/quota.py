@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
+from addon.quota import window_name
+
 from . import fmt
 from .layout import Column, FitTable
 from .selection import TABLE, Selection, utc_text
@@ -75,7 +77,7 @@ def _group(src: Source, selection: Selection, provider, auth, latest: str) -> li
         if window_used is None:
             continue
         burn = _window_burn(src, selection, provider, auth, column, window_reset, as_of, float(window_used))
-        found.append(_row(provider, auth, _window_name(window_minutes, default), latest, float(window_used), None,
+        found.append(_row(provider, auth, window_name(window_minutes, default), latest, float(window_used), None,
                           window_reset, burn, 100.0 - float(window_used)))
     for left, what in ((requests_left, "requests"), (tokens_left, "tokens")):
         if left is None:
@@ -141,16 +143,6 @@ def _rate_burn(src: Source, selection: Selection, provider, auth, what: str, as_
     row = src.one(f"SELECT {high}, {low} FROM {TABLE}{where}", params + match_params + bounds)
     total = exact_sum(*row) if row else 0
     return float(total) if total else None
-
-
-def _window_name(minutes, default: str) -> str:
-    if isinstance(minutes, int) and minutes > 0:
-        if minutes % 1440 == 0:
-            return f"{minutes // 1440}-day window"
-        if minutes % 60 == 0:
-            return f"{minutes // 60}-hour window"
-        return f"{minutes}-minute window"
-    return default
 
 
 def render_quota(rows: list[QuotaRow], now: datetime) -> FitTable:

@@ -10,19 +10,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from storage.timestamps import utc_text  # the rows' form: a bound compares with them as text
+
 from .stored import time_like
 
 TABLE = "completion_requests"
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def utc_text(moment: datetime) -> str:
-    """The row format of `timestamp`, so a bound compares with rows as text. The year is padded
-    here: strftime's %Y gives "999", not "0999", for years before 1000, which sorts after "2026"."""
-    moment = moment.astimezone(UTC)
-    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_when(text: str, now: datetime) -> str:
