@@ -134,6 +134,21 @@ class Proxy:
         return self.proc.returncode
 
 
+@contextmanager
+def running_addon(tmp_path: Path, **options):
+    """The addon under mitmproxy's test context (`taddons`), recording to `tmp_path/m.db` without
+    per-call lines; `options` are more of its options. Its `done` runs on the way out."""
+    from mitmproxy.test import taddons
+
+    from addon.llm_metrics import LLMMetrics
+
+    addon = LLMMetrics()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False, **options)
+        yield addon
+        addon.done()
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 20.0, every: float = 0.02) -> bool:
     """Whether `condition()` turns true within `timeout` seconds, asked every `every` seconds:
     `assert wait_until(...)` where it must, instead of a fixed sleep."""

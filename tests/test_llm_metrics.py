@@ -15,7 +15,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addon.backends import ChildProcess, InProcess
 from addon.llm_metrics import LLMMetrics
-from tests.conftest import read_rows
+from tests.conftest import read_rows, running_addon
 
 CHAT = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": 0.2}
 SSE = (
@@ -29,24 +29,16 @@ SSE = (
 # The metering process starts for each test: the fast default runs the inline cases only.
 @pytest.fixture(params=[pytest.param(True, marks=pytest.mark.slow), False], ids=["worker", "inline"])
 def metrics(tmp_path, request):
-    addon = LLMMetrics()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
-                       llm_metrics_worker=request.param)
+    with running_addon(tmp_path, llm_metrics_worker=request.param) as addon:
         assert isinstance(addon.metering, ChildProcess if request.param else InProcess)
         yield addon
-        addon.done()
 
 
 @pytest.fixture
 def inline(tmp_path):
     """Metering on the loop, where a test can reach into the engine."""
-    addon = LLMMetrics()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
-                       llm_metrics_worker=False)
+    with running_addon(tmp_path, llm_metrics_worker=False) as addon:
         yield addon
-        addon.done()
 
 
 def llm_flow(body: dict | bytes = CHAT, path: str = "/v1/chat/completions", host: str = "127.0.0.1", **headers) -> http.HTTPFlow:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow
+from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
@@ -17,30 +17,22 @@ from addon.backends import ChildProcess, InProcess
 from addon.formats.websocket import MAX_OPEN_RESPONSES
 from addon.handover import BACKLOG_LIMIT
 from addon.llm_metrics import LLMMetrics
-from tests.conftest import read_drops, read_rows, wait_until
+from tests.conftest import read_drops, read_rows, running_addon, wait_until
 from tests.test_formats_websocket import answer, create, msg, realtime_usage, rt_response
 
 
 @pytest.fixture(params=[True, False], ids=["worker", "inline"])
 def metrics(tmp_path, request):
-    addon = LLMMetrics()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
-                       llm_metrics_worker=request.param)
+    with running_addon(tmp_path, llm_metrics_worker=request.param) as addon:
         assert isinstance(addon.metering, ChildProcess if request.param else InProcess)
         yield addon
-        addon.done()
 
 
 @pytest.fixture
 def inline(tmp_path):
     """Metering on the loop, where a test can reach into the engine."""
-    addon = LLMMetrics()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, llm_metrics_db=str(tmp_path / "m.db"), llm_metrics_log_calls=False,
-                       llm_metrics_worker=False, llm_metrics_request_body_limit=4096)
+    with running_addon(tmp_path, llm_metrics_worker=False, llm_metrics_request_body_limit=4096) as addon:
         yield addon
-        addon.done()
 
 
 def socket_flow(addon: LLMMetrics, path: str = "/v1/responses", **headers: str) -> http.HTTPFlow:
