@@ -3,7 +3,8 @@
 `agent_bin("claude")` returns the path of the installed command, installing all three agents on
 first use (about 20 s and 0.9 GB, into `$XDG_CACHE_HOME/llm-metrics-proxy/npm-agents/<versions>`,
 default `~/.cache/...`). Where node or npm is missing, or the registry cannot be reached, the test
-skips with the reason. `agent_env(home)` is an environment for running one with its own `$HOME`
+skips with the reason, and the agents' other tests at once; with LLM_METRICS_REQUIRE_AGENTS=1 (CI)
+it fails instead. `agent_env(home)` is an environment for running one with its own `$HOME`
 (its config and caches), nothing of the user's.
 """
 
@@ -13,8 +14,10 @@ import fcntl
 import hashlib
 import os
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -33,11 +36,35 @@ def _cache_dir() -> Path:
     return base / "llm-metrics-proxy" / "npm-agents" / digest
 
 
+_install_failed: str | None = None  # why the install failed, once: the other agents' tests are told at once
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skips the test, saying why; a failure where the agents must run (CI sets LLM_METRICS_REQUIRE_AGENTS=1)."""
+    if os.environ.get("LLM_METRICS_REQUIRE_AGENTS") == "1":
+        pytest.fail(f"{reason} (LLM_METRICS_REQUIRE_AGENTS=1: the agents must run here)")
+    pytest.skip(reason)
+
+
+def _npm_env() -> dict[str, str]:
+    """npm's environment: Node trusts only its own CA list, so where no NODE_EXTRA_CA_CERTS is set the
+    system's (OpenSSL's default file) is added: a registry reached through a TLS-inspecting proxy
+    whose CA the system trusts then works as it does for pip and curl."""
+    env = dict(os.environ)
+    system_cas = ssl.get_default_verify_paths().openssl_cafile
+    if "NODE_EXTRA_CA_CERTS" not in env and system_cas and os.path.isfile(system_cas):
+        env["NODE_EXTRA_CA_CERTS"] = system_cas
+    return env
+
+
 def agent_bin(name: str) -> Path:
     """The installed command of agent `name` (a key of AGENTS); skips the test where it cannot be had."""
+    global _install_failed
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
-        pytest.skip(f"{name}: node and npm are needed to install {AGENTS[name]} (not found on PATH)")
+        _unavailable(f"{name}: node and npm are needed to install {AGENTS[name]} (not found on PATH)")
+    if _install_failed is not None:
+        _unavailable(f"{name}: {_install_failed}")
     prefix = _cache_dir()
     binary = prefix / "node_modules" / ".bin" / name
     prefix.mkdir(parents=True, exist_ok=True)
@@ -48,15 +75,17 @@ def agent_bin(name: str) -> Path:
             try:
                 result = subprocess.run(
                     [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), *AGENTS.values()],
-                    capture_output=True, text=True, timeout=INSTALL_TIMEOUT, cwd=prefix)
+                    capture_output=True, text=True, timeout=INSTALL_TIMEOUT, cwd=prefix, env=_npm_env())
             except subprocess.TimeoutExpired:
-                pytest.skip(f"{name}: npm install did not finish within {INSTALL_TIMEOUT} s")
+                _install_failed = f"npm install did not finish within {INSTALL_TIMEOUT} s"
+                _unavailable(f"{name}: {_install_failed}")
             if result.returncode != 0:
                 tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-                pytest.skip(f"{name}: npm install failed ({result.returncode}): {' | '.join(tail)}")
+                _install_failed = f"npm install failed ({result.returncode}): {' | '.join(tail)}"
+                _unavailable(f"{name}: {_install_failed}")
             done.write_text("\n".join(AGENTS.values()))
     if not binary.exists():
-        pytest.skip(f"{name}: {binary} missing after npm install")
+        _unavailable(f"{name}: {binary} missing after npm install")
     return binary
 
 
