@@ -8,7 +8,7 @@ call on, rows to a fresh SQLite file). Each round runs every path at concurrency
 order rotated per round so drift on a shared machine falls on all of them alike. The load client
 is a separate process; requests/s is the median over rounds, latencies are pooled.
 
-The ratio that matters: requests/s with the addon over bare mitmdump (target >= 0.95). The proxy's
+The ratio that matters: requests/s with the addon over bare mitmdump (target >= 0.93, issue 16). The proxy's
 CPU per request (from /proc: main thread = mitmproxy's event loop where every hook runs; other
 threads; the addon's metering process, which parses, builds rows and writes them) says where the
 difference comes from.
@@ -105,8 +105,8 @@ def render(data: dict, args) -> str:
     for conc in args.concurrency:
         ratios = [a / b for a, b in zip(res[("addon", conc)]["rps"], res[("bare", conc)]["rps"])]
         out.append(f"addon / bare mitmdump requests/s at concurrency {conc:>2}: {median(ratios):.2f} "
-                   f"(rounds {min(ratios):.2f}..{max(ratios):.2f}; target >= 0.95: "
-                   f"{'met' if median(ratios) >= 0.95 else 'NOT met'})")
+                   f"(rounds {min(ratios):.2f}..{max(ratios):.2f}; target >= 0.93: "
+                   f"{'met' if median(ratios) >= 0.93 else 'NOT met'})")
     out.append(f"rows recorded by the addon: {data['recorded']}; requests it served: {data['completed']} counted "
                f"+ up to {data['unfinished']} cut off by a window's end")
     return "\n".join(out)
