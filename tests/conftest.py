@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from addon.llm_metrics import CLOSE_TIMEOUT_S
 from tests.upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +123,9 @@ class Proxy:
                 return found
             time.sleep(0.05)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = CLOSE_TIMEOUT_S + 15) -> int:
+        """Its exit code; -9 when it did not exit within `timeout` (longer than the addon's own
+        bound on its stop, so a slow machine's stop is not cut short) and was killed."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -128,7 +128,8 @@ def test_daily_budget_levels_are_logged_once_each_counting_earlier_runs(start_pr
     for _ in range(12):
         _post(second, upstream, headers)
     second.rows(13)
-    second.stop()
+    code = second.stop()
+    assert code == 0, f"mitmdump exited with {code}:\n{second.log()[-3000:]}"
     lines = _level_lines(second.log(), "llm-metrics: ")
     crossed = [line.split("llm-metrics: ")[1].split(" %")[0] for line in lines if "of the daily budget" in line]
     assert crossed == ["80", "90", "100"]
