@@ -27,17 +27,12 @@ from _harness import (
     parse_options,
     print_end,
     print_start,
-    process_cpu_s,
     run_client,
     scratch_dir,
     table,
 )
 
 VARIANTS = ("nice10", "idle", "nice19", "short-slice", "count-only")
-
-
-def _metering_cpu_s(proxy: Proxy) -> float:
-    return sum(process_cpu_s(pid) for pid in child_pids(proxy.proc.pid))
 
 
 def _scheduling(pid: int) -> str:
@@ -74,10 +69,10 @@ def measure(args) -> dict:
             order = list(proxies) if r % 2 == 0 else list(proxies)[::-1]
             for name in order:
                 proxy = proxies[name]
-                before = _metering_cpu_s(proxy)
+                before = proxy.thread_cpu_s()["worker"]
                 result = run_client({"target": proxy.port, "upstream_port": upstream.port, "mode": "chat",
                                      "concurrency": args.concurrency, "seconds": args.seconds})
-                cpu[name] += _metering_cpu_s(proxy) - before
+                cpu[name] += proxy.thread_cpu_s()["worker"] - before
                 done[name] += result["done"]
                 rps[name].append(result["done"] / result["elapsed_s"])
             print(f"  round {r + 1}/{args.rounds} done (load avg {loadavg()})", file=sys.stderr)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from addon.llm_metrics import CLOSE_TIMEOUT_S
 from tests.upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,9 +122,13 @@ class Proxy:
                 return found
             time.sleep(0.05)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = CLOSE_TIMEOUT_S + 15) -> int:
-        """Its exit code; -9 when it did not exit within `timeout` (longer than the addon's own
-        bound on its stop, so a slow machine's stop is not cut short) and was killed."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int:
+        """Its exit code; -9 when it did not exit within `timeout` (by default the addon's own
+        bound on its stop and 15 s more, so a slow machine's stop is not cut short) and was killed."""
+        if timeout is None:
+            from addon.llm_metrics import CLOSE_TIMEOUT_S  # mitmproxy: imported where a proxy runs, as below
+
+            timeout = CLOSE_TIMEOUT_S + 15
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -35,6 +35,9 @@ from tests.conftest import ROOT, free_port, wait_until
 NOW = datetime.now(UTC).replace(microsecond=0)
 BASE = datetime(2026, 11, 1, tzinfo=UTC)
 
+SECRET = "sk-proj-abcdefghijklmnop1234567890"
+HOSTILE_MODEL = '<img src=x onerror="document.title=1">'  # a client chooses the model name
+
 
 @pytest.fixture(autouse=True)
 def _now_is_when_each_test_starts():
@@ -42,8 +45,6 @@ def _now_is_when_each_test_starts():
     seconds apart, not the minutes a whole suite takes to reach a test."""
     global NOW
     NOW = datetime.now(UTC).replace(microsecond=0)
-SECRET = "sk-proj-abcdefghijklmnop1234567890"
-HOSTILE_MODEL = '<img src=x onerror="document.title=1">'  # a client chooses the model name
 
 
 # -- test data -------------------------------------------------------------------------------
